@@ -1,0 +1,139 @@
+"""Settings: one validated object, built once at the edge (CLI) and passed down.
+
+Every field can be set from the environment with the ``MAMMO_`` prefix (``MAMMO_DATA_DIR``,
+``MAMMO_QUIET_SECONDS`` ...). Lists take comma-separated values. Unknown ``MAMMO_`` variables
+fail loudly so that a typo does not silently leave a default in place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from mammo_node.errors import ConfigError
+
+ENV_PREFIX = "MAMMO_"
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # --- where things live -------------------------------------------------------------
+    data_dir: Path = Field(Path("mammo-data"), description="Root for the database and instances")
+    db_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir")
+
+    # --- DICOM (DIMSE) -----------------------------------------------------------------
+    ae_title: str = "MAMMO_NODE"
+    host: str = Field("0.0.0.0", description="Address the DICOM and HTTP listeners bind to")
+    port: int = Field(11112, ge=0, le=65535)
+    require_called_ae: bool = Field(True, description="Refuse associations not addressed to us")
+    allowed_peers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description='Allow-list of calling peers: "AE", "AE@host" or "*@host"; empty = off',
+    )
+    max_associations: int = Field(16, ge=1)
+    max_pdu_size: int = Field(0, ge=0, description="0 = unlimited (fastest receive)")
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 120.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = Field(None, description="When set, peers must present a cert from it")
+    min_free_disk_mb: int = Field(1024, ge=0, description="Refuse new instances below this")
+
+    # --- grouping --------------------------------------------------------------------
+    quiet_seconds: float = Field(10.0, ge=0, description="4 views + this long idle = READY")
+    stable_seconds: float = Field(120.0, ge=0, description="idle this long with views missing")
+    grouping_interval: float = Field(1.0, gt=0)
+
+    # --- HTTP ------------------------------------------------------------------------
+    http_port: int = Field(8080, ge=0, le=65535)
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description='"name:role:secret" entries (role read or admin)'
+    )
+    api_tokens_file: Path | None = None
+    loopback_without_token: bool = False
+
+    # --- scoring ---------------------------------------------------------------------
+    model_bundle: Path | None = Field(None, description="Model bundle dir; default: demo bundle")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    precision: str = Field("auto", description="auto, fp32 or bf16")
+    worker_poll_seconds: float = Field(1.0, gt=0)
+    max_attempts: int = Field(3, ge=1, description="failures before an exam is parked")
+    claim_timeout_seconds: float = Field(
+        900.0, gt=0, description="a SCORING claim older than this is taken back"
+    )
+
+    # --- export ----------------------------------------------------------------------
+    return_to_sender: bool = Field(True, description="also send results to a known sender AE")
+    outbox_max_age_seconds: float = Field(24 * 3600.0, gt=0)
+    outbox_backoff_base: float = Field(2.0, gt=0)
+    outbox_backoff_max: float = Field(600.0, gt=0)
+
+    # --- logging ---------------------------------------------------------------------
+    log_level: str = "INFO"
+
+    @field_validator("allowed_peers", "api_tokens", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        value = value.strip()
+        if not value or len(value) > 16 or "\\" in value or not value.isprintable():
+            raise ValueError(
+                f'Argument "ae_title" should be 1-16 printable characters, got {value!r}.'
+            )
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, value: str) -> str:
+        if value not in {"auto", "fp32", "bf16"}:
+            raise ValueError(f'Argument "precision" should be auto, fp32 or bf16, got {value!r}.')
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both tls_cert and tls_key (MAMMO_TLS_CERT, MAMMO_TLS_KEY).")
+        return self
+
+    # --- derived ---------------------------------------------------------------------
+    @property
+    def database_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'mammo.db').resolve()}"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.data_dir / "instances"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment plus explicit overrides (None means 'not given')."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
+    if unknown:
+        raise ConfigError(
+            f"Unknown setting(s) in the environment: {', '.join(unknown)}. "
+            f"Known: {', '.join(sorted(known))}."
+        )
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValueError as exc:
+        raise ConfigError(f"Invalid settings: {exc}") from exc

@@ -1,0 +1,213 @@
+"""SQLAlchemy 2 models: patients, exams (studies), series, instances, exam events, associations.
+
+Every state change is a row, so a restart resumes where the node stopped. The file on disk is
+the archive; these rows are its index. Derived facts (which image fills which slot, which rule
+kept an image out) are computed from the rows by ``mammo_node.grouping``, not stored twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given; use timezone-aware UTC")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dt.datetime: UTCDateTime(),
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+    }
+
+
+UID = String(64)
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # PatientID + IssuerOfPatientID joined with a backslash (which neither may contain)
+    patient_key: Mapped[str] = mapped_column(String(130), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    issuer: Mapped[str] = mapped_column(String(64), default="")
+    name: Mapped[str] = mapped_column(String(324), default="")
+    birth_date: Mapped[str] = mapped_column(String(8), default="")
+    sex: Mapped[str] = mapped_column(String(16), default="")
+
+    exams: Mapped[list[Exam]] = relationship(back_populates="patient")
+
+
+class Exam(Base):
+    """One study: exam = StudyInstanceUID."""
+
+    __tablename__ = "exams"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    study_time: Mapped[str] = mapped_column(String(32), default="")
+    study_description: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    state_reason: Mapped[str] = mapped_column(Text, default="")
+    missing_views: Mapped[list[Any]] = mapped_column(default=list)
+    # bumped whenever the set of images changes after the exam left RECEIVING, or an image
+    # is replaced: a result is only valid for the revision it was computed from
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    state_changed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    changed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    source_ae: Mapped[str] = mapped_column(String(16), default="")
+    source_host: Mapped[str] = mapped_column(String(255), default="")
+
+    patient: Mapped[Patient] = relationship(back_populates="exams")
+    series: Mapped[list[Series]] = relationship(back_populates="exam")
+    instances: Mapped[list[Instance]] = relationship(back_populates="exam")
+    events: Mapped[list[ExamEvent]] = relationship(back_populates="exam", order_by="ExamEvent.id")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    series_uid: Mapped[str] = mapped_column(UID, unique=True)
+    exam_fk: Mapped[int] = mapped_column(ForeignKey("exams.id"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    series_number: Mapped[int | None] = mapped_column(Integer, default=None)
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+
+    exam: Mapped[Exam] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    """One stored SOP instance and what its tags say about it."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    series_fk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    exam_fk: Mapped[int] = mapped_column(ForeignKey("exams.id"), index=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    rel_path: Mapped[str] = mapped_column(String(512))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    replaced_count: Mapped[int] = mapped_column(Integer, default=0)
+    origin: Mapped[str] = mapped_column(String(16))  # domain.Origin
+    source: Mapped[str] = mapped_column(String(16))  # dimse, stow, node
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    peer_host: Mapped[str] = mapped_column(String(255), default="")
+
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    instance_number: Mapped[int | None] = mapped_column(Integer, default=None)
+    rows: Mapped[int | None] = mapped_column(Integer, default=None)
+    columns: Mapped[int | None] = mapped_column(Integer, default=None)
+    photometric: Mapped[str] = mapped_column(String(16), default="")
+    presentation_intent: Mapped[str] = mapped_column(String(32), default="")
+    image_type: Mapped[str] = mapped_column(String(128), default="")
+
+    # what the tags say, and which tag decided (see grouping.classify)
+    laterality: Mapped[str | None] = mapped_column(String(1), default=None)
+    laterality_source: Mapped[str] = mapped_column(String(64), default="")
+    view: Mapped[str | None] = mapped_column(String(16), default=None)
+    view_source: Mapped[str] = mapped_column(String(64), default="")
+    slot: Mapped[str | None] = mapped_column(String(8), default=None)
+    # a rule that keeps this image out of scoring on its own tags (domain.NotScoredReason)
+    rule: Mapped[str | None] = mapped_column(String(32), default=None)
+    rule_detail: Mapped[str] = mapped_column(Text, default="")
+    # pixel decodability: pending (not yet checked), ok, failed
+    pixel_check: Mapped[str] = mapped_column(String(16), default="pending")
+    pixel_detail: Mapped[str] = mapped_column(Text, default="")
+
+    exam: Mapped[Exam] = relationship(back_populates="instances")
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+    __table_args__ = (Index("ix_instances_pixel_pending", "pixel_check", "origin"),)
+
+
+class ExamEvent(Base):
+    """Append-only history of an exam's state changes and why."""
+
+    __tablename__ = "exam_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exam_fk: Mapped[int] = mapped_column(ForeignKey("exams.id"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    from_state: Mapped[str] = mapped_column(String(16), default="")
+    to_state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+    exam: Mapped[Exam] = relationship(back_populates="events")
+
+
+class Association(Base):
+    """Audit of DICOM associations: who connected, whether accepted, what they stored."""
+
+    __tablename__ = "associations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    called_ae: Mapped[str] = mapped_column(String(16), default="")
+    peer_host: Mapped[str] = mapped_column(String(255), default="")
+    peer_port: Mapped[int | None] = mapped_column(Integer, default=None)
+    tls: Mapped[bool] = mapped_column(Boolean, default=False)
+    accepted: Mapped[bool] = mapped_column(Boolean, default=True)
+    reject_reason: Mapped[str] = mapped_column(Text, default="")
+    end_reason: Mapped[str] = mapped_column(String(16), default="")  # released, aborted
+    stored: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)

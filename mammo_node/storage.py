@@ -1,0 +1,168 @@
+"""The instance store: Part-10 files exactly as received, written atomically and durably.
+
+Layout: ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.<sha256[:16]>.dcm``.
+UIDs are checked against the DICOM UID grammar before they touch a path, so a crafted UID
+cannot escape the store. The content hash in the name means a replacement never overwrites the
+acknowledged older file until the database points at the new one.
+
+Write protocol (``commit``): temp file in ``<root>/.tmp`` (same filesystem) -> fsync -> rename
+into place -> fsync the directory. Only then is the row committed and success answered.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mammo_node.errors import InvalidInstanceError, StorageError
+
+_UID_RE = re.compile(r"^[0-9][0-9.]{0,63}$")
+_HASH_CHUNK = 4 * 1024 * 1024
+
+
+def validate_uid(value: object, name: str) -> str:
+    """Return ``value`` as a UID string or raise InvalidInstanceError naming the attribute."""
+    if value is None or str(value).strip() == "":
+        raise InvalidInstanceError(f"{name} is missing", status=0xC220, http_status=400)
+    uid = str(value).strip().rstrip("\x00")
+    if not _UID_RE.match(uid) or ".." in uid or uid.endswith("."):
+        shown = uid if len(uid) <= 70 else uid[:67] + "..."
+        raise InvalidInstanceError(
+            f"{name} {shown!r} is not a valid DICOM UID (digits and dots, at most 64 chars)",
+            status=0xC221,
+            http_status=400,
+        )
+    return uid
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    rel_path: str
+    sha256: str
+    size: int
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class InstanceStore:
+    """Durable, content-addressed-by-UID storage of Part-10 files under one root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.tmp_dir = self.root / ".tmp"
+        try:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the instance store at {self.root}: {exc}") from exc
+
+    # --- temp files ------------------------------------------------------------------
+    def temp_path(self, suffix: str = ".dcm") -> Path:
+        """A new empty temp file on the store's filesystem (so commit is a rename)."""
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, suffix=suffix)
+        os.close(fd)
+        return Path(name)
+
+    def write_temp(self, data: bytes) -> Path:
+        path = self.temp_path()
+        path.write_bytes(data)
+        return path
+
+    # --- paths -----------------------------------------------------------------------
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
+        parts = [
+            validate_uid(study_uid, "StudyInstanceUID"),
+            validate_uid(series_uid, "SeriesInstanceUID"),
+            f"{validate_uid(sop_uid, 'SOPInstanceUID')}.{sha256[:16]}.dcm",
+        ]
+        return "/".join(parts)
+
+    def path(self, rel_path: str) -> Path:
+        """Absolute path of a stored file; refuses anything outside the store."""
+        full = (self.root / rel_path).resolve()
+        if not full.is_relative_to(self.root) or full == self.root:
+            raise StorageError(f"path {rel_path!r} lies outside the instance store")
+        return full
+
+    # --- commit ----------------------------------------------------------------------
+    def commit(self, temp: Path, rel_path: str, sha256: str | None = None) -> StoredFile:
+        """fsync ``temp`` and atomically move it to ``rel_path``; returns its hash and size."""
+        final = self.path(rel_path)
+        try:
+            digest = sha256 or file_sha256(temp)
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            self._ensure_dir(final.parent)
+            try:
+                os.replace(temp, final)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                self._copy_across_filesystems(temp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot store {rel_path}: {exc}") from exc
+        return StoredFile(rel_path=rel_path, sha256=digest, size=size)
+
+    def _copy_across_filesystems(self, temp: Path, final: Path) -> None:
+        """The temp file lies on another filesystem: copy, fsync, then rename here."""
+        local = self.temp_path()
+        shutil.copyfile(temp, local)
+        fd = os.open(local, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(local, final)
+        temp.unlink(missing_ok=True)
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create ``directory`` and fsync the parent of each level created."""
+        missing: list[Path] = []
+        current = directory
+        while not current.exists():
+            missing.append(current)
+            current = current.parent
+        for level in reversed(missing):
+            try:
+                level.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_dir(level.parent)
+
+    def remove(self, rel_path: str) -> None:
+        """Delete a stored file that no row points at any more (after a replacement)."""
+        try:
+            self.path(rel_path).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot remove {rel_path}: {exc}") from exc
+
+    def discard_temp(self, temp: Path) -> None:
+        temp.unlink(missing_ok=True)
+
+    def free_bytes(self) -> int:
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
