@@ -1,0 +1,146 @@
+"""The grouping service: checks pixel data of new images and moves exams out of RECEIVING.
+
+Runs as a thread of ``mammo-node serve`` (one per process; on PostgreSQL several processes
+can share a database: rows are claimed with ``FOR UPDATE SKIP LOCKED``). The C-STORE handler
+only persists and indexes; decoding pixels happens here, off the receive path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from dataclasses import dataclass
+
+from pydicom import dcmread
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mammo_node.config import Settings
+from mammo_node.db import repo
+from mammo_node.db.models import Exam, Instance, utcnow
+from mammo_node.db.session import Database
+from mammo_node.domain import ExamState
+from mammo_node.errors import MammoNodeError
+from mammo_node.grouping import decide
+from mammo_node.storage import InstanceStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PixelCheck:
+    ok: bool
+    detail: str
+
+
+def check_pixels(path: str) -> PixelCheck:
+    """Decode the pixel data once; any decoder failure is a reason, not a crash."""
+    try:
+        ds = dcmread(path)
+        pixels = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; the message is what matters
+        ts = "unknown transfer syntax"
+        try:
+            ts = dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID.name
+        except Exception:  # the header itself may be the problem
+            logger.debug("cannot read transfer syntax of %s", path, exc_info=True)
+        return PixelCheck(False, f"pixel data cannot be decoded ({ts}): {exc}"[:1000])
+    if pixels.ndim != 2:
+        return PixelCheck(False, f"pixel array has shape {pixels.shape}; one 2D frame expected")
+    return PixelCheck(True, f"{pixels.shape[1]}x{pixels.shape[0]} decoded")
+
+
+class Grouper:
+    def __init__(self, settings: Settings, db: Database, store: InstanceStore) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+
+    def run_once(self, now: dt.datetime | None = None) -> int:
+        """One pass: pixel checks, then exam decisions. Returns how many rows changed."""
+        changed = self.check_pending_pixels()
+        changed += self.decide_exams(now)
+        return changed
+
+    def check_pending_pixels(self, limit: int = 16) -> int:
+        with self.db.read() as session:
+            pending = session.execute(
+                select(Instance.id, Instance.rel_path)
+                .where(Instance.pixel_check == "pending")
+                .order_by(Instance.id)
+                .limit(limit)
+            ).all()
+        for instance_id, rel_path in pending:
+            result = check_pixels(str(self.store.path(rel_path)))
+            with self.db.session() as session:
+                instance = session.get(Instance, instance_id)
+                if instance is None or instance.rel_path != rel_path:
+                    continue  # replaced meanwhile: the new file gets its own check
+                instance.pixel_check = "ok" if result.ok else "failed"
+                instance.pixel_detail = result.detail
+                if not result.ok:
+                    logger.warning("undecodable %s: %s", instance.sop_instance_uid, result.detail)
+        return len(pending)
+
+    def decide_exams(self, now: dt.datetime | None = None) -> int:
+        now = now or utcnow()
+        quiet = min(self.settings.quiet_seconds, self.settings.stable_seconds)
+        horizon = now - dt.timedelta(seconds=quiet)
+        changed = 0
+        with self.db.read() as session:
+            ids = session.scalars(
+                select(Exam.id).where(
+                    Exam.state == ExamState.RECEIVING.value, Exam.last_received_at <= horizon
+                )
+            ).all()
+        for exam_id in ids:
+            with self.db.session() as session:
+                exam = _lock_exam(session, exam_id)
+                if exam is None or exam.state != ExamState.RECEIVING.value:
+                    continue
+                resolution = repo.resolve_exam(session, exam)
+                decision = decide(
+                    resolution,
+                    last_received_at=exam.last_received_at,
+                    now=now,
+                    quiet_seconds=self.settings.quiet_seconds,
+                    stable_seconds=self.settings.stable_seconds,
+                )
+                if decision is None:
+                    continue
+                exam.missing_views = list(decision.missing)
+                repo.set_exam_state(session, exam, decision.state, decision.reason, now=now)
+                changed += 1
+                logger.info("exam %s -> %s: %s", exam.study_uid, decision.state, decision.reason)
+        return changed
+
+
+def _lock_exam(session: Session, exam_id: int) -> Exam | None:
+    query = select(Exam).where(Exam.id == exam_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return session.scalars(query).first()
+
+
+class GrouperThread(threading.Thread):
+    """Runs ``Grouper.run_once`` every ``grouping_interval`` seconds until stopped."""
+
+    def __init__(self, grouper: Grouper) -> None:
+        super().__init__(name="grouper", daemon=True)
+        self.grouper = grouper
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        interval = self.grouper.settings.grouping_interval
+        while not self.stopping.is_set():
+            try:
+                busy = self.grouper.run_once()
+            except MammoNodeError:
+                logger.exception("grouping pass failed; retrying in %.1f s", interval)
+                busy = 0
+            if not busy:
+                self.stopping.wait(interval)
+
+    def stop(self) -> None:
+        self.stopping.set()

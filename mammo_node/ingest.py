@@ -1,0 +1,327 @@
+"""One path for every instance that enters the node (C-STORE, STOW-RS, the node's own outputs).
+
+``Ingestor.ingest_file`` takes a Part-10 temp file on the store's filesystem and, before it
+returns, has the file fsynced in its final place and its row committed: only then may a
+C-STORE response or STOW-RS answer say success. It parses the header (never the pixels),
+classifies the image for grouping and re-opens an exam that an image arrives late for.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.dataelem import RawDataElement
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mammo_node.config import Settings
+from mammo_node.db import repo
+from mammo_node.db.models import Exam, Instance, utcnow
+from mammo_node.db.session import Database
+from mammo_node.domain import ExamState, Origin
+from mammo_node.errors import DatabaseError, InvalidInstanceError, StorageError
+from mammo_node.grouping import classify
+from mammo_node.storage import InstanceStore, StoredFile, file_sha256, validate_uid
+
+logger = logging.getLogger(__name__)
+_UNDEFINED = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    outcome: str  # stored, duplicate, replaced
+    reopened: bool = False
+
+
+def read_header(path: Path) -> Dataset:
+    """Parse a Part-10 file's header; large values (pixel data) stay on disk, deferred.
+
+    pydicom reads short values silently; a value that runs past the end of the file is a
+    truncated dataset and is refused here.
+    """
+    try:
+        ds = dcmread(path, defer_size=4096, force=False)
+        size = path.stat().st_size
+        for tag in ds.keys():
+            element = ds.get_item(tag, keep_deferred=True)
+            if not isinstance(element, RawDataElement) or element.length in (0, _UNDEFINED):
+                continue
+            present = size - element.value_tell if element.value is None else len(element.value)
+            if present < element.length:
+                raise InvalidInstanceError(
+                    f"dataset truncated: {element.tag} declares {element.length} bytes, "
+                    f"{max(present, 0)} present",
+                    status=0xC210,
+                )
+    except InvalidInstanceError:
+        raise
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise InvalidInstanceError(
+            f"cannot parse the dataset ({type(exc).__name__}): {exc}", status=0xC210
+        ) from exc
+    return ds
+
+
+def _str(ds: Dataset, keyword: str, limit: int) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value)[:limit]
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class HeaderFacts:
+    """Everything the index stores about one dataset, read before the file is stored."""
+
+    sop_class: str
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax: str
+    patient: dict[str, str]
+    study: dict[str, str]
+    series: dict[str, Any]
+    instance: dict[str, Any]
+
+
+def read_facts(ds: Dataset) -> HeaderFacts:
+    """UIDs (validated), patient / study / series attributes and the grouping facts."""
+    sop_class = validate_uid(ds.get("SOPClassUID"), "SOPClassUID")
+    sop_uid = validate_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID")
+    study_uid = validate_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+    series_uid = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+    try:
+        facts = classify(ds)
+        intent = "FOR PROCESSING" if facts.for_processing else (
+            _str(ds, "PresentationIntentType", 32).upper() or "FOR PRESENTATION"
+        )
+        return HeaderFacts(
+            sop_class=sop_class, sop_uid=sop_uid, study_uid=study_uid, series_uid=series_uid,
+            transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+            patient={
+                "patient_id": _str(ds, "PatientID", 64),
+                "issuer": _str(ds, "IssuerOfPatientID", 64),
+                "name": _str(ds, "PatientName", 324),
+                "birth_date": _str(ds, "PatientBirthDate", 8),
+                "sex": _str(ds, "PatientSex", 16),
+            },
+            study={
+                "accession_number": _str(ds, "AccessionNumber", 16),
+                "study_date": _str(ds, "StudyDate", 8),
+                "study_time": _str(ds, "StudyTime", 32),
+                "study_description": _str(ds, "StudyDescription", 64),
+            },
+            series={
+                "modality": _str(ds, "Modality", 16),
+                "series_number": _int(ds, "SeriesNumber"),
+                "series_description": _str(ds, "SeriesDescription", 64),
+            },
+            instance={
+                "modality": _str(ds, "Modality", 16),
+                "instance_number": _int(ds, "InstanceNumber"),
+                "rows": _int(ds, "Rows"),
+                "columns": _int(ds, "Columns"),
+                "photometric": _str(ds, "PhotometricInterpretation", 16),
+                "presentation_intent": intent,
+                "image_type": "\\".join(str(v) for v in ds.get("ImageType", []))[:128],
+                "laterality": facts.laterality.value if facts.laterality else None,
+                "laterality_source": facts.laterality_source,
+                "view": facts.view[:16] if facts.view else None,
+                "view_source": facts.view_source,
+                "slot": str(facts.slot) if facts.slot else None,
+                "rule": facts.rule.value if facts.rule else None,
+                "rule_detail": facts.rule_detail,
+            },
+        )
+    except Exception as exc:  # a malformed value anywhere in the header
+        raise InvalidInstanceError(
+            f"cannot read the dataset's attributes ({type(exc).__name__}): {exc}", status=0xC210
+        ) from exc
+
+
+class Ingestor:
+    """Stores and indexes instances. Thread-safe: one per process, shared by all handlers."""
+
+    def __init__(self, settings: Settings, db: Database, store: InstanceStore) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+
+    def check_space(self) -> None:
+        free_mb = self.store.free_bytes() / 2**20
+        if free_mb < self.settings.min_free_disk_mb:
+            raise StorageError(
+                f"only {free_mb:.0f} MB free in {self.store.root}, below min_free_disk_mb="
+                f"{self.settings.min_free_disk_mb}"
+            )
+
+    def ingest_file(
+        self,
+        temp: Path,
+        *,
+        source: str,
+        calling_ae: str = "",
+        peer_host: str = "",
+        origin: Origin = Origin.RECEIVED,
+        expected_sop_class: str | None = None,
+        expected_sop_instance: str | None = None,
+    ) -> IngestResult:
+        """Store ``temp`` (consumed: moved into the store or deleted) and index it."""
+        try:
+            facts = read_facts(read_header(temp))
+            if expected_sop_class and expected_sop_class != facts.sop_class:
+                raise InvalidInstanceError(
+                    f"SOPClassUID {facts.sop_class} in the dataset differs from the request's "
+                    f"{expected_sop_class}",
+                    status=0xA900,
+                )
+            if expected_sop_instance and expected_sop_instance != facts.sop_uid:
+                raise InvalidInstanceError(
+                    f"SOPInstanceUID {facts.sop_uid} in the dataset differs from the request's "
+                    f"{expected_sop_instance}",
+                    status=0xC222,
+                )
+            sha256 = file_sha256(temp)
+            duplicate = self._same_bytes_stored(facts.sop_uid, sha256)
+            if duplicate is not None:
+                self.store.discard_temp(temp)
+                logger.info("duplicate %s (same bytes) from %s", facts.sop_uid, calling_ae or "-")
+                return duplicate
+            rel_path = self.store.relative_path(
+                facts.study_uid, facts.series_uid, facts.sop_uid, sha256
+            )
+            stored = self.store.commit(temp, rel_path, sha256)
+        except BaseException:
+            self.store.discard_temp(temp)
+            raise
+        arrival = Arrival(source, calling_ae[:16], peer_host[:255], origin)
+        for attempt in range(3):
+            try:
+                return self._index(facts, stored, arrival)
+            except DatabaseError as exc:
+                if not isinstance(exc.__cause__, IntegrityError) or attempt == 2:
+                    raise
+                logger.info("concurrent insert of %s; retrying", facts.sop_uid)
+        raise AssertionError("unreachable")
+
+    def _same_bytes_stored(self, sop_uid: str, sha256: str) -> IngestResult | None:
+        with self.db.read() as session:
+            row = session.scalars(
+                select(Instance).where(Instance.sop_instance_uid == sop_uid)
+            ).first()
+            if row is None or row.sha256 != sha256:
+                return None
+            if not self.store.path(row.rel_path).is_file():
+                return None  # the file went missing: store it again
+            return IngestResult(
+                sop_uid, row.sop_class_uid, row.exam.study_uid, row.series.series_uid, "duplicate"
+            )
+
+    def _index(self, facts: HeaderFacts, stored: StoredFile, arrival: Arrival) -> IngestResult:
+        now = utcnow()
+        old_path: str | None = None
+        reopened = False
+        with self.db.session() as session:
+            patient = repo.upsert_patient(session, **facts.patient)
+            exam = repo.get_or_create(
+                session, Exam, "study_uid", facts.study_uid,
+                patient_fk=patient.id, state=ExamState.RECEIVING.value,
+                first_received_at=now, last_received_at=now, state_changed_at=now,
+                **facts.study,
+            )
+            series = repo.upsert_series(session, exam, facts.series_uid, **facts.series)
+            instance = session.scalars(
+                select(Instance)
+                .where(Instance.sop_instance_uid == facts.sop_uid)
+                .with_for_update()
+            ).first()
+            outcome = "stored"
+            if instance is None:
+                instance = Instance(sop_instance_uid=facts.sop_uid, replaced_count=0)
+                session.add(instance)
+            elif instance.sha256 == stored.sha256:
+                outcome = "duplicate"
+            else:
+                outcome = "replaced"
+                old_path = instance.rel_path if instance.rel_path != stored.rel_path else None
+                instance.replaced_count += 1
+            for name, value in facts.instance.items():
+                setattr(instance, name, value)
+            needs_check = (
+                arrival.origin is Origin.RECEIVED
+                and facts.instance["rule"] is None
+                and facts.instance["slot"] is not None
+            )
+            instance.sop_class_uid = facts.sop_class
+            instance.series_fk = series.id
+            instance.exam_fk = exam.id
+            instance.transfer_syntax_uid = facts.transfer_syntax
+            instance.rel_path = stored.rel_path
+            instance.sha256 = stored.sha256
+            instance.size_bytes = stored.size
+            instance.received_at = now
+            instance.origin = arrival.origin.value
+            instance.source = arrival.source
+            instance.calling_ae = arrival.calling_ae
+            instance.peer_host = arrival.peer_host
+            instance.pixel_check = "pending" if needs_check else "skipped"
+            instance.pixel_detail = ""
+            if arrival.origin is Origin.RECEIVED and outcome != "duplicate":
+                reopened = _note_arrival(session, exam, facts.sop_uid, outcome, now, arrival)
+        if old_path:
+            try:
+                self.store.remove(old_path)
+            except StorageError:
+                logger.exception("replaced %s but could not delete %s", facts.sop_uid, old_path)
+        logger.info(
+            "%s %s (%s) study %s from %s@%s", outcome, facts.sop_uid, facts.sop_class,
+            facts.study_uid, arrival.calling_ae or "-", arrival.peer_host or "-",
+        )
+        return IngestResult(
+            facts.sop_uid, facts.sop_class, facts.study_uid, facts.series_uid, outcome, reopened
+        )
+
+
+@dataclass(frozen=True)
+class Arrival:
+    source: str  # dimse, stow, node
+    calling_ae: str
+    peer_host: str
+    origin: Origin
+
+
+def _note_arrival(
+    session: Session, exam: Exam, sop_uid: str, outcome: str, now: dt.datetime, arrival: Arrival
+) -> bool:
+    """Record an image's arrival on its exam; re-open the exam if it had moved on."""
+    exam.last_received_at = now
+    exam.source_ae = arrival.calling_ae
+    exam.source_host = arrival.peer_host
+    if outcome == "replaced":
+        exam.changed_at = now
+        exam.revision += 1
+    if exam.state == ExamState.RECEIVING.value:
+        return False
+    why = "image replaced" if outcome == "replaced" else "late image"
+    if outcome != "replaced":
+        exam.revision += 1
+    repo.set_exam_state(
+        session, exam, ExamState.RECEIVING, f"re-opened: {why} {sop_uid} after {exam.state}"
+    )
+    return True
