@@ -1,0 +1,1 @@
+"""mammo_node.dimse."""

@@ -1,0 +1,275 @@
+"""The Storage SCP: C-ECHO and C-STORE for mammography SOP classes, with an allow-list,
+a maximum number of associations, optional TLS and an audit row per association.
+
+Datasets are received straight to a temp file on the store's filesystem
+(``STORE_RECV_CHUNKED_DATASET``; PDU size unlimited), which ingest fsyncs and renames into
+place: the payload is never decoded or copied on the receive path.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import tempfile
+import threading
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.association import Association as PnAssociation
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from mammo_node.config import Settings
+from mammo_node.db.models import Association, utcnow
+from mammo_node.db.session import Database
+from mammo_node.dimse.peers import AllowList
+from mammo_node.errors import (
+    DatabaseError,
+    InvalidInstanceError,
+    MammoNodeError,
+    StorageError,
+)
+from mammo_node.grouping import ACCEPTED_SOP_CLASSES
+from mammo_node.ingest import Ingestor
+
+logger = logging.getLogger(__name__)
+
+# Never log identifiers (they carry patient data); our own log lines carry UIDs and AEs.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+def _preferred_syntaxes() -> list[str]:
+    """The transfer syntaxes a mammography archive accepts, compressed first.
+
+    pynetdicom picks the first of *our* list that the peer proposed: putting compressed
+    syntaxes first keeps a file in the syntax the modality sent it in (no conversion).
+    Video, audio and JPIP-referenced syntaxes (pixels not in the file) are left out.
+    """
+    unwanted = ("MPEG", "HEVC", "SMPTE", "JPIP")
+    syntaxes = [UID(ts) for ts in ALL_TRANSFER_SYNTAXES]
+    syntaxes = [ts for ts in syntaxes if not any(word in ts.name for word in unwanted)]
+    uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    rest = [ts for ts in syntaxes if not ts.is_compressed and ts not in uncompressed]
+    return [ts for ts in syntaxes if ts.is_compressed] + uncompressed + rest
+
+
+def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_ca is not None:
+        context.load_verify_locations(settings.tls_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status
+
+
+class StorageSCP:
+    """The node's DICOM listener. ``start()`` returns at once; ``stop()`` drains and closes."""
+
+    def __init__(self, settings: Settings, db: Database, ingestor: Ingestor) -> None:
+        self.settings = settings
+        self.db = db
+        self.ingestor = ingestor
+        self.allow_list = AllowList(settings.allowed_peers)
+        self.server: ThreadedAssociationServer | None = None
+        self._audit_ids: dict[int, int] = {}
+        self._counts: dict[int, list[int]] = {}
+        self._lock = threading.Lock()
+        self._previous_tempdir: str | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+    def build_ae(self) -> AE:
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.maximum_pdu_size = self.settings.max_pdu_size
+        ae.maximum_associations = self.settings.max_associations
+        ae.acse_timeout = self.settings.acse_timeout
+        ae.dimse_timeout = self.settings.dimse_timeout
+        ae.network_timeout = self.settings.network_timeout
+        ae.require_called_aet = False  # checked in _on_requested, with the reason logged
+        syntaxes = _preferred_syntaxes()
+        ae.add_supported_context(Verification, syntaxes)
+        for sop_class in ACCEPTED_SOP_CLASSES:
+            ae.add_supported_context(sop_class, syntaxes)
+        return ae
+
+    def start(self) -> ThreadedAssociationServer:
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        # chunked receive writes into tempfile's directory (process-wide; pynetdicom takes no
+        # directory): keep it on the store's filesystem so that storing is a rename
+        self._previous_tempdir = tempfile.tempdir
+        tempfile.tempdir = str(self.ingestor.store.tmp_dir)
+        handlers: list[Any] = [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_ended, ["released"]),
+            (evt.EVT_ABORTED, self._on_ended, ["aborted"]),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        self.server = self.build_ae().start_server(
+            (self.settings.host, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=build_ssl_context(self.settings),
+        )
+        logger.info(
+            "DICOM SCP %s listening on %s:%d (TLS %s, allow-list %s)",
+            self.settings.ae_title, self.settings.host, self.port,
+            "on" if self.settings.tls_cert else "off",
+            "on" if self.allow_list.enabled else "off",
+        )
+        return self.server
+
+    @property
+    def port(self) -> int:
+        if self.server is None:
+            return self.settings.port
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop accepting, let running C-STOREs finish, then close."""
+        if self.server is None:
+            return
+        server = self.server
+        server.shutdown()  # stop accepting new associations
+        for assoc in list(server.active_associations):
+            assoc.join(timeout=self.settings.dimse_timeout)
+        server.server_close()
+        self.server = None
+        tempfile.tempdir = self._previous_tempdir
+        logger.info("DICOM SCP stopped")
+
+    # --- associations ----------------------------------------------------------------
+    def _on_requested(self, event: evt.Event) -> None:
+        assoc: PnAssociation = event.assoc
+        calling = assoc.requestor.primitive.calling_ae_title.strip()
+        called = assoc.requestor.primitive.called_ae_title.strip()
+        host = assoc.requestor.address
+        reason = None
+        reject = (0x01, 0x01, 0x01)
+        if self.settings.require_called_ae and called != self.settings.ae_title:
+            reason = f"called AE {called!r} is not this node ({self.settings.ae_title!r})"
+            reject = (0x01, 0x01, 0x07)
+        elif (refusal := self.allow_list.check(calling, host)) is not None:
+            reason = refusal
+            reject = (0x01, 0x01, 0x03)
+        else:
+            try:
+                self.ingestor.check_space()
+            except StorageError as exc:
+                reason = f"storage full: {exc}"
+                reject = (0x02, 0x03, 0x01)  # transient: temporary congestion
+        if reason is None:
+            return
+        logger.warning("rejecting association from %s@%s: %s", calling, host, reason)
+        self._audit(calling, called, host, assoc.requestor.port, accepted=False, reason=reason)
+        assoc.acse.send_reject(*reject)
+        assoc.kill()
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        assoc: PnAssociation = event.assoc
+        calling = assoc.requestor.ae_title.strip()
+        host = assoc.requestor.address
+        audit_id = self._audit(
+            calling, self.settings.ae_title, host, assoc.requestor.port, accepted=True
+        )
+        with self._lock:
+            self._counts[id(assoc)] = [0, 0]
+            if audit_id is not None:
+                self._audit_ids[id(assoc)] = audit_id
+        logger.info("association from %s@%s accepted", calling, host)
+
+    def _on_ended(self, event: evt.Event, how: str) -> None:
+        key = id(event.assoc)
+        with self._lock:
+            audit_id = self._audit_ids.pop(key, None)
+            stored, failed = self._counts.pop(key, [0, 0])
+        if audit_id is None:
+            return
+        try:
+            with self.db.session() as session:
+                row = session.get(Association, audit_id)
+                if row is not None:
+                    row.ended_at = utcnow()
+                    row.end_reason = how
+                    row.stored = stored
+                    row.failed = failed
+        except DatabaseError:
+            logger.exception("could not close the audit row of association %d", audit_id)
+        logger.info("association %s: %d stored, %d failed", how, stored, failed)
+
+    def _audit(
+        self, calling: str, called: str, host: str, port: int, *, accepted: bool, reason: str = ""
+    ) -> int | None:
+        try:
+            with self.db.session() as session:
+                row = Association(
+                    calling_ae=calling[:16], called_ae=called[:16], peer_host=host,
+                    peer_port=port, tls=self.settings.tls_cert is not None,
+                    accepted=accepted, reject_reason=reason,
+                )
+                session.add(row)
+                session.flush()
+                return row.id
+        except DatabaseError:
+            logger.exception("could not write the association audit row")
+            return None
+
+    def _count(self, event: evt.Event, ok: bool) -> None:
+        with self._lock:
+            counts = self._counts.get(id(event.assoc))
+            if counts is not None:
+                counts[0 if ok else 1] += 1
+
+    # --- DIMSE -----------------------------------------------------------------------
+    def _on_echo(self, event: evt.Event) -> int:
+        return 0x0000
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        """Persist and index; never raise (the status says what went wrong)."""
+        assoc = event.assoc
+        request = event.request
+        calling = assoc.requestor.ae_title.strip()
+        host = assoc.requestor.address
+        try:
+            self.ingestor.check_space()
+            self.ingestor.ingest_file(
+                event.dataset_path,
+                source="dimse",
+                calling_ae=calling,
+                peer_host=host,
+                expected_sop_class=str(request.AffectedSOPClassUID),
+                expected_sop_instance=str(request.AffectedSOPInstanceUID),
+            )
+        except InvalidInstanceError as exc:
+            logger.warning(
+                "refused %s from %s@%s: %s", request.AffectedSOPInstanceUID, calling, host, exc
+            )
+            self._count(event, ok=False)
+            return _status(exc.status, str(exc))
+        except (StorageError, DatabaseError) as exc:
+            logger.exception("cannot store %s from %s", request.AffectedSOPInstanceUID, calling)
+            self._count(event, ok=False)
+            return _status(0xA700, f"out of resources: {type(exc).__name__}")
+        except MammoNodeError as exc:
+            logger.exception("cannot store %s", request.AffectedSOPInstanceUID)
+            self._count(event, ok=False)
+            return _status(0xC211, str(exc))
+        except Exception:
+            logger.exception("unexpected error storing %s", request.AffectedSOPInstanceUID)
+            self._count(event, ok=False)
+            return _status(0xC211, "internal error; see the node's log")
+        self._count(event, ok=True)
+        return 0x0000

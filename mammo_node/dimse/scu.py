@@ -1,0 +1,191 @@
+"""C-ECHO and C-STORE SCU: `mammo-node echo`, `mammo-node send` and the exporter.
+
+Files are streamed from disk as stored (``STORE_SEND_CHUNKED_DATASET``), so presentation
+contexts propose each file's own transfer syntax: nothing is decoded or re-encoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification
+
+from mammo_node.errors import DeliveryError
+
+logger = logging.getLogger(__name__)
+
+#: C-STORE statuses that mean "stored" although with a warning (coercion, elements discarded,
+#: dataset does not match SOP class): delivered, and the warning is kept.
+WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
+MAX_CONTEXTS = 128
+
+
+@dataclass(frozen=True)
+class Peer:
+    host: str
+    port: int
+    ae_title: str = "ANY-SCP"
+    calling_ae: str = "MAMMO_NODE"
+    ssl_context: ssl.SSLContext | None = None
+
+
+@dataclass
+class StoreOutcome:
+    path: Path
+    sop_instance_uid: str
+    status: int | None  # None: no response (association lost)
+    comment: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        return self.status == 0x0000 or self.status in WARNING_STATUSES
+
+
+@dataclass
+class SendReport:
+    outcomes: list[StoreOutcome] = field(default_factory=list)
+    rejected: str = ""  # association rejected: a configuration problem, not transient
+
+    @property
+    def delivered(self) -> int:
+        return sum(o.delivered for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[StoreOutcome]:
+        return [o for o in self.outcomes if not o.delivered]
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 as ``[addr]:port``)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f'Address "{text}" should be HOST:PORT.')
+    return host.strip("[]"), int(port)
+
+
+def _new_ae(calling_ae: str) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.maximum_pdu_size = 0
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 120
+    ae.network_timeout = 120
+    return ae
+
+
+def echo(peer: Peer) -> int:
+    """C-ECHO; returns the status (0 = success). Raises DeliveryError when no association."""
+    ae = _new_ae(peer.calling_ae)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(
+        peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls(peer)
+    )
+    if not assoc.is_established:
+        raise DeliveryError(_why_not(assoc, peer))
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if not status:
+        raise DeliveryError(f"no C-ECHO response from {peer.ae_title}@{peer.host}:{peer.port}")
+    return int(status.Status)
+
+
+def _tls(peer: Peer) -> tuple[ssl.SSLContext, str] | None:
+    return (peer.ssl_context, peer.host) if peer.ssl_context else None
+
+
+def _why_not(assoc: object, peer: Peer) -> str:
+    where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    if getattr(assoc, "is_rejected", False):
+        rsp = assoc.acceptor.primitive  # type: ignore[attr-defined]
+        return (
+            f"association rejected by {where} (result {rsp.result_str}, source "
+            f"{rsp.source_str}, reason {rsp.reason_str})"
+        )
+    if getattr(assoc, "is_aborted", False):
+        return f"association aborted by {where}"
+    return f"cannot connect to {where}"
+
+
+def _contexts(metas: Sequence[tuple[str, str]]) -> list[object]:
+    """One context per (SOP class, transfer syntax) in the files, uncompressed fallbacks."""
+    wanted: dict[tuple[str, str], None] = {}
+    for sop_class, syntax in metas:
+        wanted[(sop_class, syntax)] = None
+    contexts = []
+    for sop_class, syntax in wanted:
+        syntaxes = [syntax]
+        if syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
+            syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        contexts.append(build_context(sop_class, syntaxes))
+    if len(contexts) > MAX_CONTEXTS:
+        raise DeliveryError(
+            f"{len(contexts)} SOP class/transfer syntax pairs exceed the {MAX_CONTEXTS} "
+            "presentation contexts of one association; send in smaller groups"
+        )
+    return contexts
+
+
+def send_files(paths: Iterable[Path], peer: Peer) -> SendReport:
+    """C-STORE every file over one association; returns each file's status."""
+    paths = list(paths)
+    report = SendReport()
+    if not paths:
+        return report
+    metas = []
+    for path in paths:
+        meta = read_file_meta_info(path)
+        metas.append((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = _new_ae(peer.calling_ae)
+    ae.requested_contexts = _contexts(metas)  # type: ignore[assignment]
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls(peer))
+    if not assoc.is_established:
+        why = _why_not(assoc, peer)
+        if assoc.is_rejected:
+            report.rejected = why
+            return report
+        raise DeliveryError(why)
+    try:
+        for path, (_, _syntax) in zip(paths, metas, strict=True):
+            sop_uid = str(read_file_meta_info(path).MediaStorageSOPInstanceUID)
+            try:
+                status = assoc.send_c_store(path)
+            except (ValueError, AttributeError, RuntimeError) as exc:
+                report.outcomes.append(StoreOutcome(path, sop_uid, None, str(exc)))
+                if not assoc.is_established:
+                    break
+                continue
+            if not status:
+                report.outcomes.append(StoreOutcome(path, sop_uid, None, "no response"))
+                break
+            comment = str(status.get("ErrorComment", ""))
+            report.outcomes.append(StoreOutcome(path, sop_uid, int(status.Status), comment))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    done = {o.path for o in report.outcomes}
+    report.outcomes.extend(
+        StoreOutcome(p, "", None, "not sent: association lost") for p in paths if p not in done
+    )
+    return report
+
+
+def send_parallel(paths: Sequence[Path], peer: Peer, associations: int) -> SendReport:
+    """Split ``paths`` over ``associations`` concurrent associations."""
+    groups = [list(paths[i::associations]) for i in range(max(1, associations))]
+    merged = SendReport()
+    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+        for report in pool.map(lambda g: send_files(g, peer), groups):
+            merged.outcomes.extend(report.outcomes)
+            merged.rejected = merged.rejected or report.rejected
+    return merged

@@ -1,0 +1,20 @@
+"""Logging set-up for the command line. Log lines carry UIDs and AE titles, never patient
+names, IDs or birth dates (pynetdicom's identifier logging is switched off in dimse.scp)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def configure(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # pynetdicom narrates every PDU at INFO; keep its warnings and errors only
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
