@@ -1,0 +1,68 @@
+# mammo-node: `make serve` runs the node, `make test` runs the whole test suite.
+# Both do all their own set-up on a fresh Debian machine (as root): virtual env, pip,
+# the Debian packages the tests use (dcmtk, Orthanc, dicom3tools, Chromium), migrations.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON    ?= python3
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PIP       := $(VENV)/bin/pip
+NODE_CLI  := $(VENV)/bin/mammo-node
+DATA_DIR  ?= mammo-data
+AE_TITLE  ?= MAMMO_NODE
+PORT      ?= 11112
+HTTP_PORT ?= 8080
+PYTEST_ARGS ?=
+# Debian packages: real DICOM peers and validators for the tests, Chromium for the viewers
+APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium curl iproute2 util-linux nodejs npm
+OHIF_CHECK := $(abspath ../shared/tools/ohif-check)
+
+.PHONY: help serve test lint venv apt viewer-tools bench-ingest clean-data
+
+help:
+	@echo "make serve   - run mammo-node (SQLite + storage in $(DATA_DIR), DICOM port $(PORT))"
+	@echo "make test    - install everything the tests need and run the whole suite"
+	@echo "make lint    - ruff"
+	@echo "make bench-ingest | bench-model | bench-pipeline - benchmarks (print figures)"
+
+# --- set-up ------------------------------------------------------------------------------
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q python3 python3-venv python3-pip; }
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { apt-get update -q && apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+viewer-tools: apt
+	@if [ -d "$(OHIF_CHECK)" ]; then bash $(OHIF_CHECK)/setup.sh; \
+	else echo "ohif-check not found at $(OHIF_CHECK): viewer tests will fail"; fi
+
+# --- the two commands ----------------------------------------------------------------------
+serve: venv
+	$(NODE_CLI) db upgrade --data-dir $(DATA_DIR)
+	exec $(NODE_CLI) serve --data-dir $(DATA_DIR) --ae-title $(AE_TITLE) --port $(PORT) --http-port $(HTTP_PORT)
+
+test: venv apt viewer-tools
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check mammo_node trainer tests scripts alembic
+
+# --- benchmarks ----------------------------------------------------------------------------
+bench-ingest: venv apt
+	$(PY) scripts/bench_ingest.py
+
+clean-data:
+	rm -rf $(DATA_DIR)
+
+-include mk/*.mk

@@ -1,0 +1,163 @@
+"""Shared fixtures: real databases (SQLite file, PostgreSQL on 127.0.0.1:5432), a real node
+on a free port, the real files in ../shared/realdata, and dcmtk as the modality."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get(
+    "MAMMO_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+# --- markers -----------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow", action="store_true", help="also run full-size tests marked slow"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    opt_in = pytest.mark.skip(reason="full-size test: opt in with --run-slow (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords and "viewer" not in item.keywords:
+            item.add_marker(opt_in)
+
+
+# --- helpers -----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def dcmtk(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise AssertionError(f"{tool} not installed: `make test` installs dcmtk (apt)")
+    return path
+
+
+def storescu(port: int, files: list[Path], *flags: str, aet: str = "MODALITY",
+             aec: str = "MAMMO_NODE") -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, TCP_NODELAY="1")
+    return subprocess.run(
+        [dcmtk("storescu"), "-aet", aet, "-aec", aec, *flags, "127.0.0.1", str(port),
+         *map(str, files)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+
+
+@pytest.fixture(scope="session")
+def realdata() -> Path:
+    root = Path(os.environ.get("MAMMO_REALDATA", REPO.parent / "shared" / "realdata"))
+    if not (root / "README.md").is_file():
+        raise AssertionError(
+            f"real test data not found at {root}; set MAMMO_REALDATA to ../shared/realdata"
+        )
+    return root
+
+
+# --- databases ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """The PostgreSQL server the machine runs; a missing server fails the test loudly."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG_ADMIN_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise AssertionError(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}") from exc
+    finally:
+        engine.dispose()
+    return PG_ADMIN_URL
+
+
+def _pg_database(admin_url: str) -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"mammo_t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of each backend; tests run migrations from empty."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'node.db'}"
+        return
+    request.applymarker(pytest.mark.postgres)
+    yield from _pg_database(request.getfixturevalue("pg_server"))
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    yield from _pg_database(pg_server)
+
+
+# --- a running node ----------------------------------------------------------------------
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start real in-process nodes (SCP + grouping) on free ports; stopped at teardown."""
+    from mammo_node.config import Settings
+    from mammo_node.node import Node
+
+    started: list[Any] = []
+
+    def start(db_url: str | None = None, **overrides: Any) -> Any:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / f"node{len(started)}",
+            "port": free_port(),
+            "http_port": free_port(),
+            "host": "127.0.0.1",
+            "quiet_seconds": 0.5,
+            "stable_seconds": 3.0,
+            "grouping_interval": 0.1,
+            "min_free_disk_mb": 0,
+        }
+        if db_url:
+            values["db_url"] = db_url
+        values.update(overrides)
+        node = Node(Settings(**values))
+        node.start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in reversed(started):
+        node.stop()
