@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -109,6 +110,11 @@ class Exam(Base):
     changed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     source_ae: Mapped[str] = mapped_column(String(16), default="")
     source_host: Mapped[str] = mapped_column(String(255), default="")
+    # scoring: attempts at the current revision, the worker holding it, the last failure
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str] = mapped_column(String(128), default="")
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str] = mapped_column(Text, default="")
 
     patient: Mapped[Patient] = relationship(back_populates="exams")
     series: Mapped[list[Series]] = relationship(back_populates="exam")
@@ -171,6 +177,11 @@ class Instance(Base):
     # pixel decodability: pending (not yet checked), ok, failed
     pixel_check: Mapped[str] = mapped_column(String(16), default="pending")
     pixel_detail: Mapped[str] = mapped_column(Text, default="")
+    # outputs written by the node: which result and what kind (sr, sr_view, sc, seg)
+    result_fk: Mapped[int | None] = mapped_column(
+        ForeignKey("results.id"), default=None, index=True
+    )
+    output_kind: Mapped[str] = mapped_column(String(16), default="")
 
     exam: Mapped[Exam] = relationship(back_populates="instances")
     series: Mapped[Series] = relationship(back_populates="instances")
@@ -211,3 +222,82 @@ class Association(Base):
     end_reason: Mapped[str] = mapped_column(String(16), default="")  # released, aborted
     stored: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Result(Base):
+    """One scoring of one exam revision by one model bundle."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exam_fk: Mapped[int] = mapped_column(ForeignKey("exams.id"), index=True)
+    exam_revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_is_demo: Mapped[bool] = mapped_column(Boolean, default=False)
+    score_kind: Mapped[str] = mapped_column(String(32), default="logit_difference")
+    exam_score: Mapped[float]
+    breast_scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    images: Mapped[dict[str, Any]] = mapped_column(default=dict)  # per SOP Instance UID
+    verdicts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    device: Mapped[str] = mapped_column(String(32), default="")
+    worker: Mapped[str] = mapped_column(String(128), default="")
+    sr_sop_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    previous_result_fk: Mapped[int | None] = mapped_column(
+        ForeignKey("results.id"), default=None
+    )
+
+    __table_args__ = (Index("ix_results_exam_revision", "exam_fk", "exam_revision"),)
+
+
+class Destination(Base):
+    """A DICOM peer results are sent to (a PACS, a workstation)."""
+
+    __tablename__ = "destinations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    ae_title: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    tls: Mapped[bool] = mapped_column(Boolean, default=False)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # an association rejection is a configuration problem: reported once, then paused
+    config_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class OutboxItem(Base):
+    """One output instance due at one destination: the durable outbox."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_fk: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    destination_fk: Mapped[int] = mapped_column(ForeignKey("destinations.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (
+        UniqueConstraint("instance_fk", "destination_fk", name="uq_outbox_instance_destination"),
+    )
+
+
+class AuditEvent(Base):
+    """Append-only audit: who sent what, what was sent where, who looked at which exam."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))  # AE title, token name, user, "node"
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(128), default="")  # a UID, a destination...
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
