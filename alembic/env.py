@@ -5,6 +5,7 @@ from __future__ import annotations
 from logging.config import fileConfig
 
 from alembic import context
+
 from mammo_node.db.models import Base
 from mammo_node.db.session import create_db_engine
 

@@ -52,7 +52,7 @@ def read_header(path: Path) -> Dataset:
     try:
         ds = dcmread(path, defer_size=4096, force=False)
         size = path.stat().st_size
-        for tag in ds.keys():
+        for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset would load deferred values
             element = ds.get_item(tag, keep_deferred=True)
             if not isinstance(element, RawDataElement) or element.length in (0, _UNDEFINED):
                 continue
