@@ -27,6 +27,8 @@ class Node:
             upgrade(settings.database_url)
         self.db = Database(settings.database_url)
         self.store = InstanceStore(settings.storage_dir)
+        if removed := self.store.clean_temp():
+            logger.info("removed %d unacknowledged temp file(s) left by a crash", removed)
         self.ingestor = Ingestor(settings, self.db, self.store)
         self.scp = StorageSCP(settings, self.db, self.ingestor)
         self.grouper = GrouperThread(Grouper(settings, self.db, self.store))

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +160,19 @@ class InstanceStore:
             self.path(rel_path).unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot remove {rel_path}: {exc}") from exc
+
+    def clean_temp(self, older_than_seconds: float = 3600.0) -> int:
+        """Delete temp files left by a crash (never acknowledged). Returns how many."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for temp in self.tmp_dir.iterdir():
+            try:
+                if temp.is_file() and temp.stat().st_mtime < cutoff:
+                    temp.unlink()
+                    removed += 1
+            except OSError:
+                continue  # another process took it meanwhile
+        return removed
 
     def discard_temp(self, temp: Path) -> None:
         temp.unlink(missing_ok=True)

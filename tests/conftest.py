@@ -16,16 +16,12 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PG_ADMIN_URL = os.environ.get(
-    "MAMMO_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+PG_ADMIN_URL = os.environ.get("MAMMO_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 # --- markers -----------------------------------------------------------------------------
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--run-slow", action="store_true", help="also run full-size tests marked slow"
-    )
+    parser.addoption("--run-slow", action="store_true", help="also run full-size tests marked slow")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -62,13 +58,26 @@ def dcmtk(tool: str) -> str:
     return path
 
 
-def storescu(port: int, files: list[Path], *flags: str, aet: str = "MODALITY",
-             aec: str = "MAMMO_NODE") -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int, files: list[Path], *flags: str, aet: str = "MODALITY", aec: str = "MAMMO_NODE"
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, TCP_NODELAY="1")
     return subprocess.run(
-        [dcmtk("storescu"), "-aet", aet, "-aec", aec, *flags, "127.0.0.1", str(port),
-         *map(str, files)],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            dcmtk("storescu"),
+            "-aet",
+            aet,
+            "-aec",
+            aec,
+            *flags,
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
 
 
@@ -161,3 +170,106 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield start
     for node in reversed(started):
         node.stop()
+
+
+# --- a node in its own process (for kill -9 and CLI tests) --------------------------------
+class NodeProcess:
+    """`mammo-node serve` as a real child process."""
+
+    def __init__(self, data_dir: Path, *, db_url: str | None = None, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.http_port = free_port()
+        self.db_url = db_url
+        self.env = {
+            **os.environ,
+            "MAMMO_QUIET_SECONDS": "0.5",
+            "MAMMO_STABLE_SECONDS": "3",
+            "MAMMO_GROUPING_INTERVAL": "0.1",
+            "MAMMO_MIN_FREE_DISK_MB": "0",
+            "MAMMO_HOST": "127.0.0.1",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir.parent / f"{data_dir.name}.log"
+
+    def cli(
+        self, *args: str, check: bool = True, data: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `mammo-node ARGS` (with this node's --data-dir / --db-url when ``data``)."""
+        extra = ["--data-dir", str(self.data_dir)] if data else []
+        if data and self.db_url:
+            extra += ["--db-url", self.db_url]
+        run = subprocess.run(
+            [str(Path(os.sys.executable).parent / "mammo-node"), *args, *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=self.env,
+        )
+        if check and run.returncode != 0:
+            raise AssertionError(f"mammo-node {' '.join(args)} failed:\n{run.stderr}")
+        return run
+
+    def start(self) -> NodeProcess:
+        extra = ["--db-url", self.db_url] if self.db_url else []
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(Path(os.sys.executable).parent / "mammo-node"),
+                    "serve",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--port",
+                    str(self.port),
+                    "--http-port",
+                    str(self.http_port),
+                    "--ae-title",
+                    "MAMMO_NODE",
+                    *extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        wait_for(self._answers_echo, timeout=90, interval=0.3)
+        return self
+
+    def _answers_echo(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"node exited with {self.proc.returncode}:\n{self.log.read_text()}"
+            )
+        run = subprocess.run(
+            [dcmtk("echoscu"), "-to", "2", "-aec", "MAMMO_NODE", "127.0.0.1", str(self.port)],
+            capture_output=True,
+            timeout=30,
+        )
+        return run.returncode == 0
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.terminate()
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    started: list[NodeProcess] = []
+
+    def make(data_dir: Path | None = None, **kwargs: Any) -> NodeProcess:
+        node = NodeProcess(data_dir or tmp_path / "data", **kwargs)
+        started.append(node)
+        return node
+
+    yield make
+    for node in started:
+        if node.proc is not None and node.proc.poll() is None:
+            node.kill()

@@ -7,6 +7,7 @@ contexts propose each file's own transfer syntax: nothing is decoded or re-encod
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -111,9 +112,11 @@ def _why_not(assoc: object, peer: Peer) -> str:
             f"association rejected by {where} (result {rsp.result_str}, source "
             f"{rsp.source_str}, reason {rsp.reason_str})"
         )
-    if getattr(assoc, "is_aborted", False):
-        return f"association aborted by {where}"
-    return f"cannot connect to {where}"
+    try:  # pynetdicom reports a refused connection as an abort: tell them apart
+        socket.create_connection((peer.host, peer.port), timeout=5).close()
+    except OSError as exc:
+        return f"cannot connect to {where}: {exc.strerror or exc}"
+    return f"association aborted by {where}"
 
 
 def _contexts(metas: Sequence[tuple[str, str]]) -> list[object]:
