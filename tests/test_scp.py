@@ -46,8 +46,12 @@ def pn_store(port: int, datasets: list[Any], *, aet: str = "PYNETDICOM") -> list
 
 def test_echo_with_echoscu_and_pynetdicom(node_factory: Any, db_url: str) -> None:
     node = node_factory(db_url)
-    run = subprocess.run([dcmtk("echoscu"), "-aec", "MAMMO_NODE", "127.0.0.1", str(node.scp.port)],
-                         capture_output=True, text=True, timeout=30)
+    run = subprocess.run(
+        [dcmtk("echoscu"), "-aec", "MAMMO_NODE", "127.0.0.1", str(node.scp.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert run.returncode == 0, run.stderr
     ae = AE()
     ae.add_requested_context(Verification)
@@ -85,9 +89,7 @@ def test_four_views_become_ready_with_the_right_slots(
         assert stored.PixelData == dcmread(path).PixelData
 
 
-def test_three_views_become_partial_naming_the_missing_view(
-    node_factory: Any, db_url: str
-) -> None:
+def test_three_views_become_partial_naming_the_missing_view(node_factory: Any, db_url: str) -> None:
     node = node_factory(db_url, stable_seconds=1.5)
     exam = four_view_exam()[:3]
     assert pn_store(node.scp.port, exam) == [0, 0, 0]
@@ -291,3 +293,35 @@ def test_compressed_transfer_syntaxes_are_kept_as_received(
     wait_for(lambda: exam_detail(node.db, study)["instances"][0]["pixel_check"] == "ok")
     (instance,) = exam_detail(node.db, study)["instances"]
     assert instance["transfer_syntax_uid"] == syntax
+
+
+def test_wrapped_nyu_exam_and_mias_films_are_received_and_classified(
+    node_factory: Any, realdata: Path, tmp_path: Path
+) -> None:
+    from mammo_node import wrap
+
+    node = node_factory(stable_seconds=2.0)
+    nyu = wrap.wrap_nyu_exam(realdata / "nyu-gmic-exam0__nyukat-GMIC")
+    mias = [
+        ds
+        for ds, _ in wrap.wrap_mias(
+            realdata / "mini-mias-subset__theidentity-MammogramVisualization",
+            ["mdb001", "mdb002", "mdb023", "mdb024"],
+        )
+    ]
+    files = wrap.write_datasets(nyu + mias, tmp_path / "wrapped")
+    assert storescu(node.scp.port, files).returncode == 0
+
+    study = str(nyu[0].StudyInstanceUID)
+    wait_for(lambda: exam_state(node, study) == "ready", timeout=60)
+    detail = exam_detail(node.db, study)
+    assert detail["slots"] == {
+        f"{ds.ImageLaterality}-{ds.ViewPosition}": str(ds.SOPInstanceUID) for ds in nyu
+    }
+    mias_studies = {str(ds.StudyInstanceUID) for ds in mias}
+    for mias_study in mias_studies:
+        wait_for(lambda s=mias_study: exam_state(node, s) == "partial", timeout=60)
+        film = exam_detail(node.db, mias_study)
+        assert film["not_scored"] == []  # digitised film is a candidate...
+        assert {i["view"] for i in film["instances"]} == {"MLO"}
+        assert {"L-CC", "R-CC"} <= set(film["missing_views"])  # ...but MIAS has no CC views
