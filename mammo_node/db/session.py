@@ -33,7 +33,9 @@ def _normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_db_engine(url: str) -> Engine:
+def create_db_engine(url: str, *, read_only: bool = False) -> Engine:
+    """An engine for ``url``. SQLite writers begin IMMEDIATE (queue on the busy timeout);
+    a ``read_only`` SQLite engine begins DEFERRED, so readers never wait for writers (WAL)."""
     url = _normalise_url(url)
     if url.startswith("sqlite"):
         path = make_url(url).database
@@ -49,11 +51,13 @@ def create_db_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=60000")
+            if read_only:
+                cur.execute("PRAGMA query_only=ON")
             cur.close()
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -66,6 +70,12 @@ class Database:
         self.url = _normalise_url(url)
         self.engine = create_db_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if self.engine.dialect.name == "sqlite":
+            self.read_engine = create_db_engine(self.url, read_only=True)
+            self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
+        else:
+            self.read_engine = self.engine
+            self._read_sessions = self._sessions
 
     @property
     def dialect(self) -> str:
@@ -85,8 +95,8 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only unit of work (rolled back at the end)."""
-        session = self._sessions()
+        """A read-only unit of work (rolled back at the end); never waits for writers."""
+        session = self._read_sessions()
         try:
             yield session
         except SQLAlchemyError as exc:
@@ -97,6 +107,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self.read_engine.dispose()
 
 
 def alembic_config(url: str) -> Any:
