@@ -1,0 +1,22 @@
+"""Result writers: one scored exam -> TID 1500 SRs, saliency Secondary Captures and SEGs.
+
+Pure functions of pydicom Datasets (no database, network or files). The worker calls
+:func:`build_outputs`; the exporter asks :func:`sop_classes_for_outputs` for its presentation
+contexts. The exam report (``OutputKind.SR``) is the primary result; why each view also gets a
+report of its own is explained in :mod:`mammo_node.writers.sr`.
+"""
+
+from mammo_node.writers.identity import OutputKind, ReferencedDocument, output_uid
+from mammo_node.writers.outputs import OutputObject, build_outputs, sop_classes_for_outputs
+from mammo_node.writers.sr import ReportReading, read_report
+
+__all__ = [
+    "OutputKind",
+    "OutputObject",
+    "ReferencedDocument",
+    "ReportReading",
+    "build_outputs",
+    "output_uid",
+    "read_report",
+    "sop_classes_for_outputs",
+]

@@ -1,0 +1,175 @@
+"""What identifies each output: kinds, deterministic UIDs, series numbers and descriptions.
+
+Every UID of an output is a name-based UUID (RFC 4122 version 5, SHA-1) under ``2.25``, made
+from (source study, bundle version, result revision, output kind, view, element). Building the
+same result twice - a retry after a crash - therefore gives byte-for-byte the same identities,
+and the PACS receives the same instances again instead of duplicates. A new revision (late image,
+rescore) or a new bundle version gives new UIDs.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from functools import partial
+
+from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
+
+from mammo_node.domain import SLOTS, BundleInfo, Slot
+
+# Fixed namespace for mammo-node outputs (a random UUID drawn once; never change it).
+_NAMESPACE = uuid.UUID("6f0c64b6-2f0e-4c1c-9a43-6a2e7d0c1b55")
+
+
+class OutputKind(enum.StrEnum):
+    """The objects a scored exam produces. ``SR`` is the primary, exam-level report."""
+
+    SR = "sr"  # exam report (TID 1500): the one named by sr_sop_instance_uid
+    SR_VIEW = "sr_view"  # one TID 1500 report per view, so every view displays in OHIF
+    SC = "sc"  # RGB secondary capture with heat map, ROI box, COA and scores burned in
+    SEG = "seg"  # binary segmentation of the most salient pixels
+
+
+class UidElement(enum.StrEnum):
+    SERIES = "series"
+    INSTANCE = "instance"
+
+
+# Fixed, high series numbers per output type (per view: base + 1..4 in SLOTS order).
+SERIES_NUMBER_BASE: dict[OutputKind, int] = {
+    OutputKind.SR: 9100,
+    OutputKind.SR_VIEW: 9100,
+    OutputKind.SC: 9200,
+    OutputKind.SEG: 9300,
+}
+
+_KIND_WORDS: dict[OutputKind, str] = {
+    OutputKind.SR: "exam report",
+    OutputKind.SR_VIEW: "report",
+    OutputKind.SC: "saliency images",
+    OutputKind.SEG: "saliency SEG",
+}
+
+
+@dataclass(frozen=True)
+class ReferencedDocument:
+    """An SR written for an earlier revision of the same exam (goes to Predecessor Documents).
+
+    ``slot`` is the view a per-view SR was written for, None for the exam report (or when not
+    known: such a document is listed as a predecessor of every new SR).
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    slot: Slot | None = None
+
+
+def output_uid(
+    study_uid: str,
+    bundle_version: str,
+    revision: int,
+    kind: OutputKind | str,
+    slot: Slot | None,
+    element: UidElement | str = UidElement.INSTANCE,
+) -> str:
+    """Deterministic ``2.25.<int>`` UID of one output's series or instance."""
+    if not study_uid:
+        raise ValueError(f'Argument "study_uid" should be a UID, got {study_uid!r}.')
+    if revision < 0:
+        raise ValueError(f'Argument "revision" should be >= 0, got {revision!r}.')
+    kind = OutputKind(kind)
+    element = UidElement(element)
+    name = "|".join(
+        [study_uid, bundle_version, str(revision), kind.value, str(slot or "exam"), element.value]
+    )
+    return f"2.25.{uuid.uuid5(_NAMESPACE, name).int}"
+
+
+def view_index(slot: Slot) -> int:
+    """1-based position of a view in L-CC, L-MLO, R-CC, R-MLO order."""
+    return SLOTS.index(slot) + 1
+
+
+def series_number(kind: OutputKind, slot: Slot | None) -> int:
+    base = SERIES_NUMBER_BASE[kind]
+    if kind in (OutputKind.SR_VIEW, OutputKind.SEG):
+        if slot is None:
+            raise ValueError(f'Output kind "{kind}" needs a view, got slot None.')
+        return base + view_index(slot)
+    return base
+
+
+def instance_number(slot: Slot | None) -> int:
+    return 1 if slot is None else view_index(slot)
+
+
+def series_description(
+    kind: OutputKind, slot: Slot | None, bundle: BundleInfo, revision: int
+) -> str:
+    """E.g. ``"DEMO NOT FOR CLINICAL USE AI report L-CC r1"`` (at most 64 characters)."""
+    words = _KIND_WORDS[kind] + (f" {slot}" if slot is not None else "")
+    demo = "DEMO NOT FOR CLINICAL USE " if bundle.is_demo else ""
+    text = f"{demo}AI {words} r{revision}"
+    return text[:64]
+
+
+SOP_CLASS: dict[OutputKind, str] = {
+    OutputKind.SR: ComprehensiveSRStorage,
+    OutputKind.SR_VIEW: ComprehensiveSRStorage,
+    OutputKind.SC: SecondaryCaptureImageStorage,
+    OutputKind.SEG: SegmentationStorage,
+}
+
+
+@dataclass(frozen=True)
+class OutputIdentity:
+    """Where one output goes: its series, instance and SOP class."""
+
+    kind: OutputKind
+    slot: Slot | None
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_number: int
+    instance_number: int
+    series_description: str
+
+    def reference(self) -> tuple[str, str, str]:
+        """(series UID, SOP class UID, SOP instance UID)."""
+        return self.series_instance_uid, self.sop_class_uid, self.sop_instance_uid
+
+
+def plan_identities(
+    study_uid: str, bundle: BundleInfo, revision: int, slots: list[Slot]
+) -> dict[tuple[OutputKind, Slot | None], OutputIdentity]:
+    """Identities of every output of one result: the exam SR, then per view SR, SC, SEG."""
+    wanted: list[tuple[OutputKind, Slot | None]] = [(OutputKind.SR, None)]
+    for kind in (OutputKind.SR_VIEW, OutputKind.SC, OutputKind.SEG):
+        wanted.extend((kind, slot) for slot in slots)
+    plan: dict[tuple[OutputKind, Slot | None], OutputIdentity] = {}
+    for kind, slot in wanted:
+        series_slot = None if kind is OutputKind.SC else slot  # one SC series for all views
+        uid = partial(output_uid, study_uid, bundle.version, revision, kind)
+        plan[kind, slot] = OutputIdentity(
+            kind=kind,
+            slot=slot,
+            series_instance_uid=uid(series_slot, UidElement.SERIES),
+            sop_instance_uid=uid(slot, UidElement.INSTANCE),
+            sop_class_uid=SOP_CLASS[kind],
+            series_number=series_number(kind, slot),
+            instance_number=instance_number(slot),
+            series_description=series_description(kind, series_slot, bundle, revision),
+        )
+    return plan
+
+
+def tracking_uid(study_uid: str, bundle_version: str, revision: int, what: str) -> str:
+    """Deterministic Tracking Unique Identifier of one finding (the same in every SR that has it).
+
+    ``what`` names the finding, e.g. ``"L-CC region"`` or ``"exam score"``.
+    """
+    name = "|".join([study_uid, bundle_version, str(revision), what, "tracking"])
+    return f"2.25.{uuid.uuid5(_NAMESPACE, name).int}"

@@ -1,0 +1,156 @@
+"""One scored exam -> the DICOM objects that go back into the source study.
+
+Pure: pydicom Datasets in, pydicom Datasets out; no database, network or files. The worker
+stores the datasets and queues them for export; ``OutputKind.SR`` is the primary result
+(``sr_sop_instance_uid``). See :mod:`mammo_node.writers.sr` for why there is one report per
+view besides the exam report.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from pydicom import Dataset
+from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
+
+from mammo_node.domain import ExamInference, Slot
+from mammo_node.errors import OutputError
+from mammo_node.writers import codes
+from mammo_node.writers.identity import (
+    OutputKind,
+    ReferencedDocument,
+    plan_identities,
+    tracking_uid,
+)
+from mammo_node.writers.sc import DEFAULT_MAX_PIXELS, build_secondary_capture
+from mammo_node.writers.seg import DEFAULT_TOP_FRACTION, build_segmentation
+from mammo_node.writers.sources import scored_views
+from mammo_node.writers.sr import ReportContext, build_exam_report, build_view_report
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputObject:
+    """One object to store and send: what it is, for which view, and the dataset itself."""
+
+    kind: OutputKind
+    slot: Slot | None
+    dataset: Dataset
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.dataset.SOPInstanceUID)
+
+    @property
+    def sop_class_uid(self) -> str:
+        return str(self.dataset.SOPClassUID)
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.dataset.SeriesInstanceUID)
+
+
+def sop_classes_for_outputs() -> list[str]:
+    """The SOP classes :func:`build_outputs` produces (for the exporter's presentation contexts).
+
+    Every output is encoded Explicit VR Little Endian.
+    """
+    return [ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage]
+
+
+def build_outputs(
+    sources: Mapping[Slot, Dataset],
+    inference: ExamInference,
+    *,
+    revision: int,
+    previous_sr: Sequence[ReferencedDocument] = (),
+    institution_name: str | None = None,
+    station_name: str | None = None,
+    now: datetime.datetime | None = None,
+    sc_max_pixels: int = DEFAULT_MAX_PIXELS,
+    seg_top_fraction: float = DEFAULT_TOP_FRACTION,
+) -> list[OutputObject]:
+    """Exam report SR, then per view: report SR, Secondary Capture, Segmentation.
+
+    ``sources`` are the scored For Presentation images (pixels included) by view;
+    ``revision`` numbers the exam's results (a re-run gets a new one, hence new UIDs);
+    ``previous_sr`` are the SRs of the result this one replaces (Predecessor Documents).
+    Raises :class:`~mammo_node.errors.OutputError` when inputs do not fit together.
+    """
+    if revision < 0:
+        raise OutputError(f'Argument "revision" should be >= 0, got {revision!r}.')
+    codes.check_score_kind(inference.bundle)
+    views = scored_views(sources, inference)
+    now = now or datetime.datetime.now()
+    plan = plan_identities(inference.study_uid, inference.bundle, revision, [v.slot for v in views])
+    ctx = ReportContext(
+        inference=inference,
+        revision=revision,
+        previous=tuple(previous_sr),
+        plan=plan,
+        institution_name=institution_name,
+        station_name=station_name,
+        now=now,
+    )
+    started = time.perf_counter()
+    try:
+        outputs = [OutputObject(OutputKind.SR, None, build_exam_report(views, ctx))]
+        outputs += [
+            OutputObject(OutputKind.SR_VIEW, v.slot, build_view_report(v, ctx)) for v in views
+        ]
+        outputs += [
+            OutputObject(
+                OutputKind.SC,
+                v.slot,
+                build_secondary_capture(
+                    v,
+                    inference,
+                    plan[OutputKind.SC, v.slot],
+                    institution_name=institution_name,
+                    station_name=station_name,
+                    now=now,
+                    max_pixels=sc_max_pixels,
+                ),
+            )
+            for v in views
+        ]
+        outputs += [
+            OutputObject(
+                OutputKind.SEG,
+                v.slot,
+                build_segmentation(
+                    v,
+                    inference.bundle,
+                    plan[OutputKind.SEG, v.slot],
+                    tracking_uid=tracking_uid(
+                        inference.study_uid,
+                        inference.bundle.version,
+                        revision,
+                        f"{v.slot} saliency",
+                    ),
+                    institution_name=institution_name,
+                    station_name=station_name,
+                    now=now,
+                    top_fraction=seg_top_fraction,
+                ),
+            )
+            for v in views
+        ]
+    except (ValueError, TypeError, AttributeError) as exc:
+        # highdicom validates in its constructors; say which exam failed and why
+        raise OutputError(
+            f"Exam {inference.study_uid}: building the result objects failed: {exc}"
+        ) from exc
+    logger.info(
+        "Built %d result objects for exam %s revision %d in %.2f s",
+        len(outputs),
+        inference.study_uid,
+        revision,
+        time.perf_counter() - started,
+    )
+    return outputs

@@ -1,0 +1,570 @@
+"""TID 1500 Structured Reports of one scored exam: one exam report plus one report per view.
+
+Structure (all Comprehensive SR 1.2.840.10008.5.1.4.1.1.88.33, document title DCM 126000
+"Imaging Measurement Report", each in its own series of the source study):
+
+- **Per-view report** (``OutputKind.SR_VIEW``, series 9101..9104, one per scored view): Image
+  Library with that one image (laterality and view appended as Image Laterality 111027 / Image
+  View 111031), and in "Imaging Measurements" (126010) two TID 1410 planar-ROI groups on it:
+  the region of attention (closed POLYLINE box, geometric purpose SCT "Bounded by", the image
+  score as a NUM, finding site Breast + laterality) and the centre of attention (POINT,
+  purpose DCM 111010 "Center"). Every group and NUM carries the algorithm identification
+  (TID 4019: bundle name, version, family DCM 123110). Notes in "Qualitative Evaluations".
+- **Exam report** (``OutputKind.SR``, series 9100, the primary result whose SOP Instance UID is
+  reported as ``sr_sop_instance_uid``): Image Library with all scored images; in "Imaging
+  Measurements" the two TID 1410 groups of the *index view* - the highest-scoring view of the
+  breast that sets the exam score; in "Derived Imaging Measurements" (126011) every image score,
+  both breast scores (derivation SCT "Total", inferred from the CC and MLO images) and the exam
+  score (derivation SCT "Maximum", inferred from all images), each a TID 300 NUM with tracking
+  identifier, finding site and algorithm identification; in "Qualitative Evaluations" (UMLS
+  C0034375) the operating-point verdict(s) and the notes.
+
+Why this shape. OHIF 3.12.10 (the viewer ../shared/tools/ohif-check drives) parses only the
+"Imaging Measurements" container of a TID 1500 report, crashes its SR viewport on any group there
+without spatial coordinates, and draws an SR's regions only on the image of its first
+measurement, because every MG image is a display set of its own (navigating to a measurement on
+another image fails with "No image URI found"). So a single report of four views displays one
+view, and breast/exam groups in "Imaging Measurements" break the whole report. In the layout
+above every group in "Imaging Measurements" has coordinates on one image per document, so every
+view's report draws that view's box, centre and score, and the exam report opens on the index
+view's box and score. Breast and exam scores and the verdict sit where TID 1500 puts
+derived results and qualitative evaluations (rows 10-14); OHIF 3.12 does not show those two
+containers (the SC images carry the same numbers burned in), any TID 1500 reader does.
+The documents point to each other without inventing content: each report lists its sibling
+outputs (reports, SC, SEG of the same result) in Pertinent Other Evidence, and a group of the
+index view has the same Tracking Identifier text in the exam report as in its view's report. Its
+Tracking UID differs per document on purpose: OHIF uses the Tracking UID as the annotation UID,
+so a UID shared by two SRs of one study makes the second SR draw nothing. A re-run lists the
+previous result's SRs in Predecessor Documents.
+
+Coordinates are SCOORD image coordinates in the stored pixel grid of the source: (0, 0) is the
+top-left corner of the top-left pixel, a pixel centre is at +0.5 (the convention of
+``mammo_node.ml.preprocess``). The ROI (x0, y0, x1, y1), exclusive, is the closed polyline
+through its corners (x0, y0) ... (x1, y1); the COA is written as given.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+from pydicom.sr.codedict import codes as pcodes
+from pydicom.uid import ExplicitVRLittleEndian
+
+import mammo_node
+from mammo_node.domain import ExamInference, Laterality, Slot
+from mammo_node.writers import codes
+from mammo_node.writers.identity import (
+    OutputIdentity,
+    OutputKind,
+    ReferencedDocument,
+    tracking_uid,
+)
+from mammo_node.writers.sources import (
+    ScoredView,
+    algorithm_parameters,
+    contributing_equipment,
+    patient_orientation,
+    pixel_spacing,
+)
+
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+DERIVED_IMAGING_MEASUREMENTS = hd.sr.CodedConcept(*pcodes.DCM.DerivedImagingMeasurements)
+SOURCE = hd.sr.CodedConcept("260753009", "SCT", "Source")
+PIXELS = hd.sr.CodedConcept("{pixels}", "UCUM", "Pixels")
+MILLIMETER = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
+
+Plan = Mapping[tuple[OutputKind, Slot | None], OutputIdentity]
+
+
+@dataclass(frozen=True)
+class ReportContext:
+    """Everything an SR of one result needs besides its own view(s)."""
+
+    inference: ExamInference
+    revision: int
+    previous: tuple[ReferencedDocument, ...]
+    plan: Plan
+    institution_name: str | None
+    station_name: str | None
+    now: datetime.datetime
+
+    @property
+    def algorithm(self) -> hd.sr.AlgorithmIdentification:
+        bundle = self.inference.bundle
+        return hd.sr.AlgorithmIdentification(
+            name=bundle.name[:64],
+            version=bundle.version[:64],
+            parameters=algorithm_parameters(bundle),
+            family=codes.ARTIFICIAL_INTELLIGENCE,
+        )
+
+    def tracking(self, what: str, document: str) -> hd.sr.TrackingIdentifier:
+        """Identifier ``what``; its UID is unique per document (see the module docstring)."""
+        bundle = self.inference.bundle
+        uid = tracking_uid(
+            self.inference.study_uid, bundle.version, self.revision, f"{document}: {what}"
+        )
+        return hd.sr.TrackingIdentifier(uid=uid, identifier=what)
+
+    def score_measurement(
+        self,
+        score: float,
+        *,
+        what: str | None = None,
+        derivation: hd.sr.CodedConcept | None = None,
+        laterality: Laterality | None = None,
+        images: Sequence[Dataset] = (),
+    ) -> hd.sr.Measurement:
+        """One honestly labelled score NUM (TID 300)."""
+        bundle = self.inference.bundle
+        return hd.sr.Measurement(
+            name=codes.score_concept(bundle),
+            value=codes.reported_value(bundle, score),
+            unit=codes.score_unit(bundle),
+            tracking_identifier=self.tracking(what, "exam") if what else None,
+            derivation=derivation,
+            finding_sites=[codes.breast_site(laterality)] if images else None,
+            algorithm_id=self.algorithm,
+            referenced_images=[hd.sr.SourceImageForMeasurement.from_source_image(i) for i in images]
+            or None,
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# content
+# ------------------------------------------------------------------------------------------
+
+
+def index_view(views: Sequence[ScoredView], inference: ExamInference) -> ScoredView:
+    """The highest-scoring view of the breast that sets the exam score (ties: SLOTS order)."""
+    breasts = inference.scores.breast_scores
+    lateralities = {v.slot.laterality for v in views}
+    candidates = [lat for lat in lateralities if lat in breasts]
+    if candidates:
+        top = max(candidates, key=lambda lat: (breasts[lat], lat is Laterality.L))
+        pool = [v for v in views if v.slot.laterality is top]
+    else:
+        pool = list(views)
+    return max(pool, key=lambda v: v.result.ensemble)  # max keeps the first of equals
+
+
+def region_groups(
+    view: ScoredView, ctx: ReportContext, document: str
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """The two TID 1410 groups of one view: ROI box with the image score, and the COA."""
+    x0, y0, x1, y1 = (float(v) for v in view.result.roi)
+    cx, cy = (float(v) for v in view.result.coa)
+    source = hd.sr.SourceImageForRegion.from_source_image(view.header)
+    box = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float64)
+    site = [codes.breast_site(view.slot.laterality)]
+    region = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=ctx.tracking(f"{view.slot} region of attention", document),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=box, source_image=source
+        ),
+        finding_sites=site,
+        algorithm_id=ctx.algorithm,
+        measurements=[ctx.score_measurement(view.result.ensemble)],
+        geometric_purpose=codes.BOUNDED_BY,
+    )
+    centre = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=ctx.tracking(f"{view.slot} centre of attention", document),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POINT,
+            graphic_data=np.array([[cx, cy]], dtype=np.float64),
+            source_image=source,
+        ),
+        finding_sites=site,
+        algorithm_id=ctx.algorithm,
+        geometric_purpose=codes.CENTER,
+    )
+    return [region, centre]
+
+
+def image_library(views: Sequence[ScoredView]) -> hd.sr.ContainerContentItem:
+    """TID 1600 with laterality, view, orientation and spacing of each image (TID 1602/1603)."""
+    group = hd.sr.ContainerContentItem(
+        name=pcodes.DCM.ImageLibraryGroup, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    group.ContentSequence = hd.sr.ContentSequence(
+        [_acq(hd.sr.CodeContentItem, pcodes.DCM.Modality, _modality(views[0].header))]
+    )
+    for view in views:
+        item = hd.sr.ImageContentItem(
+            name=SOURCE,
+            referenced_sop_class_uid=view.header.SOPClassUID,
+            referenced_sop_instance_uid=view.header.SOPInstanceUID,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+        item.ContentSequence = hd.sr.ContentSequence(_library_descriptors(view))
+        group.ContentSequence.append(item)
+    library = hd.sr.ContainerContentItem(
+        name=pcodes.DCM.ImageLibrary, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    library.ContentSequence = hd.sr.ContentSequence([group])
+    return library
+
+
+def _acq(factory: type, name: object, value: object, **kwargs: object) -> hd.sr.ContentItem:
+    return factory(
+        name=name,
+        value=value,
+        relationship_type=hd.sr.RelationshipTypeValues.HAS_ACQ_CONTEXT,
+        **kwargs,
+    )
+
+
+def _modality(header: Dataset) -> hd.sr.CodedConcept:
+    value = str(header.get("Modality", "MG"))
+    for code in pcodes.cid29.concepts.values():
+        if code.value == value:
+            return hd.sr.CodedConcept(*code)
+    return hd.sr.CodedConcept("MG", "DCM", "Mammography")
+
+
+def _library_descriptors(view: ScoredView) -> list[hd.sr.ContentItem]:
+    slot, header = view.slot, view.header
+    items: list[hd.sr.ContentItem] = [
+        _acq(hd.sr.CodeContentItem, codes.IMAGE_LATERALITY, codes.laterality_code(slot.laterality)),
+        _acq(hd.sr.CodeContentItem, codes.IMAGE_VIEW, codes.view_code(slot.view)),
+    ]
+    if "FrameOfReferenceUID" in header:
+        items.append(
+            _acq(
+                hd.sr.UIDRefContentItem, pcodes.DCM.FrameOfReferenceUID, header.FrameOfReferenceUID
+            )
+        )
+    items += [
+        _acq(hd.sr.NumContentItem, pcodes.DCM.PixelDataRows, view.rows, unit=PIXELS),
+        _acq(hd.sr.NumContentItem, pcodes.DCM.PixelDataColumns, view.columns, unit=PIXELS),
+    ]
+    orientation = patient_orientation(header)
+    if orientation is not None:
+        items += [
+            _acq(hd.sr.TextContentItem, pcodes.DCM.PatientOrientationRow, orientation[0]),
+            _acq(hd.sr.TextContentItem, pcodes.DCM.PatientOrientationColumn, orientation[1]),
+        ]
+    spacing = pixel_spacing(header)
+    if spacing is not None:
+        items += [
+            _acq(
+                hd.sr.NumContentItem, pcodes.DCM.HorizontalPixelSpacing, spacing[1], unit=MILLIMETER
+            ),
+            _acq(
+                hd.sr.NumContentItem, pcodes.DCM.VerticalPixelSpacing, spacing[0], unit=MILLIMETER
+            ),
+        ]
+    return items
+
+
+def derived_measurements(
+    views: Sequence[ScoredView], ctx: ReportContext
+) -> hd.sr.ContainerContentItem:
+    """Image, breast and exam scores (TID 300 NUMs) with the images each was inferred from."""
+    scores = ctx.inference.scores
+    items: list[hd.sr.Measurement] = [
+        ctx.score_measurement(
+            v.result.ensemble,
+            what=f"{v.slot} image score",
+            laterality=v.slot.laterality,
+            images=[v.header],
+        )
+        for v in views
+    ]
+    for laterality in (Laterality.L, Laterality.R):
+        breast_views = [v for v in views if v.slot.laterality is laterality]
+        if laterality in scores.breast_scores and breast_views:
+            items.append(
+                ctx.score_measurement(
+                    scores.breast_scores[laterality],
+                    what=f"breast {laterality.value} score",
+                    derivation=codes.TOTAL,
+                    laterality=laterality,
+                    images=[v.header for v in breast_views],
+                )
+            )
+    items.append(
+        ctx.score_measurement(
+            scores.exam_score,
+            what="exam score",
+            derivation=codes.MAXIMUM,
+            laterality=None,
+            images=[v.header for v in views],
+        )
+    )
+    container = hd.sr.ContainerContentItem(
+        name=DERIVED_IMAGING_MEASUREMENTS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence([m[0] for m in items])
+    return container
+
+
+def verdict_texts(ctx: ReportContext) -> list[str]:
+    """E.g. ``"recall suggested: exam score 3.10 >= threshold 2.50 (operating point ..."``."""
+    bundle = ctx.inference.bundle
+    exam = ctx.inference.scores.exam_score
+    texts = []
+    for point in bundle.operating_points:
+        at_or_above = ctx.inference.verdicts.get(point.name, exam >= point.threshold)
+        exam_text = codes.format_score(bundle, exam)
+        threshold = codes.format_score(bundle, point.threshold)
+        if at_or_above:
+            head = f"{point.name} suggested: exam score {exam_text} >= threshold {threshold}"
+        else:
+            head = f"{point.name} not suggested: exam score {exam_text} < threshold {threshold}"
+        detail = [f"operating point {point.name!r} of {bundle.name} {bundle.version}"]
+        if point.sensitivity is not None:
+            detail.append(f"sensitivity {point.sensitivity:.3f}")
+        if point.specificity is not None:
+            detail.append(f"specificity {point.specificity:.3f}")
+        texts.append(f"{head} ({', '.join(detail)}).")
+    return texts
+
+
+def qualitative_evaluations(
+    ctx: ReportContext, extra: Sequence[str] = ()
+) -> hd.sr.ContainerContentItem:
+    bundle = ctx.inference.bundle
+    items: list[hd.sr.ContentItem] = [_text(codes.OPERATING_POINT_VERDICT, text) for text in extra]
+    notice = codes.demo_notice(bundle)
+    if notice:
+        items.append(_text(codes.COMMENT, f"{notice}: results of a demonstration model bundle."))
+    items.append(_text(codes.COMMENT, codes.score_explanation(bundle)))
+    items.append(
+        _text(
+            codes.COMMENT,
+            f"Model bundle {bundle.name} {bundle.version} ({bundle.architecture}); result "
+            f"revision {ctx.revision}. Not verified by a physician.",
+        )
+    )
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def _text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
+def measurement_report(
+    views: Sequence[ScoredView],
+    groups: Sequence[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations],
+    ctx: ReportContext,
+    extra_containers: Sequence[hd.sr.ContainerContentItem],
+) -> hd.sr.MeasurementReport:
+    """TID 1500 root: language, observer, procedure, library, measurements, then extras."""
+    bundle = ctx.inference.bundle
+    observer = hd.sr.ObserverContext(
+        observer_type=pcodes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=bundle.device_uid,
+            name=bundle.name[:64],
+            manufacturer_name=codes.MANUFACTURER,
+            model_name=f"{bundle.name} {bundle.version}"[:64],
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.MAMMOGRAPHY,
+        imaging_measurements=list(groups),
+        title=pcodes.cid7021.ImagingMeasurementReport,
+    )
+    root = report[0].ContentSequence
+    position = next(i for i, item in enumerate(root) if item.name == pcodes.DCM.ImagingMeasurements)
+    root.insert(position, image_library(views))
+    for container in extra_containers:
+        root.append(container)
+    return report
+
+
+# ------------------------------------------------------------------------------------------
+# documents
+# ------------------------------------------------------------------------------------------
+
+
+def build_exam_report(views: Sequence[ScoredView], ctx: ReportContext) -> hd.sr.ComprehensiveSR:
+    """The primary, exam-level report (see the module docstring)."""
+    index = index_view(views, ctx.inference)
+    content = measurement_report(
+        views,
+        region_groups(index, ctx, "exam"),
+        ctx,
+        [derived_measurements(views, ctx), qualitative_evaluations(ctx, verdict_texts(ctx))],
+    )
+    identity = ctx.plan[OutputKind.SR, None]
+    predecessors = list(ctx.previous)
+    siblings = [i for key, i in ctx.plan.items() if key != (OutputKind.SR, None)]
+    return _document(views, content, identity, predecessors, siblings, ctx)
+
+
+def build_view_report(view: ScoredView, ctx: ReportContext) -> hd.sr.ComprehensiveSR:
+    """The report of one view: its region and centre of attention (see the module docstring)."""
+    exam = ctx.plan[OutputKind.SR, None]
+    note = (
+        f"Breast and exam scores of this result are in the exam report, SOP Instance UID "
+        f"{exam.sop_instance_uid} (series {exam.series_number})."
+    )
+    qualitative = qualitative_evaluations(ctx)
+    qualitative.ContentSequence.append(_text(codes.COMMENT, note))
+    content = measurement_report(
+        [view], region_groups(view, ctx, str(view.slot)), ctx, [qualitative]
+    )
+    identity = ctx.plan[OutputKind.SR_VIEW, view.slot]
+    predecessors = [d for d in ctx.previous if d.slot in (None, view.slot)]
+    siblings = [
+        i
+        for (kind, slot), i in ctx.plan.items()
+        if (kind, slot) == (OutputKind.SR, None) or (slot == view.slot and i is not identity)
+    ]
+    return _document([view], content, identity, predecessors, siblings, ctx)
+
+
+def _document(
+    views: Sequence[ScoredView],
+    content: hd.sr.MeasurementReport,
+    identity: OutputIdentity,
+    predecessors: Sequence[ReferencedDocument],
+    siblings: Sequence[OutputIdentity],
+    ctx: ReportContext,
+) -> hd.sr.ComprehensiveSR:
+    bundle = ctx.inference.bundle
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[v.header for v in views],
+        content=content,
+        series_instance_uid=identity.series_instance_uid,
+        series_number=identity.series_number,
+        sop_instance_uid=identity.sop_instance_uid,
+        instance_number=identity.instance_number,
+        manufacturer=codes.MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        institution_name=ctx.institution_name,
+        previous_versions=[_predecessor(d) for d in predecessors] or None,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        contributing_equipment=[
+            contributing_equipment(
+                bundle, institution_name=ctx.institution_name, station_name=ctx.station_name
+            )
+        ],
+        series_description=identity.series_description,
+        coding_schemes=[codes.LOCAL_SCHEME_ITEM],
+        manufacturer_model_name=codes.MANUFACTURER,
+        software_versions=mammo_node.__version__,
+        content_date=ctx.now.date(),
+        content_time=ctx.now.time(),
+        series_date=ctx.now.date(),
+        series_time=ctx.now.time(),
+    )
+    if ctx.station_name:
+        sr.StationName = ctx.station_name
+    if siblings:
+        sr.PertinentOtherEvidenceSequence = _hierarchical_references(
+            ctx.inference.study_uid, [s.reference() for s in siblings]
+        )
+    return sr
+
+
+def _predecessor(document: ReferencedDocument) -> Dataset:
+    item = Dataset()
+    item.StudyInstanceUID = document.study_instance_uid
+    item.SeriesInstanceUID = document.series_instance_uid
+    item.SOPInstanceUID = document.sop_instance_uid
+    item.SOPClassUID = document.sop_class_uid
+    return item
+
+
+def _hierarchical_references(
+    study_uid: str, references: Sequence[tuple[str, str, str]]
+) -> list[Dataset]:
+    """SOP Instance Reference Macro items: study > series > instances."""
+    by_series: dict[str, list[Dataset]] = {}
+    for series_uid, sop_class_uid, sop_instance_uid in references:
+        instance = Dataset()
+        instance.ReferencedSOPClassUID = sop_class_uid
+        instance.ReferencedSOPInstanceUID = sop_instance_uid
+        by_series.setdefault(series_uid, []).append(instance)
+    series_items = []
+    for series_uid, instances in by_series.items():
+        series = Dataset()
+        series.SeriesInstanceUID = series_uid
+        series.ReferencedSOPSequence = instances
+        series_items.append(series)
+    study = Dataset()
+    study.StudyInstanceUID = study_uid
+    study.ReferencedSeriesSequence = series_items
+    return [study]
+
+
+# ------------------------------------------------------------------------------------------
+# reading back
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReportReading:
+    """What an SR written here says, in the writers' own terms (scores back in model units)."""
+
+    boxes: dict[str, tuple[float, float, float, float]]  # SOP UID -> (x0, y0, x1, y1)
+    box_scores: dict[str, float]  # SOP UID -> image score in the box's group
+    centres: dict[str, tuple[float, float]]  # SOP UID -> (x, y)
+    scores: dict[str, float]  # tracking identifier -> score, from Derived Imaging Measurements
+    texts: list[str]
+    unit: str
+
+
+def read_report(dataset: Dataset) -> ReportReading:
+    """Parse an SR made by :func:`build_exam_report` / :func:`build_view_report`."""
+    sr = hd.sr.ComprehensiveSR.from_dataset(dataset)
+    report = sr.content
+    reading = ReportReading({}, {}, {}, {}, [], "")
+    for group in report.get_planar_roi_measurement_groups():
+        region = group.roi
+        sop_uid = region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        data = np.asarray(region.value, dtype=float)
+        if region.graphic_type is hd.sr.GraphicTypeValues.POINT:
+            reading.centres[sop_uid] = (float(data[0, 0]), float(data[0, 1]))
+            continue
+        reading.boxes[sop_uid] = (
+            float(data[:, 0].min()),
+            float(data[:, 1].min()),
+            float(data[:, 0].max()),
+            float(data[:, 1].max()),
+        )
+        for measurement in group.get_measurements():
+            reading.unit = measurement.unit.value
+            reading.box_scores[sop_uid] = _model_units(measurement.value, reading.unit)
+    for item in report[0].ContentSequence:
+        if item.name == DERIVED_IMAGING_MEASUREMENTS:
+            for num in item.ContentSequence:
+                what = next(
+                    c.value for c in num.ContentSequence if c.name == pcodes.DCM.TrackingIdentifier
+                )
+                reading.unit = num.unit.value
+                reading.scores[what] = _model_units(num.value, reading.unit)
+        elif item.name == QUALITATIVE_EVALUATIONS:
+            reading.texts += [str(t.value) for t in item.ContentSequence]
+    return reading
+
+
+def _model_units(value: float, unit: str) -> float:
+    return float(value) / 100.0 if unit == "%" else float(value)
+
+
+__all__ = [
+    "ReportContext",
+    "ReportReading",
+    "build_exam_report",
+    "build_view_report",
+    "index_view",
+    "read_report",
+]
