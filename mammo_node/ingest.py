@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from mammo_node import metrics
 from mammo_node.config import Settings
 from mammo_node.db import repo
 from mammo_node.db.models import Exam, Instance, utcnow
@@ -108,11 +109,16 @@ def read_facts(ds: Dataset) -> HeaderFacts:
     series_uid = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
     try:
         facts = classify(ds)
-        intent = "FOR PROCESSING" if facts.for_processing else (
-            _str(ds, "PresentationIntentType", 32).upper() or "FOR PRESENTATION"
+        intent = (
+            "FOR PROCESSING"
+            if facts.for_processing
+            else (_str(ds, "PresentationIntentType", 32).upper() or "FOR PRESENTATION")
         )
         return HeaderFacts(
-            sop_class=sop_class, sop_uid=sop_uid, study_uid=study_uid, series_uid=series_uid,
+            sop_class=sop_class,
+            sop_uid=sop_uid,
+            study_uid=study_uid,
+            series_uid=series_uid,
             transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
             patient={
                 "patient_id": _str(ds, "PatientID", 64),
@@ -182,7 +188,43 @@ class Ingestor:
         expected_sop_class: str | None = None,
         expected_sop_instance: str | None = None,
     ) -> IngestResult:
-        """Store ``temp`` (consumed: moved into the store or deleted) and index it."""
+        """Store ``temp`` (consumed: moved into the store or deleted) and index it.
+
+        The file is not hashed here unless an instance with the same UID exists (is it the
+        same bytes?); the grouping service hashes new files off the receive path.
+        """
+        try:
+            result = self._ingest(
+                temp,
+                source,
+                calling_ae,
+                peer_host,
+                origin,
+                expected_sop_class,
+                expected_sop_instance,
+            )
+        except InvalidInstanceError:
+            metrics.instance_rejected(source, "invalid")
+            raise
+        except StorageError:
+            metrics.instance_rejected(source, "no_space")
+            raise
+        except Exception:
+            metrics.instance_rejected(source, "error")
+            raise
+        metrics.instance_received(source, result.outcome)
+        return result
+
+    def _ingest(
+        self,
+        temp: Path,
+        source: str,
+        calling_ae: str,
+        peer_host: str,
+        origin: Origin,
+        expected_sop_class: str | None,
+        expected_sop_instance: str | None,
+    ) -> IngestResult:
         try:
             facts = read_facts(read_header(temp))
             if expected_sop_class and expected_sop_class != facts.sop_class:
@@ -197,105 +239,149 @@ class Ingestor:
                     f"{expected_sop_instance}",
                     status=0xC222,
                 )
-            sha256 = file_sha256(temp)
-            duplicate = self._same_bytes_stored(facts.sop_uid, sha256)
-            if duplicate is not None:
-                self.store.discard_temp(temp)
-                logger.info("duplicate %s (same bytes) from %s", facts.sop_uid, calling_ae or "-")
-                return duplicate
-            rel_path = self.store.relative_path(
-                facts.study_uid, facts.series_uid, facts.sop_uid, sha256
-            )
-            stored = self.store.commit(temp, rel_path, sha256)
+            sha256: str | None = None
+            previous = self._stored_version(facts.sop_uid)
+            if previous is not None:  # the same UID again: same bytes, or a replacement?
+                sha256 = file_sha256(temp)
+                if sha256 == previous.sha256:
+                    self.store.discard_temp(temp)
+                    logger.info(
+                        "duplicate %s (same bytes) from %s", facts.sop_uid, calling_ae or "-"
+                    )
+                    return previous.result
+            rel_path = self.store.relative_path(facts.study_uid, facts.series_uid, facts.sop_uid)
+            stored = self.store.commit(temp, rel_path)
         except BaseException:
             self.store.discard_temp(temp)
             raise
         arrival = Arrival(source, calling_ae[:16], peer_host[:255], origin)
         for attempt in range(3):
             try:
-                return self._index(facts, stored, arrival)
+                return self._index(facts, stored, arrival, sha256)
             except DatabaseError as exc:
                 if not isinstance(exc.__cause__, IntegrityError) or attempt == 2:
                     raise
                 logger.info("concurrent insert of %s; retrying", facts.sop_uid)
         raise AssertionError("unreachable")
 
-    def _same_bytes_stored(self, sop_uid: str, sha256: str) -> IngestResult | None:
+    def _stored_version(self, sop_uid: str) -> StoredVersion | None:
+        """The instance already held under this UID, with its hash (computed if not yet)."""
         with self.db.read() as session:
             row = session.scalars(
                 select(Instance).where(Instance.sop_instance_uid == sop_uid)
             ).first()
-            if row is None or row.sha256 != sha256:
+            if row is None:
                 return None
-            if not self.store.path(row.rel_path).is_file():
+            path = self.store.path(row.rel_path)
+            if not path.is_file():
                 return None  # the file went missing: store it again
-            return IngestResult(
+            result = IngestResult(
                 sop_uid, row.sop_class_uid, row.exam.study_uid, row.series.series_uid, "duplicate"
             )
+            return StoredVersion(row.sha256 or file_sha256(path), result)
 
-    def _index(self, facts: HeaderFacts, stored: StoredFile, arrival: Arrival) -> IngestResult:
+    def _index(
+        self, facts: HeaderFacts, stored: StoredFile, arrival: Arrival, sha256: str | None
+    ) -> IngestResult:
         now = utcnow()
         old_path: str | None = None
         reopened = False
         with self.db.session() as session:
             patient = repo.upsert_patient(session, **facts.patient)
             exam = repo.get_or_create(
-                session, Exam, "study_uid", facts.study_uid,
-                patient_fk=patient.id, state=ExamState.RECEIVING.value,
-                first_received_at=now, last_received_at=now, state_changed_at=now,
+                session,
+                Exam,
+                "study_uid",
+                facts.study_uid,
+                patient_fk=patient.id,
+                state=ExamState.RECEIVING.value,
+                first_received_at=now,
+                last_received_at=now,
+                state_changed_at=now,
                 **facts.study,
             )
             series = repo.upsert_series(session, exam, facts.series_uid, **facts.series)
             instance = session.scalars(
-                select(Instance)
-                .where(Instance.sop_instance_uid == facts.sop_uid)
-                .with_for_update()
+                select(Instance).where(Instance.sop_instance_uid == facts.sop_uid).with_for_update()
             ).first()
             outcome = "stored"
             if instance is None:
                 instance = Instance(sop_instance_uid=facts.sop_uid, replaced_count=0)
                 session.add(instance)
-            elif instance.sha256 == stored.sha256:
-                outcome = "duplicate"
+            elif self._same_bytes(instance, stored, sha256):
+                outcome = "duplicate"  # another association stored these bytes meanwhile
             else:
                 outcome = "replaced"
-                old_path = instance.rel_path if instance.rel_path != stored.rel_path else None
+                old_path = instance.rel_path
                 instance.replaced_count += 1
-            for name, value in facts.instance.items():
-                setattr(instance, name, value)
-            needs_check = (
-                arrival.origin is Origin.RECEIVED
-                and facts.instance["rule"] is None
-                and facts.instance["slot"] is not None
-            )
-            instance.sop_class_uid = facts.sop_class
-            instance.series_fk = series.id
-            instance.exam_fk = exam.id
-            instance.transfer_syntax_uid = facts.transfer_syntax
-            instance.rel_path = stored.rel_path
-            instance.sha256 = stored.sha256
-            instance.size_bytes = stored.size
-            instance.received_at = now
-            instance.origin = arrival.origin.value
-            instance.source = arrival.source
-            instance.calling_ae = arrival.calling_ae
-            instance.peer_host = arrival.peer_host
-            instance.pixel_check = "pending" if needs_check else "skipped"
-            instance.pixel_detail = ""
+            if outcome != "duplicate":
+                self._fill(instance, facts, stored, arrival, sha256, now, series.id, exam.id)
             if arrival.origin is Origin.RECEIVED and outcome != "duplicate":
                 reopened = _note_arrival(session, exam, facts.sop_uid, outcome, now, arrival)
-        if old_path:
-            try:
-                self.store.remove(old_path)
-            except StorageError:
-                logger.exception("replaced %s but could not delete %s", facts.sop_uid, old_path)
+        for obsolete in (old_path, stored.rel_path if outcome == "duplicate" else None):
+            if obsolete:
+                try:
+                    self.store.remove(obsolete)
+                except StorageError:
+                    logger.exception("could not delete the obsolete file %s", obsolete)
         logger.info(
-            "%s %s (%s) study %s from %s@%s", outcome, facts.sop_uid, facts.sop_class,
-            facts.study_uid, arrival.calling_ae or "-", arrival.peer_host or "-",
+            "%s %s (%s) study %s from %s@%s",
+            outcome,
+            facts.sop_uid,
+            facts.sop_class,
+            facts.study_uid,
+            arrival.calling_ae or "-",
+            arrival.peer_host or "-",
         )
         return IngestResult(
             facts.sop_uid, facts.sop_class, facts.study_uid, facts.series_uid, outcome, reopened
         )
+
+    def _same_bytes(self, instance: Instance, stored: StoredFile, sha256: str | None) -> bool:
+        """Rare path (a race between two senders of one UID): compare the two files."""
+        new = sha256 or file_sha256(self.store.path(stored.rel_path))
+        old_path = self.store.path(instance.rel_path)
+        old = instance.sha256 or (file_sha256(old_path) if old_path.is_file() else None)
+        return new == old
+
+    @staticmethod
+    def _fill(
+        instance: Instance,
+        facts: HeaderFacts,
+        stored: StoredFile,
+        arrival: Arrival,
+        sha256: str | None,
+        now: dt.datetime,
+        series_fk: int,
+        exam_fk: int,
+    ) -> None:
+        for name, value in facts.instance.items():
+            setattr(instance, name, value)
+        needs_check = (
+            arrival.origin is Origin.RECEIVED
+            and facts.instance["rule"] is None
+            and facts.instance["slot"] is not None
+        )
+        instance.sop_class_uid = facts.sop_class
+        instance.series_fk = series_fk
+        instance.exam_fk = exam_fk
+        instance.transfer_syntax_uid = facts.transfer_syntax
+        instance.rel_path = stored.rel_path
+        instance.sha256 = sha256
+        instance.size_bytes = stored.size
+        instance.received_at = now
+        instance.origin = arrival.origin.value
+        instance.source = arrival.source
+        instance.calling_ae = arrival.calling_ae
+        instance.peer_host = arrival.peer_host
+        instance.pixel_check = "pending" if needs_check else "skipped"
+        instance.pixel_detail = ""
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    sha256: str
+    result: IngestResult
 
 
 @dataclass(frozen=True)

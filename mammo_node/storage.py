@@ -1,9 +1,9 @@
 """The instance store: Part-10 files exactly as received, written atomically and durably.
 
-Layout: ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.<sha256[:16]>.dcm``.
+Layout: ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.<token>.dcm``.
 UIDs are checked against the DICOM UID grammar before they touch a path, so a crafted UID
-cannot escape the store. The content hash in the name means a replacement never overwrites the
-acknowledged older file until the database points at the new one.
+cannot escape the store. The random token in the name means a replacement never overwrites
+the acknowledged older file until the database points at the new one.
 
 Write protocol (``commit``): temp file in ``<root>/.tmp`` (same filesystem) -> fsync -> rename
 into place -> fsync the directory. Only then is the row committed and success answered.
@@ -15,6 +15,7 @@ import errno
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -45,7 +46,6 @@ def validate_uid(value: object, name: str) -> str:
 @dataclass(frozen=True)
 class StoredFile:
     rel_path: str
-    sha256: str
     size: int
 
 
@@ -89,11 +89,12 @@ class InstanceStore:
         return path
 
     # --- paths -----------------------------------------------------------------------
-    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """A new, unique path for one version of an instance."""
         parts = [
             validate_uid(study_uid, "StudyInstanceUID"),
             validate_uid(series_uid, "SeriesInstanceUID"),
-            f"{validate_uid(sop_uid, 'SOPInstanceUID')}.{sha256[:16]}.dcm",
+            f"{validate_uid(sop_uid, 'SOPInstanceUID')}.{secrets.token_hex(8)}.dcm",
         ]
         return "/".join(parts)
 
@@ -105,11 +106,10 @@ class InstanceStore:
         return full
 
     # --- commit ----------------------------------------------------------------------
-    def commit(self, temp: Path, rel_path: str, sha256: str | None = None) -> StoredFile:
-        """fsync ``temp`` and atomically move it to ``rel_path``; returns its hash and size."""
+    def commit(self, temp: Path, rel_path: str) -> StoredFile:
+        """fsync ``temp`` and atomically move it to ``rel_path`` (then fsync the folder)."""
         final = self.path(rel_path)
         try:
-            digest = sha256 or file_sha256(temp)
             fd = os.open(temp, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -126,7 +126,7 @@ class InstanceStore:
             _fsync_dir(final.parent)
         except OSError as exc:
             raise StorageError(f"cannot store {rel_path}: {exc}") from exc
-        return StoredFile(rel_path=rel_path, sha256=digest, size=size)
+        return StoredFile(rel_path=rel_path, size=size)
 
     def _copy_across_filesystems(self, temp: Path, final: Path) -> None:
         """The temp file lies on another filesystem: copy, fsync, then rename here."""

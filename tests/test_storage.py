@@ -24,12 +24,13 @@ def test_commit_moves_the_temp_file_into_place(tmp_path: Path) -> None:
     store = InstanceStore(tmp_path / "store")
     temp = store.write_temp(b"\x00" * 128 + b"DICM" + b"payload")
     digest = file_sha256(temp)
-    rel = store.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5", digest)
+    rel = store.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5")
     stored = store.commit(temp, rel)
     assert not temp.exists()
-    assert stored.sha256 == digest and stored.size == 139
-    assert store.path(rel).read_bytes().endswith(b"payload")
+    assert stored.size == 139 and file_sha256(store.path(rel)) == digest
     assert rel.startswith("1.2.3/1.2.3.4/1.2.3.4.5.")
+    # every version of an instance gets its own name: a replacement never overwrites
+    assert store.relative_path("1.2.3", "1.2.3.4", "1.2.3.4.5") != rel
     assert list(store.tmp_dir.iterdir()) == []
 
 

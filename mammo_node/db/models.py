@@ -149,7 +149,9 @@ class Instance(Base):
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
     rel_path: Mapped[str] = mapped_column(String(512))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(64))
+    # SHA-256 of the stored file; None until the grouping service hashed it (off the receive
+    # path), or computed at once when an instance with the same UID arrives again
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     replaced_count: Mapped[int] = mapped_column(Integer, default=0)
     origin: Mapped[str] = mapped_column(String(16))  # domain.Origin
@@ -186,7 +188,10 @@ class Instance(Base):
     exam: Mapped[Exam] = relationship(back_populates="instances")
     series: Mapped[Series] = relationship(back_populates="instances")
 
-    __table_args__ = (Index("ix_instances_pixel_pending", "pixel_check", "origin"),)
+    __table_args__ = (
+        Index("ix_instances_pixel_pending", "pixel_check", "origin"),
+        Index("ix_instances_sha256", "sha256"),  # finds the files not hashed yet (NULL)
+    )
 
 
 class ExamEvent(Base):
@@ -264,6 +269,9 @@ class Destination(Base):
     port: Mapped[int] = mapped_column(Integer)
     tls: Mapped[bool] = mapped_column(Boolean, default=False)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # True: every result goes here (a PACS). False: only results of exams this AE sent
+    # (with the return_to_sender setting), e.g. a modality or a reading workstation
+    send_all: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # an association rejection is a configuration problem: reported once, then paused
     config_error: Mapped[str] = mapped_column(Text, default="")

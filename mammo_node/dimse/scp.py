@@ -1,29 +1,31 @@
 """The Storage SCP: C-ECHO and C-STORE for mammography SOP classes, with an allow-list,
 a maximum number of associations, optional TLS and an audit row per association.
 
-Datasets are received straight to a temp file on the store's filesystem
-(``STORE_RECV_CHUNKED_DATASET``; PDU size unlimited), which ingest fsyncs and renames into
-place: the payload is never decoded or copied on the receive path.
+Datasets are received straight to a temp file in the store's temp folder
+(``STORE_RECV_CHUNKED_DATASET`` + ``dimse.receive``; PDU size unlimited), which ingest fsyncs
+and renames into place: the payload is never decoded, copied or read back on this path.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-import tempfile
 import threading
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.association import Association as PnAssociation
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from mammo_node import audit
 from mammo_node.config import Settings
 from mammo_node.db.models import Association, utcnow
 from mammo_node.db.session import Database
+from mammo_node.dimse import receive
 from mammo_node.dimse.peers import AllowList
 from mammo_node.errors import (
     DatabaseError,
@@ -32,7 +34,7 @@ from mammo_node.errors import (
     StorageError,
 )
 from mammo_node.grouping import ACCEPTED_SOP_CLASSES
-from mammo_node.ingest import Ingestor
+from mammo_node.ingest import Ingestor, IngestResult
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
 
-def _preferred_syntaxes() -> list[str]:
+def _preferred_syntaxes() -> list[UID]:
     """The transfer syntaxes a mammography archive accepts, compressed first.
 
     pynetdicom picks the first of *our* list that the peer proposed: putting compressed
@@ -68,6 +70,16 @@ def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+def build_client_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS for our outgoing associations: verify the peer against tls_ca (else system CAs);
+    present our certificate when we have one (mutual TLS)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.tls_ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
 def _status(code: int, comment: str) -> Dataset:
     status = Dataset()
     status.Status = code
@@ -86,8 +98,8 @@ class StorageSCP:
         self.server: ThreadedAssociationServer | None = None
         self._audit_ids: dict[int, int] = {}
         self._counts: dict[int, list[int]] = {}
+        self._stored: dict[int, dict[str, list[str]]] = {}  # association -> study -> SOP UIDs
         self._lock = threading.Lock()
-        self._previous_tempdir: str | None = None
 
     # --- lifecycle -------------------------------------------------------------------
     def build_ae(self) -> AE:
@@ -106,10 +118,7 @@ class StorageSCP:
 
     def start(self) -> ThreadedAssociationServer:
         _config.STORE_RECV_CHUNKED_DATASET = True
-        # chunked receive writes into tempfile's directory (process-wide; pynetdicom takes no
-        # directory): keep it on the store's filesystem so that storing is a rename
-        self._previous_tempdir = tempfile.tempdir
-        tempfile.tempdir = str(self.ingestor.store.tmp_dir)
+        receive.install(self.ingestor.store.tmp_dir)
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -118,19 +127,23 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self.server = self.build_ae().start_server(
+        server = self.build_ae().start_server(
             (self.settings.host, self.settings.port),
             block=False,
             evt_handlers=handlers,
             ssl_context=build_ssl_context(self.settings),
         )
+        assert server is not None  # block=False returns the running server
+        self.server = server
         logger.info(
             "DICOM SCP %s listening on %s:%d (TLS %s, allow-list %s)",
-            self.settings.ae_title, self.settings.host, self.port,
+            self.settings.ae_title,
+            self.settings.host,
+            self.port,
             "on" if self.settings.tls_cert else "off",
             "on" if self.allow_list.enabled else "off",
         )
-        return self.server
+        return server
 
     @property
     def port(self) -> int:
@@ -148,14 +161,15 @@ class StorageSCP:
             assoc.join(timeout=self.settings.dimse_timeout)
         server.server_close()
         self.server = None
-        tempfile.tempdir = self._previous_tempdir
         logger.info("DICOM SCP stopped")
 
     # --- associations ----------------------------------------------------------------
     def _on_requested(self, event: evt.Event) -> None:
         assoc: PnAssociation = event.assoc
-        calling = assoc.requestor.primitive.calling_ae_title.strip()
-        called = assoc.requestor.primitive.called_ae_title.strip()
+        request = assoc.requestor.primitive
+        assert request is not None  # EVT_REQUESTED fires once the A-ASSOCIATE-RQ is in
+        calling = request.calling_ae_title.strip()
+        called = request.called_ae_title.strip()
         host = assoc.requestor.address
         reason = None
         reject = (0x01, 0x01, 0x01)
@@ -187,6 +201,7 @@ class StorageSCP:
         )
         with self._lock:
             self._counts[id(assoc)] = [0, 0]
+            self._stored[id(assoc)] = {}
             if audit_id is not None:
                 self._audit_ids[id(assoc)] = audit_id
         logger.info("association from %s@%s accepted", calling, host)
@@ -196,6 +211,7 @@ class StorageSCP:
         with self._lock:
             audit_id = self._audit_ids.pop(key, None)
             stored, failed = self._counts.pop(key, [0, 0])
+            studies = self._stored.pop(key, {})
         if audit_id is None:
             return
         try:
@@ -206,6 +222,16 @@ class StorageSCP:
                     row.end_reason = how
                     row.stored = stored
                     row.failed = failed
+                    for study_uid, sop_uids in studies.items():
+                        audit.record_in(
+                            session,
+                            row.calling_ae,
+                            audit.RECEIVED,
+                            study_uid,
+                            source="dimse",
+                            peer=row.peer_host,
+                            sop_instance_uids=sop_uids,
+                        )
         except DatabaseError:
             logger.exception("could not close the audit row of association %d", audit_id)
         logger.info("association %s: %d stored, %d failed", how, stored, failed)
@@ -216,9 +242,13 @@ class StorageSCP:
         try:
             with self.db.session() as session:
                 row = Association(
-                    calling_ae=calling[:16], called_ae=called[:16], peer_host=host,
-                    peer_port=port, tls=self.settings.tls_cert is not None,
-                    accepted=accepted, reject_reason=reason,
+                    calling_ae=calling[:16],
+                    called_ae=called[:16],
+                    peer_host=host,
+                    peer_port=port,
+                    tls=self.settings.tls_cert is not None,
+                    accepted=accepted,
+                    reject_reason=reason,
                 )
                 session.add(row)
                 session.flush()
@@ -227,11 +257,14 @@ class StorageSCP:
             logger.exception("could not write the association audit row")
             return None
 
-    def _count(self, event: evt.Event, ok: bool) -> None:
+    def _count(self, event: evt.Event, ok: bool, result: IngestResult | None = None) -> None:
         with self._lock:
             counts = self._counts.get(id(event.assoc))
             if counts is not None:
                 counts[0 if ok else 1] += 1
+            studies = self._stored.get(id(event.assoc))
+            if studies is not None and result is not None:
+                studies.setdefault(result.study_uid, []).append(result.sop_instance_uid)
 
     # --- DIMSE -----------------------------------------------------------------------
     def _on_echo(self, event: evt.Event) -> int:
@@ -240,12 +273,12 @@ class StorageSCP:
     def _on_store(self, event: evt.Event) -> int | Dataset:
         """Persist and index; never raise (the status says what went wrong)."""
         assoc = event.assoc
-        request = event.request
+        request = cast(C_STORE, event.request)
         calling = assoc.requestor.ae_title.strip()
         host = assoc.requestor.address
         try:
             self.ingestor.check_space()
-            self.ingestor.ingest_file(
+            result = self.ingestor.ingest_file(
                 event.dataset_path,
                 source="dimse",
                 calling_ae=calling,
@@ -271,5 +304,5 @@ class StorageSCP:
             logger.exception("unexpected error storing %s", request.AffectedSOPInstanceUID)
             self._count(event, ok=False)
             return _status(0xC211, "internal error; see the node's log")
-        self._count(event, ok=True)
+        self._count(event, ok=True, result=result)
         return 0x0000

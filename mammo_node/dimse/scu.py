@@ -17,7 +17,7 @@ from pathlib import Path
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
-from pynetdicom.presentation import build_context
+from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
 from mammo_node.errors import DeliveryError
@@ -86,9 +86,7 @@ def echo(peer: Peer) -> int:
     """C-ECHO; returns the status (0 = success). Raises DeliveryError when no association."""
     ae = _new_ae(peer.calling_ae)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(
-        peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls(peer)
-    )
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls(peer))
     if not assoc.is_established:
         raise DeliveryError(_why_not(assoc, peer))
     try:
@@ -119,7 +117,7 @@ def _why_not(assoc: object, peer: Peer) -> str:
     return f"association aborted by {where}"
 
 
-def _contexts(metas: Sequence[tuple[str, str]]) -> list[object]:
+def _contexts(metas: Sequence[tuple[str, str]]) -> list[PresentationContext]:
     """One context per (SOP class, transfer syntax) in the files, uncompressed fallbacks."""
     wanted: dict[tuple[str, str], None] = {}
     for sop_class, syntax in metas:
@@ -150,7 +148,7 @@ def send_files(paths: Iterable[Path], peer: Peer) -> SendReport:
         metas.append((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = _new_ae(peer.calling_ae)
-    ae.requested_contexts = _contexts(metas)  # type: ignore[assignment]
+    ae.requested_contexts = _contexts(metas)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls(peer))
     if not assoc.is_established:
         why = _why_not(assoc, peer)
