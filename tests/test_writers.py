@@ -683,3 +683,34 @@ def test_undecodable_source_pixels_raise_output_error(exam: dict[Slot, pydicom.D
     broken[R_MLO].PixelData = exam[R_MLO].PixelData[:100]
     with pytest.raises(OutputError, match="pixel data cannot be decoded"):
         build_outputs(broken, make_inference(exam), revision=1)
+
+
+def test_sources_missing_type2_attributes_still_give_valid_outputs(tmp_path: Path) -> None:
+    """Real files omit Type 2 attributes (AccessionNumber, StudyID...): outputs stay valid."""
+    from mammo_node.domain import BundleInfo, ExamInference, ExamScores, ViewInference
+    from tests.factory import four_view_exam
+
+    exam = four_view_exam(rows=64, columns=48)  # no AccessionNumber, StudyID, StudyTime...
+    assert "AccessionNumber" not in exam[0] and "StudyID" not in exam[0]
+    sources = {Slot.parse(f"{d.ImageLaterality}-{d.ViewPosition}"): d for d in exam}
+    saliency = np.zeros((64, 48), np.float32)
+    saliency[20:30, 10:20] = 1.0
+    views = {
+        slot: ViewInference(
+            str(d.SOPInstanceUID), slot, 0.1, 0.2, 0.15, (15.0, 25.0), (5, 15, 25, 35), saliency
+        )
+        for slot, d in sources.items()
+    }
+    inference = ExamInference(
+        str(exam[0].StudyInstanceUID),
+        views,
+        ExamScores({Laterality.L: 0.3, Laterality.R: 0.3}, 0.3),
+        BundleInfo("t", "1", "resnet18", True, "logit_difference", "1.2.3"),
+    )
+    outputs = build_outputs(sources, inference, revision=0)
+    assert len(outputs) == 13
+    assert "AccessionNumber" not in exam[0], "the sources are not modified"
+    for out in outputs:
+        path = tmp_path / f"{out.sop_instance_uid}.dcm"
+        out.dataset.save_as(path, enforce_file_format=True)
+        assert pydicom.dcmread(path).AccessionNumber == ""

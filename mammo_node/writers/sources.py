@@ -22,6 +22,12 @@ from mammo_node.errors import OutputError
 from mammo_node.writers import codes
 
 _PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
+# Type 2 attributes of the Patient and General Study modules that the outputs copy (highdicom
+# reads them unconditionally). Real files omit some; an absent one is copied as empty.
+_TYPE2_COPIED = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
 
 
 @dataclass(frozen=True)
@@ -41,11 +47,15 @@ class ScoredView:
 
 
 def header_of(dataset: Dataset) -> Dataset:
-    """A copy of ``dataset`` without its pixel data (elements shared, never mutated)."""
+    """A copy of ``dataset`` without its pixel data (elements shared, never mutated), with
+    absent Type 2 patient/study attributes present and empty."""
     header = Dataset()
     for element in dataset:
         if element.tag not in _PIXEL_TAGS:
             header.add(element)
+    for keyword in _TYPE2_COPIED:
+        if keyword not in header:
+            setattr(header, keyword, "")
     if hasattr(dataset, "file_meta"):
         header.file_meta = dataset.file_meta
     return header
