@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from pydicom import dcmread
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mammo_node.config import Settings
@@ -102,9 +102,17 @@ class Grouper:
         changed += self.hash_new_files()
         return changed
 
-    def hash_new_files(self, limit: int = 8) -> int:
-        """SHA-256 of stored files that have none yet (kept off the receive path)."""
+    def hash_new_files(self, limit: int = 8, idle_seconds: float = 2.0) -> int:
+        """SHA-256 of stored files that have none yet: off the receive path, and only while
+        no image is arriving (hashing competes with receiving for the CPU)."""
         with self.db.read() as session:
+            latest = session.scalar(
+                select(func.max(Exam.last_received_at)).where(
+                    Exam.state == ExamState.RECEIVING.value
+                )
+            )
+            if latest is not None and (utcnow() - latest).total_seconds() < idle_seconds:
+                return 0
             pending = session.execute(
                 select(Instance.id, Instance.rel_path)
                 .where(Instance.sha256.is_(None))
