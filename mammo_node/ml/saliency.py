@@ -1,0 +1,154 @@
+"""Image risk score, saliency (Simonyan et al.) and the centre of attention (COA).
+
+- Risk score = logit(positive) - logit(negative).
+- Saliency = gradient of the positive-class logit w.r.t. the input pixels (the rule in
+  ARCHITECTURE.md: "gradient of the positive-class score"; Simonyan et al. differentiate the
+  unnormalised class score, not the softmax). The gradient of the risk score (logit
+  difference) would subtract the negative logit's gradient; we keep the stated rule. One
+  backward pass per batch with every parameter's ``requires_grad`` off, so no parameter
+  gradients are computed or kept.
+- COA = centroid of the top 1 % pixels by |gradient|, in the model input's continuous
+  coordinates (pixel centres at +0.5).
+- Optional ``smoothing`` (Gaussian sigma in input pixels, default 0 = the paper's raw map):
+  input gradients of strided ResNets carry pixel-scale speckle; when a model's saliency is not
+  yet sharp, speckle pixels far from the finding enter the top 1 % and pull the centroid
+  away. A sigma of 1-2 px removes the speckle and keeps the finding (synthetic exams,
+  ResNet-18 at 128 px, 10 epochs, one held-out fold of 28 positive images: COA inside the
+  lesion 21 % raw, 61 % at sigma 1, 71 % at sigma 2; over 5 folds at sigma 2: 54 %). The map
+  returned is the one the COA was taken from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+POSITIVE = 1
+NEGATIVE = 0
+TOP_FRACTION = 0.01
+
+
+def risk_scores(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 2) logits -> (B,) risk scores logit(pos) - logit(neg), float32."""
+    if logits.ndim != 2 or logits.shape[1] != 2:
+        raise ValueError(f'Argument "logits" should have shape (B, 2), got {tuple(logits.shape)}.')
+    return (logits[:, POSITIVE] - logits[:, NEGATIVE]).float()
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Turn parameter gradients off for the block and restore each flag afterwards."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@dataclass
+class SaliencyResult:
+    scores: torch.Tensor  # (B,) risk scores
+    saliency: torch.Tensor  # (B, H, W) |d logit_pos / d input|, float32
+    coa: torch.Tensor  # (B, 2) (x, y) in model input coordinates
+
+
+def input_saliency(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    top_fraction: float = TOP_FRACTION,
+    smoothing: float = 0.0,
+) -> SaliencyResult:
+    """Scores, saliency maps and COAs for a batch (B, 1, H, W); the model must be in eval mode.
+
+    In eval mode each image's logits depend on that image only, so one backward of the
+    summed positive logits gives every image's own input gradient.
+    """
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f'Argument "images" should be (B, 1, H, W), got {tuple(images.shape)}.')
+    if model.training:
+        raise ValueError("input_saliency needs the model in eval mode (call model.eval()).")
+    x = images.detach().to(torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    with frozen_parameters(model), torch.enable_grad():
+        with _autocast(x.device, autocast_dtype):
+            logits = model(x)
+        logits = logits.float()
+        (grad,) = torch.autograd.grad(logits[:, POSITIVE].sum(), x)
+    saliency = smooth(grad.detach().abs()[:, 0].float(), smoothing).contiguous()
+    return SaliencyResult(
+        scores=risk_scores(logits.detach()),
+        saliency=saliency,
+        coa=centre_of_attention(saliency, top_fraction=top_fraction),
+    )
+
+
+def smooth(saliency: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, H, W) maps blurred with a separable Gaussian of ``sigma`` pixels (0: unchanged)."""
+    if sigma < 0:
+        raise ValueError(f'Argument "smoothing" should be >= 0, got {sigma!r}.')
+    if sigma == 0:
+        return saliency
+    radius = max(1, math.ceil(3 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=saliency.device)
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    out = F.conv2d(saliency[:, None], kernel.view(1, 1, 1, -1), padding=(0, radius))
+    return F.conv2d(out, kernel.view(1, 1, -1, 1), padding=(radius, 0))[:, 0]
+
+
+def centre_of_attention(
+    saliency: torch.Tensor, *, top_fraction: float = TOP_FRACTION
+) -> torch.Tensor:
+    """(B, H, W) saliency -> (B, 2) centroid (x, y) of the top ``top_fraction`` pixels.
+
+    Ties at the cut are broken by ``torch.topk``; a flat map gives a deterministic subset.
+    """
+    if saliency.ndim != 3:
+        raise ValueError(f'Argument "saliency" should be (B, H, W), got {tuple(saliency.shape)}.')
+    if not 0 < top_fraction <= 1:
+        raise ValueError(f'Argument "top_fraction" should be in (0, 1], got {top_fraction!r}.')
+    b, h, w = saliency.shape
+    k = max(1, math.ceil(top_fraction * h * w))
+    idx = torch.topk(saliency.reshape(b, -1).float(), k, dim=1).indices
+    ys = torch.div(idx, w, rounding_mode="floor").float() + 0.5
+    xs = (idx % w).float() + 0.5
+    return torch.stack([xs.mean(dim=1), ys.mean(dim=1)], dim=1)
+
+
+@torch.no_grad()
+def forward_scores(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Risk scores for a batch without gradients (the attention model's pass)."""
+    x = images.to(torch.float32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with _autocast(x.device, autocast_dtype):
+        logits = model(x)
+    return risk_scores(logits.float())
+
+
+def _autocast(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[None]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

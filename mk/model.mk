@@ -1,0 +1,43 @@
+# Model targets (included from the Makefile; $(PY) and $(VENV) come from there).
+#
+#   make model-cv      the documented CPU end-to-end run: synthetic exams -> index -> 5-fold
+#                      cross-validation -> Table 1 (about 15-20 min on 2 cores; resumable)
+#   make demo-bundle   the node's default model, exported from that run (best fold, fp16) into
+#                      mammo_node/demo_bundle; reuses a finished model-cv run (seconds)
+#   make bench-model   seconds per image, FLOPs and bf16-vs-fp32 agreement (ResNet-101 @ 976)
+.PHONY: model-cv demo-bundle bench-model
+
+MODEL_WORK   ?= build/model-cv
+DEMO_BUNDLE  ?= mammo_node/demo_bundle
+DEMO_NAME    ?= mammo-node-demo-synthetic
+DEMO_VERSION ?= 0.1.0
+# Synthetic cohort: 240 exams (30 % screening, 10 % interval cancers), 320 x 256 pixels.
+SYNTH_ARGS   ?= --exams 240 --rows 320 --columns 256 --seed 11 --lesion-contrast 0.25
+# Small CPU model: ResNet-18, 128 px holistic input, 64 px ROIs cut at 2x resolution.
+CV_ARGS      ?= --folds 5 --arch resnet18 --input-size 128 --roi-size 64 --roi-scale 2 \
+                --saliency-smoothing 2 \
+                --epochs 10 --attention-epochs 6 --batch-size 16 --lr 5e-4 --workers 0 \
+                --device cpu --threads 2
+MTRAIN       := $(VENV)/bin/mammo-train
+BENCH_MODEL_ARGS ?=
+
+$(MODEL_WORK)/data/labels.csv:
+	$(VENV)/bin/mammo-node synth $(MODEL_WORK)/data $(SYNTH_ARGS)
+
+$(MODEL_WORK)/manifest.json: $(MODEL_WORK)/data/labels.csv
+	$(MTRAIN) index $(MODEL_WORK)/data --labels $(MODEL_WORK)/data/labels.csv \
+	  --truth $(MODEL_WORK)/data/truth.csv --out $@
+
+model-cv: venv $(MODEL_WORK)/manifest.json
+	time $(MTRAIN) cv $(MODEL_WORK)/manifest.json --out $(MODEL_WORK)/run $(CV_ARGS)
+	$(MTRAIN) report $(MODEL_WORK)/run
+
+demo-bundle: model-cv
+	rm -rf $(DEMO_BUNDLE).tmp
+	$(MTRAIN) export $(MODEL_WORK)/run --out $(DEMO_BUNDLE).tmp --best-fold --demo \
+	  --name $(DEMO_NAME) --version $(DEMO_VERSION) --storage-dtype float16
+	rm -rf $(DEMO_BUNDLE) && mv $(DEMO_BUNDLE).tmp $(DEMO_BUNDLE)
+	du -sh $(DEMO_BUNDLE)
+
+bench-model: venv
+	$(PY) scripts/bench_model.py $(BENCH_MODEL_ARGS)

@@ -1,0 +1,4 @@
+"""mammo-train: the cross-validated trainer.
+
+It imports mammo_node.ml; nothing in mammo_node imports it.
+"""

@@ -1,0 +1,227 @@
+"""mammo-train: index a site's exams, cross-validate the paper's models, report, export.
+
+    mammo-train index DATA_DIR --labels labels.csv [--truth truth.csv] --out manifest.json
+    mammo-train cv manifest.json --folds 10 --out RUN_DIR [--arch ... --input-size ...]
+    mammo-train report RUN_DIR [--json] [--external NAME=CSV ...]
+    mammo-train export RUN_DIR --out BUNDLE [--final-train | --best-fold]
+
+Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m trainer.cli cv ...``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# On a shared CPU, OpenMP threads that spin while waiting for a descheduled peer make each
+# step many times slower; sleeping waiters keep training usable. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import Progress
+
+from mammo_node.errors import MammoNodeError
+from trainer.config import TrainConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+
+
+def _fail(exc: MammoNodeError) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code=2)
+
+
+@app.command()
+def index(
+    data_dir: Annotated[Path, typer.Argument(help="Directory of DICOM files (or PNG + --views)")],
+    labels: Annotated[Path, typer.Option("--labels", help="labels.csv")],
+    out: Annotated[Path, typer.Option("--out", help="Manifest JSON to write")],
+    truth: Annotated[
+        Path | None, typer.Option("--truth", help="truth.csv (lesion centres)")
+    ] = None,
+    views: Annotated[
+        Path | None,
+        typer.Option(
+            "--views", help="CSV file,study_uid,laterality,view[,sop_instance_uid] for PNG data"
+        ),
+    ] = None,
+) -> None:
+    """Scan DATA_DIR into a dataset manifest (exams with exactly one image per slot)."""
+    from trainer.data import index_dataset
+
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("reading headers", total=None)
+            manifest = index_dataset(
+                data_dir,
+                labels_csv=labels,
+                truth_csv=truth,
+                views_csv=views,
+                progress=lambda n, total: progress.update(task, completed=n, total=total),
+            )
+        manifest.save(out)
+    except MammoNodeError as exc:
+        raise _fail(exc) from exc
+    counts = manifest.counts
+    typer.echo(json.dumps(counts, indent=1))
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def cv(
+    manifest: Annotated[Path, typer.Argument(help="Manifest from `mammo-train index`")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory (resumes if it exists)")],
+    folds: int = 10,
+    arch: str = "resnet101",
+    input_size: int = 976,
+    roi_size: int = 976,
+    roi_scale: float = 2.0,
+    saliency_smoothing: Annotated[
+        float,
+        typer.Option(help="Gaussian sigma (input px) on |gradient| before the COA; 0 = paper"),
+    ] = 0.0,
+    epochs: int = 10,
+    attention_epochs: Annotated[int | None, typer.Option(help="default: --epochs")] = None,
+    batch_size: int = 8,
+    lr: float = 1e-4,
+    positive_fraction: float = 0.5,
+    device: str = "auto",
+    seed: int = 0,
+    workers: int = 2,
+    amp: Annotated[
+        bool | None,
+        typer.Option("--amp/--no-amp", help="bf16 autocast; default on for CUDA, off on CPU"),
+    ] = None,
+    init_weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="Local weights to start from (ImageNet or a compatible checkpoint; no pickle)"
+        ),
+    ] = None,
+    train_head_only: Annotated[
+        bool, typer.Option(help="Adapted Pretrained: train fc only")
+    ] = False,
+    deterministic: bool = False,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    quiet: bool = False,
+) -> None:
+    """Cross-validate Holistic -> saliency ROIs -> Attention, fold by fold (resumable)."""
+    from trainer.cv import run_cv
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        cfg = TrainConfig(
+            arch=arch,
+            input_size=input_size,
+            roi_size=roi_size,
+            roi_scale=roi_scale,
+            saliency_smoothing=saliency_smoothing,
+            epochs=epochs,
+            attention_epochs=attention_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            positive_fraction=positive_fraction,
+            folds=folds,
+            seed=seed,
+            device=device,
+            workers=workers,
+            amp=amp,
+            init_weights=str(init_weights) if init_weights else None,
+            train_head_only=train_head_only,
+            deterministic=deterministic,
+        )
+        scores = run_cv(manifest, out, cfg, quiet=quiet)
+    except MammoNodeError as exc:
+        raise _fail(exc) from exc
+    typer.echo(f"held-out scores: {scores}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of `mammo-train cv`")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON")] = False,
+    external: Annotated[
+        list[str] | None,
+        typer.Option(help="NAME=CSV[:COLUMN] exam scores of another model (study_uid, score)"),
+    ] = None,
+    subsample_negatives: Annotated[
+        int | None, typer.Option(help="Keep all cancers and this many random normal exams")
+    ] = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(help="Output dir (default RUN_DIR/report)")] = None,
+) -> None:
+    """Table 1 for this run: AUCs with bootstrap 95 % CIs, ROC PNG, Markdown and JSON."""
+    from trainer.report import make_report, markdown
+
+    try:
+        result = make_report(
+            run_dir,
+            out_dir=out,
+            externals=external or (),
+            subsample_negatives=subsample_negatives,
+            bootstrap=bootstrap,
+            seed=seed,
+        )
+    except MammoNodeError as exc:
+        raise _fail(exc) from exc
+    typer.echo(json.dumps(result, indent=1) if as_json else markdown(result))
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of `mammo-train cv`")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle directory to write")],
+    final_train: Annotated[
+        bool,
+        typer.Option(
+            "--final-train/--best-fold", help="Retrain on all exams, or take the best CV fold"
+        ),
+    ] = True,
+    name: str = "mammo-node-model",
+    version: str = "0.1.0",
+    demo: Annotated[bool, typer.Option(help="Mark as a demo (not for clinical use)")] = False,
+    sensitivity: Annotated[
+        list[float] | None,
+        typer.Option(help="Operating point sensitivities (repeatable); default 0.85 and 0.9"),
+    ] = None,
+    storage_dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16")] = "float32",
+) -> None:
+    """Write a model bundle (manifest.json + holistic/attention safetensors)."""
+    from trainer.export import export_bundle
+
+    try:
+        written = export_bundle(
+            run_dir,
+            out,
+            source="final_train" if final_train else "best_fold",
+            name=name,
+            version=version,
+            is_demo=demo,
+            sensitivities=sensitivity or (0.85, 0.9),
+            storage_dtype=storage_dtype,
+        )
+    except MammoNodeError as exc:
+        raise _fail(exc) from exc
+    size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
+    typer.echo(
+        f"wrote bundle {written.name} {written.version} to {out} ({size:.1f} MB, "
+        f"weights from {written.training['source']})"
+    )
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()
