@@ -1,0 +1,51 @@
+"""JSON API for scripts and dashboards: the worklist and one exam, as the pages show them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from mammo_node import audit
+from mammo_node.exams import ExamNotFoundError
+from mammo_node.web.deps import actor, client_host, context, require_read
+from mammo_node.web.errors import WebError
+from mammo_node.web.worklist import check_filters, exam_view, state_counts, worklist
+
+router = APIRouter(prefix="/api")
+
+
+@router.get("/exams")
+def list_exams(
+    request: Request, state: str = "", sort: str = "newest", limit: int = 200, q: str = "",
+) -> list[dict[str, Any]]:
+    """Exams with their latest result (patient identifiers included: role read or admin)."""
+    require_read(request)
+    check_filters(state, sort)
+    if not 1 <= limit <= 5000:
+        raise WebError(400, f"limit {limit}: expected 1..5000")
+    return worklist(context(request).db, state=state or None, sort=sort, limit=limit,
+                    search=q.strip() or None)
+
+
+@router.get("/exams/{study_uid}")
+def show_exam(request: Request, study_uid: str) -> dict[str, Any]:
+    """One exam: slots, images kept out and why, result, outputs, deliveries."""
+    require_read(request)
+    ctx = context(request)
+    try:
+        view = exam_view(ctx.db, ctx.headers, study_uid)
+    except ExamNotFoundError as exc:
+        raise WebError(404, str(exc)) from exc
+    ctx.audit.record(actor(request), audit.VIEWED, study_uid, page="api",
+                     peer=client_host(request))
+    payload = view.as_json()
+    for output in payload["outputs"]:
+        output.pop("rel_path", None)
+    return payload
+
+
+@router.get("/status")
+def status(request: Request) -> dict[str, Any]:
+    """Exams by state (no patient data; open like /metrics)."""
+    return {"exams": state_counts(context(request).db)}

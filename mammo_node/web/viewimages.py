@@ -1,0 +1,139 @@
+"""Downsampled, hung PNGs of stored images for the exam page, cached on disk.
+
+``<data_dir>/cache/views/<sop>.<sha16>.<variant>.png``: the content hash in the name means a
+replaced instance never shows a stale picture; files are written atomically, so concurrent
+requests at worst render the same picture twice. A Secondary Capture of a view is hung with
+the flips of its source image (it lies on the source pixel for pixel), so that the heat map
+sits exactly over the mammogram and the ROI boxes drawn from the stored grid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydicom import dcmread
+from sqlalchemy import select
+
+from mammo_node.db.models import Exam, Instance
+from mammo_node.db.session import Database
+from mammo_node.errors import MammoNodeError, PixelDataError
+from mammo_node.storage import InstanceStore
+from mammo_node.web import render
+from mammo_node.web.dicomjson import HeaderCache
+
+logger = logging.getLogger(__name__)
+
+MAX_SIZE = (1024, 1280)  # width, height: about a reading-room tile on a 2-4 MP screen
+
+
+class ViewNotFoundError(MammoNodeError):
+    """The image does not exist or does not belong to the exam asked about."""
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    sop_instance_uid: str
+    rel_path: str
+    laterality: str | None
+    view: str | None
+    rows: int | None
+    columns: int | None
+
+
+class ViewImages:
+    def __init__(
+        self, db: Database, store: InstanceStore, headers: HeaderCache, cache_dir: Path
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.headers = headers
+        self.cache_dir = cache_dir
+
+    def _lookup(self, study_uid: str, sop_uid: str) -> StoredImage:
+        with self.db.read() as session:
+            row = session.execute(
+                select(
+                    Instance.sop_instance_uid,
+                    Instance.rel_path,
+                    Instance.laterality,
+                    Instance.view,
+                    Instance.rows,
+                    Instance.columns,
+                )
+                .join(Exam, Instance.exam_fk == Exam.id)
+                .where(Exam.study_uid == study_uid, Instance.sop_instance_uid == sop_uid)
+            ).first()
+        if row is None:
+            raise ViewNotFoundError(f"no image {sop_uid} in exam {study_uid}")
+        return StoredImage(*row)
+
+    @staticmethod
+    def version(image: StoredImage) -> str:
+        """Names one stored version of an instance (every version has its own file name)."""
+        return hashlib.sha256(image.rel_path.encode()).hexdigest()[:16]
+
+    def flips(self, image: StoredImage) -> render.Flips:
+        orientation = self.headers.get(image.rel_path).get("00200020", {}).get("Value")
+        values = [str(v) for v in orientation] if orientation else None
+        pixels = None
+        if not values or len(values) != 2:
+            pixels = render.display_image(dcmread(self.store.path(image.rel_path)))
+        return render.hanging_flips(image.laterality, image.view, values, pixels)
+
+    def flips_for(self, study_uid: str, sop_uid: str) -> render.Flips:
+        return self.flips(self._lookup(study_uid, sop_uid))
+
+    def png(self, study_uid: str, sop_uid: str, *, hung_like: str | None = None) -> Path:
+        """Cached PNG of ``sop_uid``; ``hung_like`` names the source whose flips it takes."""
+        image = self._lookup(study_uid, sop_uid)
+        source = self._lookup(study_uid, hung_like) if hung_like else image
+        flips = self.flips(source)
+        variant = f"h{int(flips.horizontal)}v{int(flips.vertical)}.{MAX_SIZE[0]}x{MAX_SIZE[1]}"
+        path = self.cache_dir / f"{sop_uid}.{self.version(image)}.{variant}.png"
+        if path.is_file():
+            return path
+        try:
+            ds = dcmread(self.store.path(image.rel_path))
+            picture = Image.fromarray(render.display_image(ds))
+        except PixelDataError:
+            raise
+        except Exception as exc:  # pydicom raises many types on malformed files
+            raise PixelDataError(f"cannot render {sop_uid}: {exc}") from exc
+        picture = render.apply_flips(render.fit(picture, MAX_SIZE), flips)
+        render.write_atomically(path, render.encode_image(picture, "image/png"))
+        logger.debug("rendered view %s (%s)", sop_uid, variant)
+        return path
+
+    def overlay_png(self, study_uid: str, seg_uid: str, *, hung_like: str) -> Path:
+        """Cached RGBA PNG of a binary SEG over its source image ``hung_like``.
+
+        The SEG frame lies on the source's pixel grid, so it is scaled to the size of the
+        source's view PNG and hung with the source's flips.
+        """
+        segmentation = self._lookup(study_uid, seg_uid)
+        source = self._lookup(study_uid, hung_like)
+        flips = self.flips(source)
+        size = render.fitted_size(source.columns or 1, source.rows or 1, MAX_SIZE)
+        variant = f"h{int(flips.horizontal)}v{int(flips.vertical)}.{size[0]}x{size[1]}"
+        path = self.cache_dir / f"{seg_uid}.{self.version(segmentation)}.overlay.{variant}.png"
+        if path.is_file():
+            return path
+        try:
+            mask = np.asarray(dcmread(self.store.path(segmentation.rel_path)).pixel_array)
+        except Exception as exc:  # pydicom raises many types on malformed files
+            raise PixelDataError(f"cannot read segmentation {seg_uid}: {exc}") from exc
+        if mask.ndim == 3:
+            mask = mask.any(axis=0)
+        if mask.shape != (source.rows, source.columns):
+            raise PixelDataError(
+                f"segmentation {seg_uid} is {mask.shape[1]}x{mask.shape[0]}; its source "
+                f"{hung_like} is {source.columns}x{source.rows}"
+            )
+        picture = render.apply_flips(render.mask_overlay(mask, size), flips)
+        render.write_atomically(path, render.encode_image(picture, "image/png"))
+        return path
