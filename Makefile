@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium curl iproute2 util-linux nodejs npm
 OHIF_CHECK := $(abspath ../shared/tools/ohif-check)
 
-.PHONY: help serve test lint venv apt viewer-tools bench-ingest clean-data
+.PHONY: help serve test test-slow lint venv apt viewer-tools bench-ingest bench-pipeline clean-data
 
 help:
 	@echo "make serve   - run mammo-node (SQLite + storage in $(DATA_DIR), DICOM port $(PORT))"
@@ -55,12 +55,18 @@ serve: venv
 test: venv apt viewer-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-slow: venv apt viewer-tools
+	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
+
 lint: venv
 	$(VENV)/bin/ruff check mammo_node trainer tests scripts alembic
 
 # --- benchmarks ----------------------------------------------------------------------------
 bench-ingest: venv apt
 	$(PY) scripts/bench_ingest.py
+
+bench-pipeline: venv apt
+	$(PY) scripts/bench_pipeline.py
 
 clean-data:
 	rm -rf $(DATA_DIR)

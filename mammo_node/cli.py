@@ -13,6 +13,7 @@ from rich.table import Table
 
 from mammo_node.config import Settings, load_settings
 from mammo_node.errors import MammoNodeError
+from mammo_node.web.cli import audit_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -23,6 +24,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(exams_app, name="exams")
 app.add_typer(dest_app, name="destinations")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(audit_app, name="audit")
 
 out = Console()
 err = Console(stderr=True)
@@ -218,6 +220,9 @@ def synth(
     screening_fraction: Annotated[float, typer.Option("--screening-fraction")] = 0.3,
     interval_fraction: Annotated[float, typer.Option("--interval-fraction")] = 0.1,
     lesion_contrast: Annotated[float, typer.Option("--lesion-contrast")] = 0.25,
+    lesion_radius_mm: Annotated[
+        tuple[float, float], typer.Option("--lesion-radius-mm", help="MIN MAX radius of masses")
+    ] = (6.0, 12.0),
 ) -> None:
     """Synthetic screening exams (MG For Presentation) + labels.csv + truth.csv (lesions)."""
     from mammo_node.synth import SynthOptions, write_synthetic_dataset

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     )
     api_tokens_file: Path | None = None
     loopback_without_token: bool = False
+    public_url: str | None = Field(
+        None, description="Base URL handed out in DICOMweb answers when behind a proxy"
+    )
 
     # --- scoring ---------------------------------------------------------------------
     model_bundle: Path | None = Field(None, description="Model bundle dir; default: demo bundle")
@@ -70,6 +73,9 @@ class Settings(BaseSettings):
     precision: str = Field("auto", description="auto, fp32 or bf16")
     worker_poll_seconds: float = Field(1.0, gt=0)
     max_attempts: int = Field(3, ge=1, description="failures before an exam is parked")
+    shutdown_grace_seconds: float = Field(
+        60.0, ge=0, description="on SIGTERM, how long the exam being scored may take to finish"
+    )
     claim_timeout_seconds: float = Field(
         900.0, gt=0, description="a SCORING claim older than this is taken back"
     )

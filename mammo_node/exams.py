@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mammo_node.db import repo
-from mammo_node.db.models import Exam, Instance
+from mammo_node.db.models import Destination, Exam, Instance, OutboxItem, Result
 from mammo_node.db.session import Database
 from mammo_node.domain import Origin
 from mammo_node.errors import MammoNodeError
@@ -99,4 +99,61 @@ def exam_detail(db: Database, study_uid: str) -> dict[str, Any]:
             {"at": _iso(e.at), "from": e.from_state, "to": e.to_state, "reason": e.reason}
             for e in exam.events
         ]
+        detail["attempts"] = exam.attempts
+        detail["last_error"] = exam.last_error.split("\n", 1)[0]
+        detail["result"] = _latest_result(session, exam)
         return detail
+
+
+def _latest_result(session: Session, exam: Exam) -> dict[str, Any] | None:
+    result = session.scalars(
+        select(Result).where(Result.exam_fk == exam.id).order_by(Result.id.desc())
+    ).first()
+    if result is None:
+        return None
+    deliveries = session.execute(
+        select(OutboxItem, Destination.name, Instance.sop_instance_uid, Instance.output_kind)
+        .join(Destination, OutboxItem.destination_fk == Destination.id)
+        .join(Instance, OutboxItem.instance_fk == Instance.id)
+        .where(Instance.result_fk == result.id)
+        .order_by(OutboxItem.id)
+    ).all()
+    outputs = session.execute(
+        select(Instance.sop_instance_uid, Instance.output_kind, Instance.slot)
+        .where(Instance.result_fk == result.id)
+        .order_by(Instance.id)
+    ).all()
+    return {
+        "id": result.id,
+        "exam_revision": result.exam_revision,
+        "current": result.exam_revision == exam.revision,
+        "created_at": _iso(result.created_at),
+        "exam_score": result.exam_score,
+        "breast_scores": result.breast_scores,
+        "images": result.images,
+        "verdicts": result.verdicts,
+        "score_kind": result.score_kind,
+        "model": {
+            "name": result.model_name,
+            "version": result.model_version,
+            "demo": result.model_is_demo,
+        },
+        "device": result.device,
+        "timings": result.timings,
+        "sr_sop_instance_uid": result.sr_sop_instance_uid,
+        "previous_result_id": result.previous_result_fk,
+        "outputs": [{"sop_instance_uid": u, "kind": k, "slot": s} for u, k, s in outputs],
+        "deliveries": [
+            {
+                "destination": name,
+                "sop_instance_uid": uid,
+                "output": kind,
+                "state": item.state,
+                "attempts": item.attempts,
+                "last_status": item.last_status,
+                "last_error": item.last_error,
+                "delivered_at": _iso(item.delivered_at),
+            }
+            for item, name, uid, kind in deliveries
+        ],
+    }

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from types import FrameType
 
+from mammo_node.audit import AuditLog
 from mammo_node.config import Settings
 from mammo_node.db.session import Database, upgrade
 from mammo_node.dimse.scp import StorageSCP
+from mammo_node.exporter import Exporter, ExporterThread
 from mammo_node.grouper import Grouper, GrouperThread
 from mammo_node.ingest import Ingestor
+from mammo_node.scoring import load_scorer
 from mammo_node.storage import InstanceStore
+from mammo_node.web.server import WebServer
+from mammo_node.worker import Worker, WorkerThread
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +26,7 @@ logger = logging.getLogger(__name__)
 class Node:
     """Database, instance store, ingest, DICOM SCP and grouping, started and stopped together."""
 
-    def __init__(self, settings: Settings, *, migrate: bool = True) -> None:
+    def __init__(self, settings: Settings, *, migrate: bool = True, score: bool = True) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if migrate:
@@ -32,19 +38,56 @@ class Node:
         self.ingestor = Ingestor(settings, self.db, self.store)
         self.scp = StorageSCP(settings, self.db, self.ingestor)
         self.grouper = GrouperThread(Grouper(settings, self.db, self.store))
+        self.worker: WorkerThread | None = None
+        if score:
+            worker = Worker(settings, self.db, self.ingestor, lambda: load_scorer(settings))
+            self.worker = WorkerThread(worker)
+        self.exporter = ExporterThread(Exporter(settings, self.db, self.store))
+        self.audit = AuditLog(self.db)
+        self.web = WebServer(
+            settings,
+            self.db,
+            self.ingestor,
+            audit_log=self.audit,
+            model_ready=self._model_ready if self.worker is not None else None,
+            public_url=settings.public_url,
+        )
         self._stop = threading.Event()
+
+    def _model_ready(self) -> tuple[bool, str]:
+        worker = self.worker
+        if worker is None:
+            return False, "no scoring worker in this process"
+        if worker.ready.is_set():
+            return True, "model loaded"
+        if worker.model_error:
+            return False, f"model failed to load: {worker.model_error}"
+        return False, "model loading"
 
     def start(self) -> None:
         self.scp.start()
+        self.web.start()
         self.grouper.start()
+        if self.worker is not None:
+            self.worker.start()
+        self.exporter.start()
         logger.info("node %s ready (data in %s)", self.settings.ae_title, self.settings.data_dir)
 
     def stop(self) -> None:
         """Stop receiving first (running C-STOREs finish), then the background services."""
         logger.info("stopping")
+        self.web.stop()
         self.scp.stop()
-        self.grouper.stop()
-        self.grouper.join(timeout=30)
+        threads = [t for t in (self.grouper, self.worker, self.exporter) if t is not None]
+        for thread in threads:
+            thread.stop()
+        # the exam being scored may finish within the grace period; if not, it is abandoned:
+        # its claim is released when the node starts again, and deterministic output UIDs
+        # make the retry a no-duplicate
+        for thread in threads:
+            if thread.is_alive():
+                grace = self.settings.shutdown_grace_seconds if thread is self.worker else 30
+                thread.join(timeout=grace)
         self.db.dispose()
         logger.info("stopped")
 
@@ -60,3 +103,9 @@ class Node:
             self._stop.wait()
         finally:
             self.stop()
+        if self.worker is not None and self.worker.is_alive():
+            # still inside the model after the grace period: leave without running the
+            # interpreter's teardown under a busy native thread (it would abort the process)
+            logger.warning("an exam was abandoned mid-scoring; it is rescored after restart")
+            logging.shutdown()
+            os._exit(0)

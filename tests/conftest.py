@@ -148,7 +148,7 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
 
     started: list[Any] = []
 
-    def start(db_url: str | None = None, **overrides: Any) -> Any:
+    def start(db_url: str | None = None, *, score: bool = False, **overrides: Any) -> Any:
         values: dict[str, Any] = {
             "data_dir": tmp_path / f"node{len(started)}",
             "port": free_port(),
@@ -162,7 +162,7 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         if db_url:
             values["db_url"] = db_url
         values.update(overrides)
-        node = Node(Settings(**values))
+        node = Node(Settings(**values), score=score)
         node.start()
         started.append(node)
         return node
@@ -273,3 +273,60 @@ def node_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     for node in started:
         if node.proc is not None and node.proc.poll() is None:
             node.kill()
+
+
+# --- models and exams for scoring tests ----------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real bundle of small ResNet-18s (seeded random weights, 64 px input): the whole
+    scoring path runs for real in seconds; its scores mean nothing and say so (is_demo)."""
+    import torch
+
+    from mammo_node.ml.bundle import BundleManifest, save_bundle
+    from mammo_node.ml.models import build_model
+    from mammo_node.ml.preprocess import PreprocessSettings
+
+    torch.manual_seed(0)
+    holistic = build_model(arch="resnet18")
+    attention = build_model(arch="resnet18")
+    attention.load_state_dict(holistic.state_dict())
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    manifest = BundleManifest(
+        name="mammo-node-test-random",
+        version="0.0.1",
+        architecture="resnet18",
+        preprocess=PreprocessSettings(input_size=64, roi_size=48, roi_scale=1.5),
+        is_demo=True,
+    )
+    save_bundle(out, holistic=holistic, attention=attention, manifest=manifest)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_exams(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
+    """Three small synthetic screening exams (one screening cancer), written as Part-10."""
+    from mammo_node.synth import SynthOptions, generate_exams
+
+    exams = list(
+        generate_exams(
+            SynthOptions(rows=256, columns=208, exams=3, seed=11, repeat_patient_fraction=0.0)
+        )
+    )
+    folder = tmp_path_factory.mktemp("synth")
+    for exam in exams:
+        exam.files = []
+        for slot, ds in exam.datasets.items():
+            path = folder / exam.study_uid / f"{slot}.dcm"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_as(path, enforce_file_format=True)
+            exam.files.append(path)
+    return exams
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Any]:
+    from tests.orthanc import Orthanc
+
+    pacs = Orthanc(tmp_path / "orthanc", free_port(), free_port()).start()
+    yield pacs
+    pacs.stop()

@@ -1,0 +1,124 @@
+"""Destinations and the outbox as an operator manages them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, func, select
+
+from mammo_node.db.models import Destination, Instance, OutboxItem
+from mammo_node.db.session import Database
+from mammo_node.errors import MammoNodeError
+
+
+def add_destination(
+    db: Database,
+    name: str,
+    *,
+    ae_title: str,
+    host: str,
+    port: int,
+    tls: bool = False,
+    send_all: bool = True,
+) -> bool:
+    """Add or update; returns True when created. Clears a previous configuration error."""
+    ae_title = ae_title.strip()
+    if not ae_title or len(ae_title) > 16:
+        raise ValueError(f'Argument "ae_title" should be 1-16 characters, got {ae_title!r}.')
+    if not 0 < port < 65536:
+        raise ValueError(f'Argument "port" should be 1-65535, got {port}.')
+    with db.session() as session:
+        row = session.scalars(select(Destination).where(Destination.name == name)).first()
+        created = row is None
+        if row is None:
+            row = Destination(name=name)
+            session.add(row)
+        row.ae_title, row.host, row.port, row.tls = ae_title, host, port, tls
+        row.send_all, row.enabled, row.config_error = send_all, True, ""
+        return created
+
+
+def remove_destination(db: Database, name: str) -> None:
+    with db.session() as session:
+        row = session.scalars(select(Destination).where(Destination.name == name)).first()
+        if row is None:
+            raise MammoNodeError(f"no destination named {name!r}")
+        delivered = session.scalar(
+            select(func.count()).where(
+                OutboxItem.destination_fk == row.id, OutboxItem.state == "delivered"
+            )
+        )
+        session.execute(
+            delete(OutboxItem).where(
+                OutboxItem.destination_fk == row.id, OutboxItem.state != "delivered"
+            )
+        )
+        if delivered:
+            row.enabled = False  # keep the delivery history: disable instead of delete
+            row.name = f"{row.name} (removed {row.id})"[:64]
+        else:
+            session.delete(row)
+
+
+def list_destinations(db: Database) -> list[dict[str, Any]]:
+    with db.read() as session:
+        counts = dict(
+            session.execute(
+                select(OutboxItem.destination_fk, func.count())
+                .where(OutboxItem.state == "pending")
+                .group_by(OutboxItem.destination_fk)
+            ).all()
+        )
+        dead = dict(
+            session.execute(
+                select(OutboxItem.destination_fk, func.count())
+                .where(OutboxItem.state == "dead")
+                .group_by(OutboxItem.destination_fk)
+            ).all()
+        )
+        return [
+            {
+                "name": d.name,
+                "ae_title": d.ae_title,
+                "host": d.host,
+                "port": d.port,
+                "tls": d.tls,
+                "send_all": d.send_all,
+                "enabled": d.enabled,
+                "config_error": d.config_error,
+                "pending": counts.get(d.id, 0),
+                "dead": dead.get(d.id, 0),
+            }
+            for d in session.scalars(
+                select(Destination).where(Destination.enabled).order_by(Destination.name)
+            )
+        ]
+
+
+def list_outbox(
+    db: Database, *, state: str | None = None, limit: int = 200
+) -> list[dict[str, Any]]:
+    with db.read() as session:
+        query = (
+            select(OutboxItem, Destination.name, Instance.sop_instance_uid, Instance.output_kind)
+            .join(Destination, OutboxItem.destination_fk == Destination.id)
+            .join(Instance, OutboxItem.instance_fk == Instance.id)
+            .order_by(OutboxItem.id.desc())
+            .limit(limit)
+        )
+        if state:
+            query = query.where(OutboxItem.state == state)
+        return [
+            {
+                "id": item.id,
+                "destination": name,
+                "sop_instance_uid": uid,
+                "output": kind,
+                "state": item.state,
+                "attempts": item.attempts,
+                "last_status": item.last_status,
+                "last_error": item.last_error,
+                "next_attempt_at": item.next_attempt_at.isoformat(),
+            }
+            for item, name, uid, kind in session.execute(query).all()
+        ]

@@ -1,0 +1,248 @@
+"""The exporter: delivers the durable outbox over C-STORE, with backoff and dead letters.
+
+One row per (output instance, destination). Per destination, due rows go over one
+association. Success and the warnings B000/B006/B007 count as delivered. A failure status or
+a peer that cannot be reached is retried with exponential backoff until the row is older than
+``outbox_max_age_seconds``, then it becomes a dead letter (``mammo-node outbox list/retry``).
+An association *rejection* is a configuration error (wrong AE title, not allowed): reported
+once on the destination and not retried in a loop until an operator re-queues it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from mammo_node import audit, metrics
+from mammo_node.config import Settings
+from mammo_node.db.models import Destination, Instance, OutboxItem, utcnow
+from mammo_node.db.session import Database
+from mammo_node.dimse.scp import build_client_ssl_context
+from mammo_node.dimse.scu import Peer, SendReport, send_files
+from mammo_node.errors import DeliveryError, MammoNodeError
+from mammo_node.storage import InstanceStore
+
+logger = logging.getLogger(__name__)
+
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+
+
+@dataclass(frozen=True)
+class Due:
+    item_id: int
+    path: Path
+    sop_instance_uid: str
+
+
+def backoff_seconds(attempts: int, base: float, cap: float) -> float:
+    """Delay before the next attempt after ``attempts`` failures: base * 2^(n-1), capped."""
+    return float(min(cap, base * 2 ** max(0, attempts - 1)))
+
+
+class Exporter:
+    def __init__(self, settings: Settings, db: Database, store: InstanceStore) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+
+    def run_once(self, now: dt.datetime | None = None, batch: int = 64) -> int:
+        """Deliver what is due. Returns how many rows were attempted."""
+        now = now or utcnow()
+        attempted = 0
+        for destination_id, due in self._due(now, batch).items():
+            attempted += len(due)
+            self._deliver(destination_id, due)
+        return attempted
+
+    def _due(self, now: dt.datetime, batch: int) -> dict[int, list[Due]]:
+        with self.db.read() as session:
+            rows = session.execute(
+                select(
+                    OutboxItem.id,
+                    OutboxItem.destination_fk,
+                    Instance.rel_path,
+                    Instance.sop_instance_uid,
+                )
+                .join(Instance, OutboxItem.instance_fk == Instance.id)
+                .join(Destination, OutboxItem.destination_fk == Destination.id)
+                .where(
+                    OutboxItem.state == PENDING,
+                    OutboxItem.next_attempt_at <= now,
+                    Destination.enabled,
+                    Destination.config_error == "",
+                )
+                .order_by(OutboxItem.id)
+                .limit(batch)
+            ).all()
+        due: dict[int, list[Due]] = defaultdict(list)
+        for item_id, destination_id, rel_path, sop_uid in rows:
+            due[destination_id].append(Due(item_id, self.store.path(rel_path), sop_uid))
+        return due
+
+    def _peer(self, destination: Destination) -> Peer:
+        return Peer(
+            destination.host,
+            destination.port,
+            destination.ae_title,
+            self.settings.ae_title,
+            build_client_ssl_context(self.settings) if destination.tls else None,
+        )
+
+    def _deliver(self, destination_id: int, due: list[Due]) -> None:
+        with self.db.read() as session:
+            destination = session.get(Destination, destination_id)
+            assert destination is not None
+            peer = self._peer(destination)
+            name = destination.name
+        try:
+            report = send_files([d.path for d in due], peer)
+        except (DeliveryError, OSError) as exc:
+            logger.warning("destination %s unreachable: %s", name, exc)
+            self._failed(name, due, None, str(exc))
+            return
+        if report.rejected:
+            self._rejected(destination_id, name, report.rejected)
+            return
+        self._record(name, due, report)
+
+    def _record(self, name: str, due: list[Due], report: SendReport) -> None:
+        by_path = {o.path: o for o in report.outcomes}
+        delivered, failed = [], []
+        for item in due:
+            outcome = by_path.get(item.path)
+            if outcome is not None and outcome.delivered:
+                delivered.append((item, outcome.status, outcome.comment))
+            else:
+                failed.append((item, outcome))
+        now = utcnow()
+        with self.db.session() as session:
+            for item, status, comment in delivered:
+                row = session.get(OutboxItem, item.item_id)
+                if row is None:
+                    continue
+                row.state = DELIVERED
+                row.delivered_at = now
+                row.attempts += 1
+                row.last_status = status
+                row.last_error = comment if status else ""
+                audit.record_in(
+                    session,
+                    "node",
+                    audit.DELIVERED,
+                    item.sop_instance_uid,
+                    destination=name,
+                    status=status,
+                )
+        for item, outcome in failed:
+            status = outcome.status if outcome else None
+            why = (outcome.comment if outcome else "") or "no response"
+            code = f"status 0x{status:04X}" if status is not None else "not sent"
+            self._failed(name, [item], status, f"{code}: {why}")
+        if delivered:
+            metrics.delivery_succeeded(name, len(delivered))
+            logger.info("delivered %d output(s) to %s", len(delivered), name)
+
+    def _failed(self, name: str, due: list[Due], status: int | None, error: str) -> None:
+        metrics.delivery_failed(name, len(due))
+        now = utcnow()
+        max_age = dt.timedelta(seconds=self.settings.outbox_max_age_seconds)
+        with self.db.session() as session:
+            for item in due:
+                row = session.get(OutboxItem, item.item_id)
+                if row is None:
+                    continue
+                row.attempts += 1
+                row.last_status = status
+                row.last_error = error[:2000]
+                if now - row.created_at >= max_age:
+                    row.state = DEAD
+                    audit.record_in(
+                        session,
+                        "node",
+                        audit.DELIVERY_FAILED,
+                        item.sop_instance_uid,
+                        destination=name,
+                        status=status,
+                        error=error[:500],
+                        attempts=row.attempts,
+                    )
+                    logger.error(
+                        "outbox %d (%s) is a dead letter after %d attempts: %s",
+                        row.id,
+                        item.sop_instance_uid,
+                        row.attempts,
+                        error,
+                    )
+                else:
+                    delay = backoff_seconds(
+                        row.attempts,
+                        self.settings.outbox_backoff_base,
+                        self.settings.outbox_backoff_max,
+                    )
+                    row.next_attempt_at = now + dt.timedelta(seconds=delay)
+
+    def _rejected(self, destination_id: int, name: str, why: str) -> None:
+        with self.db.session() as session:
+            destination = session.get(Destination, destination_id)
+            if destination is None:
+                return
+            destination.config_error = why[:2000]
+        logger.error(
+            "destination %s rejected the association: %s. Deliveries to it are paused; fix the "
+            "destination and run `mammo-node outbox retry --destination %s`",
+            name,
+            why,
+            name,
+        )
+
+
+def retry(db: Database, *, destination: str | None = None, item_id: int | None = None) -> int:
+    """Re-queue dead letters (and clear a destination's configuration error)."""
+    now = utcnow()
+    with db.session() as session:
+        query = select(OutboxItem).where(OutboxItem.state == DEAD)
+        if item_id is not None:
+            query = select(OutboxItem).where(
+                OutboxItem.id == item_id, OutboxItem.state != DELIVERED
+            )
+        if destination is not None:
+            target = session.scalars(
+                select(Destination).where(Destination.name == destination)
+            ).first()
+            if target is None:
+                raise MammoNodeError(f"no destination named {destination!r}")
+            target.config_error = ""
+            query = query.where(OutboxItem.destination_fk == target.id)
+        rows = session.scalars(query).all()
+        for row in rows:
+            row.state = PENDING
+            row.created_at = now  # a fresh maximum age
+            row.next_attempt_at = now
+        return len(rows)
+
+
+class ExporterThread(threading.Thread):
+    def __init__(self, exporter: Exporter, interval: float = 1.0) -> None:
+        super().__init__(name="exporter", daemon=True)
+        self.exporter = exporter
+        self.interval = interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                busy = self.exporter.run_once()
+            except Exception:
+                logger.exception("export pass failed")
+                busy = 0
+            if not busy:
+                self.stopping.wait(self.interval)
+
+    def stop(self) -> None:
+        self.stopping.set()

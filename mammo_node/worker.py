@@ -1,0 +1,406 @@
+"""The scoring worker: claims READY exams, runs the ensemble, writes and stores the outputs,
+records the result and queues its delivery.
+
+Claiming is a row update inside a transaction (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so
+workers on several machines share one database; SQLite: ``BEGIN IMMEDIATE`` serialises, one
+worker). A claim older than ``claim_timeout_seconds`` is taken back (a worker that died), and
+a restarting worker takes back its own claims at once. An exam that fails ``max_attempts``
+times is parked as FAILED with its error. Inference and the writers are pure: no database or
+network inside them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydicom import Dataset, dcmread
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from mammo_node import metrics
+from mammo_node.config import Settings
+from mammo_node.db import repo
+from mammo_node.db.models import (
+    Destination,
+    Exam,
+    Instance,
+    OutboxItem,
+    Result,
+    Series,
+    utcnow,
+)
+from mammo_node.db.session import Database
+from mammo_node.domain import ExamInference, ExamState, Origin, Slot
+from mammo_node.errors import MammoNodeError, ModelError
+from mammo_node.ingest import Ingestor
+from mammo_node.writers import OutputObject, build_outputs
+from mammo_node.writers.identity import OutputKind, ReferencedDocument
+
+logger = logging.getLogger(__name__)
+
+
+class Scorer(Protocol):
+    """What the worker needs from a model (mammo_node.ml.inference.EnsembleScorer)."""
+
+    def score_exam(self, datasets: Mapping[Slot, Dataset], study_uid: str) -> ExamInference: ...
+
+
+@dataclass(frozen=True)
+class Claim:
+    exam_id: int
+    study_uid: str
+    revision: int
+    attempts: int
+    slots: dict[Slot, str]  # slot -> SOP Instance UID
+    paths: dict[Slot, str]  # slot -> path in the store
+
+
+def default_worker_id(settings: Settings) -> str:
+    return f"{socket.gethostname()}/{settings.ae_title}/worker"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        ingestor: Ingestor,
+        scorer: Callable[[], Scorer],
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.ingestor = ingestor
+        self.store = ingestor.store
+        self._scorer_factory = scorer
+        self._scorer: Scorer | None = None
+        self.worker_id = worker_id or default_worker_id(settings)
+
+    @property
+    def scorer(self) -> Scorer:
+        if self._scorer is None:
+            self._scorer = self._scorer_factory()
+        return self._scorer
+
+    # --- claiming ----------------------------------------------------------------------
+    def release_own_claims(self) -> int:
+        """After a restart: exams this worker held while it died are claimable again."""
+        with self.db.session() as session:
+            exams = session.scalars(
+                select(Exam).where(
+                    Exam.state == ExamState.SCORING.value, Exam.claimed_by == self.worker_id
+                )
+            ).all()
+            for exam in exams:
+                repo.set_exam_state(
+                    session, exam, ExamState.READY, "claim released: the worker restarted"
+                )
+                exam.claimed_by = ""
+            return len(exams)
+
+    def claim(self, now: dt.datetime | None = None) -> Claim | None:
+        now = now or utcnow()
+        stale = now - dt.timedelta(seconds=self.settings.claim_timeout_seconds)
+        with self.db.session() as session:
+            query = (
+                select(Exam)
+                .where(
+                    or_(
+                        Exam.state == ExamState.READY.value,
+                        (Exam.state == ExamState.SCORING.value) & (Exam.claimed_at < stale),
+                    )
+                )
+                .order_by(Exam.state_changed_at, Exam.id)
+                .limit(1)
+            )
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            exam = session.scalars(query).first()
+            if exam is None:
+                return None
+            resolution = repo.resolve_exam(session, exam)
+            slots = {slot: uid for slot, uid in resolution.slots.items() if uid}
+            rows = session.scalars(
+                select(Instance).where(Instance.sop_instance_uid.in_(list(slots.values())))
+            ).all()
+            by_uid = {row.sop_instance_uid: row.rel_path for row in rows}
+            why = "claimed" if exam.state == ExamState.READY.value else "stale claim taken back"
+            repo.set_exam_state(session, exam, ExamState.SCORING, f"{why} by {self.worker_id}")
+            exam.claimed_by = self.worker_id
+            exam.claimed_at = now
+            exam.attempts += 1
+            return Claim(
+                exam.id,
+                exam.study_uid,
+                exam.revision,
+                exam.attempts,
+                slots,
+                {slot: by_uid[uid] for slot, uid in slots.items()},
+            )
+
+    # --- one exam ----------------------------------------------------------------------
+    def run_once(self) -> bool:
+        """Claim and score one exam. Returns whether there was one."""
+        claim = self.claim()
+        if claim is None:
+            return False
+        try:
+            self.score(claim)
+        except Exception as exc:  # any failure is recorded on the exam, never lost
+            logger.exception("scoring exam %s failed (attempt %d)", claim.study_uid, claim.attempts)
+            self._record_failure(claim, exc)
+        return True
+
+    def score(self, claim: Claim) -> int | None:
+        """Score a claimed exam; returns the Result id (None when the exam moved on)."""
+        started = time.perf_counter()
+        if len(claim.slots) != 4:
+            raise ModelError(f"exam {claim.study_uid} has {len(claim.slots)} of 4 views")
+        t0 = time.perf_counter()
+        sources: dict[Slot, Dataset] = {
+            slot: dcmread(self.store.path(path)) for slot, path in claim.paths.items()
+        }
+        read_seconds = time.perf_counter() - t0
+        inference = self.scorer.score_exam(sources, claim.study_uid)
+        previous = self._previous_result(claim.exam_id)
+        t1 = time.perf_counter()
+        outputs = self._build_outputs(sources, inference, claim, previous)
+        writers_seconds = time.perf_counter() - t1
+        del sources
+        t2 = time.perf_counter()
+        stored = [self._store_output(obj) for obj in outputs]
+        store_seconds = time.perf_counter() - t2
+        timings = dict(inference.timings)
+        timings.update(
+            read=read_seconds,
+            writers=writers_seconds,
+            store=store_seconds,
+            worker_total=time.perf_counter() - started,
+        )
+        return self._record_result(claim, inference, outputs, stored, previous, timings)
+
+    def _previous_result(self, exam_id: int) -> tuple[int, list[ReferencedDocument]] | None:
+        """The latest result of this exam and its SRs (they become Predecessor Documents)."""
+        with self.db.read() as session:
+            result = session.scalars(
+                select(Result).where(Result.exam_fk == exam_id).order_by(Result.id.desc())
+            ).first()
+            if result is None:
+                return None
+            rows = session.execute(
+                select(Instance, Series.series_uid, Exam.study_uid)
+                .join(Series, Instance.series_fk == Series.id)
+                .join(Exam, Instance.exam_fk == Exam.id)
+                .where(
+                    Instance.result_fk == result.id,
+                    Instance.output_kind.in_([OutputKind.SR.value, OutputKind.SR_VIEW.value]),
+                )
+            ).all()
+            return result.id, [
+                ReferencedDocument(
+                    study_uid,
+                    series_uid,
+                    row.sop_instance_uid,
+                    row.sop_class_uid,
+                    Slot.parse(row.slot) if row.slot else None,
+                )
+                for row, series_uid, study_uid in rows
+            ]
+
+    def _build_outputs(
+        self,
+        sources: dict[Slot, Dataset],
+        inference: ExamInference,
+        claim: Claim,
+        previous: tuple[int, list[ReferencedDocument]] | None,
+    ) -> list[OutputObject]:
+        return build_outputs(
+            sources,
+            inference,
+            revision=claim.revision,
+            previous_sr=previous[1] if previous else (),
+            station_name=self.settings.ae_title,
+        )
+
+    def _store_output(self, obj: OutputObject) -> str:
+        """Write one output as Part-10 and ingest it as a GENERATED instance of the study."""
+        temp = self.store.temp_path()
+        obj.dataset.save_as(temp, enforce_file_format=True)
+        result = self.ingestor.ingest_file(
+            temp, source="node", calling_ae=self.settings.ae_title, origin=Origin.GENERATED
+        )
+        return result.sop_instance_uid
+
+    def _record_result(
+        self,
+        claim: Claim,
+        inference: ExamInference,
+        outputs: list[OutputObject],
+        stored: list[str],
+        previous: tuple[int, list[ReferencedDocument]] | None,
+        timings: dict[str, float],
+    ) -> int | None:
+        summary = inference.to_json()
+        sr_uid = next(o.sop_instance_uid for o in outputs if o.kind is OutputKind.SR)
+        with self.db.session() as session:
+            exam = session.get(Exam, claim.exam_id, with_for_update=True)
+            assert exam is not None
+            current = (
+                exam.state == ExamState.SCORING.value
+                and exam.claimed_by == self.worker_id
+                and exam.revision == claim.revision
+            )
+            result = Result(
+                exam_fk=exam.id,
+                exam_revision=claim.revision,
+                model_name=inference.bundle.name,
+                model_version=inference.bundle.version,
+                model_is_demo=inference.bundle.is_demo,
+                score_kind=inference.bundle.score_kind,
+                exam_score=inference.scores.exam_score,
+                breast_scores=summary["breast_scores"],
+                images=summary["images"],
+                verdicts=summary["verdicts"],
+                timings=timings,
+                worker=self.worker_id,
+                device=_device_label(self.scorer),
+                sr_sop_instance_uid=sr_uid,
+                previous_result_fk=previous[0] if previous else None,
+            )
+            session.add(result)
+            session.flush()
+            made = {o.sop_instance_uid: o for o in outputs}
+            instances = list(
+                session.scalars(select(Instance).where(Instance.sop_instance_uid.in_(stored)))
+            )
+            for row in instances:
+                output = made[row.sop_instance_uid]
+                row.result_fk = result.id
+                row.output_kind = output.kind.value
+                row.slot = str(output.slot) if output.slot else None
+            if not current:
+                logger.info(
+                    "exam %s changed while scoring (revision %d -> %d): result kept "
+                    "as history, not sent",
+                    exam.study_uid,
+                    claim.revision,
+                    exam.revision,
+                )
+                return None
+            queued = self._queue_delivery(session, exam, instances)
+            repo.set_exam_state(
+                session,
+                exam,
+                ExamState.SCORED,
+                f"scored by {inference.bundle.name} {inference.bundle.version}: exam score "
+                f"{inference.scores.exam_score:.3f}; {queued} deliveries queued",
+            )
+            exam.attempts = 0
+            exam.claimed_by = ""
+            exam.last_error = ""
+            logger.info(
+                "exam %s scored %.3f in %.1f s",
+                exam.study_uid,
+                inference.scores.exam_score,
+                timings["worker_total"],
+            )
+            return result.id
+
+    def _queue_delivery(self, session: Session, exam: Exam, instances: list[Instance]) -> int:
+        destinations = session.scalars(select(Destination).where(Destination.enabled)).all()
+        chosen = [
+            d
+            for d in destinations
+            if d.send_all or (self.settings.return_to_sender and d.ae_title == exam.source_ae)
+        ]
+        for destination in chosen:
+            for instance in instances:
+                session.add(OutboxItem(instance_fk=instance.id, destination_fk=destination.id))
+        return len(chosen) * len(instances)
+
+    def _record_failure(self, claim: Claim, exc: BaseException) -> None:
+        metrics.scoring_failed()
+        message = f"{type(exc).__name__}: {exc}"
+        try:
+            with self.db.session() as session:
+                exam = session.get(Exam, claim.exam_id, with_for_update=True)
+                if exam is None or exam.state != ExamState.SCORING.value:
+                    return
+                exam.last_error = message + "\n" + "".join(traceback.format_exception(exc))[-4000:]
+                exam.claimed_by = ""
+                if exam.attempts >= self.settings.max_attempts:
+                    repo.set_exam_state(
+                        session,
+                        exam,
+                        ExamState.FAILED,
+                        f"parked after {exam.attempts} failed attempts: {message}"[:2000],
+                    )
+                else:
+                    repo.set_exam_state(
+                        session,
+                        exam,
+                        ExamState.READY,
+                        f"attempt {exam.attempts} failed, will retry: {message}"[:2000],
+                    )
+        except MammoNodeError:
+            logger.exception("could not record the failure of exam %s", claim.study_uid)
+
+
+def _device_label(scorer: Scorer) -> str:
+    device = getattr(scorer, "device", "")
+    precision = getattr(scorer, "precision", "")
+    return f"{device} {precision}".strip()
+
+
+def rescore(db: Database, study_uid: str, reason: str = "rescore requested") -> int:
+    """Queue an exam for a new result (its SR will name the previous one). Returns revision."""
+    with db.session() as session:
+        exam = repo.exam_by_uid(session, study_uid)
+        if exam is None:
+            from mammo_node.exams import ExamNotFoundError
+
+            raise ExamNotFoundError(f"no exam with StudyInstanceUID {study_uid}")
+        exam.revision += 1
+        exam.attempts = 0
+        exam.claimed_by = ""
+        repo.set_exam_state(session, exam, ExamState.READY, reason)
+        return exam.revision
+
+
+class WorkerThread(threading.Thread):
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(name="worker", daemon=True)
+        self.worker = worker
+        self.stopping = threading.Event()
+        self.ready = threading.Event()
+        self.model_error = ""
+
+    def run(self) -> None:
+        try:
+            self.worker.release_own_claims()
+            _ = self.worker.scorer  # load the model before claiming anything
+            self.ready.set()
+        except Exception as exc:
+            self.model_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("the worker cannot load its model; exams stay READY")
+            return
+        while not self.stopping.is_set():
+            try:
+                busy = self.worker.run_once()
+            except Exception:
+                logger.exception("worker pass failed")
+                busy = False
+            if not busy:
+                self.stopping.wait(self.worker.settings.worker_poll_seconds)
+
+    def stop(self) -> None:
+        self.stopping.set()

@@ -1,0 +1,228 @@
+"""End-to-end scoring benchmark: last image's C-STORE response -> the SR at a listening storescp.
+
+A full-size synthetic 4-view exam (4096 x 3328, 16-bit) is sent with dcmtk storescu to a real
+`mammo-node serve` whose model bundle is a ResNet-101 pair at 976 x 976 (roi 976 at 2x; seeded
+random weights: timing does not depend on training), and whose destination is a dcmtk storescp.
+The time runs from storescu's exit (the last C-STORE response) to the exam SR's file appearing
+in storescp's folder, split with the node's own records into: grouping wait (quiet period +
+pixel check), load, preprocess, holistic + saliency, attention, writers, store, send.
+The bare model cost (4 x [forward + input gradient] + 4 x attention forward on random inputs,
+same precision, same process settings) is measured in the same run for the ratio.
+
+    python scripts/bench_pipeline.py [--device cpu|cuda] [--precision bf16 fp32] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+ENV = dict(os.environ, TCP_NODELAY="1")
+CLI = str(Path(sys.executable).parent / "mammo-node")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_bundle(folder: Path, arch: str, size: int) -> Path:
+    import torch
+
+    from mammo_node.ml.bundle import BundleManifest, save_bundle
+    from mammo_node.ml.models import build_model
+    from mammo_node.ml.preprocess import PreprocessSettings
+
+    bundle = folder / f"{arch}-{size}"
+    if (bundle / "manifest.json").is_file():
+        return bundle
+    torch.manual_seed(0)
+    holistic = build_model(arch=arch)
+    attention = build_model(arch=arch)
+    attention.load_state_dict(holistic.state_dict())
+    save_bundle(bundle, holistic=holistic, attention=attention, manifest=BundleManifest(
+        name=f"bench-{arch}-random", version="0.0.0", architecture=arch, is_demo=True,
+        preprocess=PreprocessSettings(input_size=size, roi_size=size, roi_scale=2.0)))
+    return bundle
+
+
+def make_exam(folder: Path) -> list[Path]:
+    from mammo_node.synth import FULL_SIZE_LARGE, SynthOptions, generate_exams
+
+    files = sorted(folder.glob("*.dcm"))
+    if len(files) == 4:
+        return files
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, columns = FULL_SIZE_LARGE
+    exam = next(iter(generate_exams(SynthOptions(rows=rows, columns=columns, exams=1, seed=3,
+                                                 screening_fraction=1.0))))
+    for slot, ds in exam.datasets.items():
+        ds.save_as(folder / f"{slot}.dcm", enforce_file_format=True)
+    return sorted(folder.glob("*.dcm"))
+
+
+def bare_model_seconds(arch: str, size: int, device: str, precision: str) -> float:
+    """4 saliency passes + 4 attention forwards on random inputs, batch 1 (CPU) / 4 (GPU)."""
+    import torch
+
+    from mammo_node.ml.inference import resolve_device, resolve_precision
+    from mammo_node.ml.models import build_model
+    from mammo_node.ml.saliency import forward_scores, input_saliency
+
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    channels_last = dtype is not None
+    memory = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(arch=arch).to(dev, memory_format=memory).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    batch = 4 if dev.type == "cuda" else 1
+    x = torch.randn(batch, 1, size, size, device=dev)
+
+    def once() -> None:
+        for _ in range(4 // batch):
+            input_saliency(model, x, autocast_dtype=dtype, channels_last=channels_last)
+            forward_scores(model, x, autocast_dtype=dtype, channels_last=channels_last)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    once()
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def iso(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def run_once(work: Path, files: list[Path], bundle: Path, device: str, precision: str
+             ) -> dict[str, Any]:
+    data = work / "node"
+    results_dir = work / "storescp"
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.rmtree(results_dir, ignore_errors=True)
+    results_dir.mkdir(parents=True)
+    port, results_port = free_port(), free_port()
+    env = dict(ENV, MAMMO_DATA_DIR=str(data), MAMMO_MODEL_BUNDLE=str(bundle),
+               MAMMO_DEVICE=device, MAMMO_PRECISION=precision, MAMMO_QUIET_SECONDS="0",
+               MAMMO_GROUPING_INTERVAL="0.05", MAMMO_WORKER_POLL_SECONDS="0.05",
+               MAMMO_HOST="127.0.0.1", MAMMO_MIN_FREE_DISK_MB="0")
+    subprocess.run([CLI, "db", "upgrade"], env=env, check=True, capture_output=True)
+    subprocess.run([CLI, "destinations", "add", "results", "--ae-title", "RESULTS", "--host",
+                    "127.0.0.1", "--port", str(results_port)], env=env, check=True,
+                   capture_output=True)
+    scp = subprocess.Popen(["storescp", "-aet", "RESULTS", "-od", str(results_dir),
+                            str(results_port)], env=ENV, start_new_session=True)
+    log = (work / "node.log").open("ab")
+    node = subprocess.Popen([CLI, "serve", "--port", str(port), "--http-port", str(free_port())],
+                            env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while subprocess.run(["echoscu", "-aec", "MAMMO_NODE", "127.0.0.1", str(port)],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or node.poll() is not None:
+                raise RuntimeError(f"node did not start; see {work / 'node.log'}")
+            time.sleep(0.3)
+        time.sleep(3)  # the worker loads the model in the background after the SCP is up
+        subprocess.run(["storescu", "-aec", "MAMMO_NODE", "127.0.0.1", str(port),
+                        *map(str, files)], env=ENV, check=True, capture_output=True)
+        sent_at = dt.datetime.now(dt.UTC)
+        t_sent = time.perf_counter()
+        import pydicom
+
+        study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        sr_uid = ""
+        while True:
+            if time.perf_counter() - t_sent > 900:
+                raise RuntimeError("no SR within 15 minutes")
+            if not sr_uid:
+                shown = subprocess.run([CLI, "exams", "show", study, "--json"], env=env,
+                                       capture_output=True, text=True)
+                detail = json.loads(shown.stdout) if shown.returncode == 0 else {}
+                sr_uid = (detail.get("result") or {}).get("sr_sop_instance_uid", "")
+            if sr_uid and list(results_dir.glob(f"*{sr_uid}*")):
+                arrived = time.perf_counter() - t_sent
+                break
+            time.sleep(0.02)
+        detail = json.loads(subprocess.run([CLI, "exams", "show", study, "--json"], env=env,
+                                           capture_output=True, text=True).stdout)
+    finally:
+        for proc in (node, scp):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+    result = detail["result"]
+    timings = result["timings"]
+    events = {e["to"]: iso(e["at"]) for e in detail["events"]}
+    sr_delivery = next(d for d in result["deliveries"]
+                       if d["sop_instance_uid"] == result["sr_sop_instance_uid"])
+    created = iso(result["created_at"])
+    stages = {
+        "grouping wait": (events["scoring"] - sent_at).total_seconds(),
+        "load": timings["load"] + timings.get("read", 0.0),
+        "preprocess": timings["preprocess"],
+        "holistic+saliency": timings["holistic_saliency"],
+        "attention": timings["attention"],
+        "postprocess": timings.get("postprocess", 0.0),
+        "writers": timings["writers"],
+        "store": timings["store"],
+        "send": (iso(sr_delivery["delivered_at"]) - created).total_seconds(),
+    }
+    return {"total": arrived, "stages": stages, "device": result["device"],
+            "model": timings["holistic_saliency"] + timings["attention"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", nargs="+", default=["bf16", "fp32"])
+    parser.add_argument("--arch", default="resnet101")
+    parser.add_argument("--size", type=int, default=976)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "pipeline")
+    args = parser.parse_args()
+    for tool in ("storescu", "storescp", "echoscu"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: install dcmtk (make apt)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    files = make_exam(args.out / "exam")
+    bundle = make_bundle(args.out / "bundles", args.arch, args.size)
+    mb = sum(f.stat().st_size for f in files) / 1e6
+    print(f"exam: 4 x 4096x3328 16-bit ({mb:.0f} MB); model: {args.arch} @ {args.size}, "
+          f"roi {args.size} at 2x; device {args.device}")
+    for precision in args.precision:
+        runs = [run_once(args.out / "run", files, bundle, args.device, precision)
+                for _ in range(args.repeats)]
+        best = min(runs, key=lambda r: r["total"])
+        bare = bare_model_seconds(args.arch, args.size, args.device, precision)
+        print(f"\n{precision} on {best['device']}: C-STORE response -> SR at storescp "
+              f"{best['total']:.2f} s (best of {len(runs)})")
+        for stage, seconds in best["stages"].items():
+            print(f"  {stage:18s} {seconds:7.3f} s  {100 * seconds / best['total']:5.1f} %")
+        out_of_model = best["stages"]["writers"] + best["stages"]["store"] + \
+            best["stages"]["send"]
+        print(f"  model time {best['model']:.2f} s vs bare forward/backward {bare:.2f} s: "
+              f"ratio {best['model'] / bare:.2f} (target <= 1.3 on CPU)")
+        print(f"  writers + store + send {out_of_model:.2f} s = "
+              f"{100 * out_of_model / best['total']:.1f} % of the total")
+
+
+if __name__ == "__main__":
+    main()
