@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -108,11 +109,22 @@ class MammoNode(Receiver):
     name = "mammo-node"
 
     def start(self) -> None:
+        """The whole node (SCP, grouping, worker, exporter, web), sent to once /readyz says
+        it is ready: the worker loads its model at start and that is not receive time."""
         exe = Path(sys.executable).parent / "mammo-node"
         env = dict(ENV, MAMMO_MIN_FREE_DISK_MB="0", MAMMO_HOST="127.0.0.1")
+        http_port = free_port()
         self._spawn([str(exe), "serve", "--data-dir", str(self.workdir / "data"),
-                     "--port", str(self.port), "--http-port", str(free_port()),
+                     "--port", str(self.port), "--http-port", str(http_port),
                      "--ae-title", "MAMMO_NODE"], env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("mammo-node not ready within 120 s")
 
 
 class StoreSCP(Receiver):
