@@ -233,16 +233,23 @@ class ExporterThread(threading.Thread):
         self.exporter = exporter
         self.interval = interval
         self.stopping = threading.Event()
+        self._wakeup = threading.Event()
+
+    def wake(self) -> None:
+        """New deliveries are due: look now instead of at the next poll."""
+        self._wakeup.set()
 
     def run(self) -> None:
         while not self.stopping.is_set():
+            self._wakeup.clear()
             try:
                 busy = self.exporter.run_once()
             except Exception:
                 logger.exception("export pass failed")
                 busy = 0
             if not busy:
-                self.stopping.wait(self.interval)
+                self._wakeup.wait(self.interval)
 
     def stop(self) -> None:
         self.stopping.set()
+        self._wakeup.set()

@@ -38,11 +38,17 @@ class Node:
         self.ingestor = Ingestor(settings, self.db, self.store)
         self.scp = StorageSCP(settings, self.db, self.ingestor)
         self.grouper = GrouperThread(Grouper(settings, self.db, self.store))
+        self.exporter = ExporterThread(Exporter(settings, self.db, self.store))
         self.worker: WorkerThread | None = None
         if score:
-            worker = Worker(settings, self.db, self.ingestor, lambda: load_scorer(settings))
+            worker = Worker(
+                settings,
+                self.db,
+                self.ingestor,
+                lambda: load_scorer(settings),
+                on_result=self.exporter.wake,
+            )
             self.worker = WorkerThread(worker)
-        self.exporter = ExporterThread(Exporter(settings, self.db, self.store))
         self.audit = AuditLog(self.db)
         self.web = WebServer(
             settings,

@@ -76,7 +76,10 @@ class Worker:
         scorer: Callable[[], Scorer],
         *,
         worker_id: str | None = None,
+        on_result: Callable[[], None] | None = None,
     ) -> None:
+        """``on_result`` is called after a result and its deliveries are committed."""
+        self.on_result = on_result
         self.settings = settings
         self.db = db
         self.ingestor = ingestor
@@ -162,6 +165,12 @@ class Worker:
 
     def score(self, claim: Claim) -> int | None:
         """Score a claimed exam; returns the Result id (None when the exam moved on)."""
+        result_id = self._score(claim)
+        if result_id is not None and self.on_result is not None:
+            self.on_result()
+        return result_id
+
+    def _score(self, claim: Claim) -> int | None:
         started = time.perf_counter()
         if len(claim.slots) != 4:
             raise ModelError(f"exam {claim.study_uid} has {len(claim.slots)} of 4 views")

@@ -69,7 +69,7 @@ def make_exam(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     rows, columns = FULL_SIZE_LARGE
     exam = next(iter(generate_exams(SynthOptions(rows=rows, columns=columns, exams=1, seed=3,
-                                                 screening_fraction=1.0))))
+                                                 screening_fraction=1.0, interval_fraction=0.0))))
     for slot, ds in exam.datasets.items():
         ds.save_as(folder / f"{slot}.dcm", enforce_file_format=True)
     return sorted(folder.glob("*.dcm"))
@@ -149,16 +149,24 @@ def run_once(work: Path, files: list[Path], bundle: Path, device: str, precision
         import pydicom
 
         study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-        sr_uid = ""
+        # watch storescp's folder only: polling the node (a CLI process per look) would take
+        # a CPU core from the model. The exam report is the SR in series 9100.
+        seen: set[Path] = set()
         while True:
             if time.perf_counter() - t_sent > 900:
                 raise RuntimeError("no SR within 15 minutes")
-            if not sr_uid:
-                shown = subprocess.run([CLI, "exams", "show", study, "--json"], env=env,
-                                       capture_output=True, text=True)
-                detail = json.loads(shown.stdout) if shown.returncode == 0 else {}
-                sr_uid = (detail.get("result") or {}).get("sr_sop_instance_uid", "")
-            if sr_uid and list(results_dir.glob(f"*{sr_uid}*")):
+            found = False
+            for path in results_dir.glob("SR*"):
+                if path in seen:
+                    continue
+                try:
+                    header = pydicom.dcmread(path, stop_before_pixels=True)
+                except Exception:  # storescp is still writing it: look again
+                    continue
+                seen.add(path)
+                if int(header.get("SeriesNumber", 0) or 0) == 9100:
+                    found = True
+            if found:
                 arrived = time.perf_counter() - t_sent
                 break
             time.sleep(0.02)
