@@ -347,6 +347,41 @@ def exams_show(
         for item in detail["not_scored"]:
             kept.add_row(item["sop_instance_uid"], item["reason"], item["detail"])
         out.print(kept)
+    result = detail.get("result")
+    if result:
+        _print_result(result)
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    model = result["model"]
+    demo = " (DEMO, not for clinical use)" if model["demo"] else ""
+    breasts = ", ".join(f"{lat} {score:.3f}" for lat, score in result["breast_scores"].items())
+    verdicts = ", ".join(
+        f"{name}: {'yes' if hit else 'no'}" for name, hit in result["verdicts"].items()
+    )
+    out.print(
+        f"result {result['id']} by {model['name']} {model['version']}{demo}: exam score "
+        f"{result['exam_score']:.3f} ({result['score_kind']}); breasts {breasts}"
+        + (f"; recall at {verdicts}" if verdicts else "")
+        + ("" if result["current"] else "  [an image arrived since: a new result is due]")
+    )
+    views = Table("view", "holistic", "attention", "ensemble", "COA (x, y)", "ROI x0,y0,x1,y1")
+    for image in sorted(result["images"].values(), key=lambda i: str(i["slot"])):
+        views.add_row(
+            image["slot"],
+            f"{image['holistic']:.3f}",
+            f"{image['attention']:.3f}",
+            f"{image['ensemble']:.3f}",
+            f"{image['coa'][0]:.0f}, {image['coa'][1]:.0f}",
+            ",".join(str(v) for v in image["roi"]),
+        )
+    out.print(views)
+    states: dict[tuple[str, str], int] = {}
+    for delivery in result["deliveries"]:
+        key = (delivery["destination"], delivery["state"])
+        states[key] = states.get(key, 0) + 1
+    for (destination, state), count in sorted(states.items()):
+        out.print(f"  {count} output(s) {state} to {destination}")
 
 
 @exams_app.command("rescore")

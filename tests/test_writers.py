@@ -293,7 +293,8 @@ def test_exam_report_scores_verdict_and_index_view(
     assert reading.boxes == {index.sop_instance_uid: tuple(float(v) for v in index.roi)}
     assert reading.centres == {index.sop_instance_uid: pytest.approx(index.coa)}
     assert any(
-        t.startswith("recall suggested: exam score 4.25 >= threshold 2.50") for t in reading.texts
+        t.startswith("Recall suggested at recall: exam score 4.25 >= threshold 2.50")
+        for t in reading.texts
     )
     assert any("uncalibrated" in t and "logit" in t for t in reading.texts)
     assert _image_library(ds) == {

@@ -154,8 +154,8 @@ def _lines(view: ScoredView, inference: ExamInference) -> list[tuple[str, tuple[
     texts.append(f"exam score {fmt(scores.exam_score)}")
     for point in bundle.operating_points:
         hit = inference.verdicts.get(point.name, scores.exam_score >= point.threshold)
-        word, sign = ("suggested", ">=") if hit else ("not suggested", "<")
-        texts.append(f"{point.name} {word} (exam {sign} {fmt(point.threshold)})")
+        word, sign = ("RECALL suggested", ">=") if hit else ("recall not suggested", "<")
+        texts.append(f"{word} at {point.name} (exam {sign} {fmt(point.threshold)})")
     texts.append(f"model {bundle.name} {bundle.version}")
     lines = [(text, TEXT_RGB) for text in texts]
     if bundle.is_demo:

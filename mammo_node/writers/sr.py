@@ -305,7 +305,7 @@ def derived_measurements(
 
 
 def verdict_texts(ctx: ReportContext) -> list[str]:
-    """E.g. ``"recall suggested: exam score 3.10 >= threshold 2.50 (operating point ..."``."""
+    """E.g. ``"Recall suggested at sensitivity_90: exam score 3.10 >= threshold 2.50 (..."``."""
     bundle = ctx.inference.bundle
     exam = ctx.inference.scores.exam_score
     texts = []
@@ -314,9 +314,14 @@ def verdict_texts(ctx: ReportContext) -> list[str]:
         exam_text = codes.format_score(bundle, exam)
         threshold = codes.format_score(bundle, point.threshold)
         if at_or_above:
-            head = f"{point.name} suggested: exam score {exam_text} >= threshold {threshold}"
+            head = (
+                f"Recall suggested at {point.name}: exam score {exam_text} >= threshold {threshold}"
+            )
         else:
-            head = f"{point.name} not suggested: exam score {exam_text} < threshold {threshold}"
+            head = (
+                f"Recall not suggested at {point.name}: exam score {exam_text} < "
+                f"threshold {threshold}"
+            )
         detail = [f"operating point {point.name!r} of {bundle.name} {bundle.version}"]
         if point.sensitivity is not None:
             detail.append(f"sensitivity {point.sensitivity:.3f}")
