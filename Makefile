@@ -15,7 +15,7 @@ PORT      ?= 11112
 HTTP_PORT ?= 8080
 PYTEST_ARGS ?=
 # Debian packages: real DICOM peers and validators for the tests, Chromium for the viewers
-APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium curl iproute2 util-linux nodejs npm
+APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium curl iproute2 util-linux
 OHIF_CHECK := $(abspath ../shared/tools/ohif-check)
 
 .PHONY: help serve test test-slow lint venv apt viewer-tools bench-ingest bench-pipeline clean-data
@@ -38,6 +38,7 @@ venv: $(VENV)/.installed
 
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:" $$missing; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

@@ -40,7 +40,7 @@ class Node:
         self.grouper = GrouperThread(Grouper(settings, self.db, self.store))
         self.exporter = ExporterThread(Exporter(settings, self.db, self.store))
         self.worker: WorkerThread | None = None
-        if score:
+        if score and settings.serve_worker:
             worker = Worker(
                 settings,
                 self.db,
