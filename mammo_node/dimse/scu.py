@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
@@ -157,10 +158,17 @@ def send_files(paths: Iterable[Path], peer: Peer) -> SendReport:
             return report
         raise DeliveryError(why)
     try:
-        for path, (_, _syntax) in zip(paths, metas, strict=True):
+        accepted = {
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+            for cx in assoc.accepted_contexts
+        }
+        for path, (sop_class, syntax) in zip(paths, metas, strict=True):
             sop_uid = str(read_file_meta_info(path).MediaStorageSOPInstanceUID)
             try:
-                status = assoc.send_c_store(path)
+                if (sop_class, syntax) in accepted:
+                    status = assoc.send_c_store(path)  # streamed from disk as stored
+                else:  # the peer took another uncompressed syntax: pynetdicom re-encodes
+                    status = assoc.send_c_store(dcmread(path))
             except (ValueError, AttributeError, RuntimeError) as exc:
                 report.outcomes.append(StoreOutcome(path, sop_uid, None, str(exc)))
                 if not assoc.is_established:
