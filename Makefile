@@ -16,7 +16,9 @@ HTTP_PORT ?= 8080
 PYTEST_ARGS ?=
 # Debian packages: real DICOM peers and validators for the tests, Chromium for the viewers
 APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium curl iproute2 util-linux
-OHIF_CHECK := $(abspath ../shared/tools/ohif-check)
+# the project's shared folder: ../shared beside the repository (else this workplace's)
+SHARED ?= $(firstword $(wildcard $(abspath ../shared) /work/shared) $(abspath ../shared))
+OHIF_CHECK := $(SHARED)/tools/ohif-check
 
 .PHONY: help serve test test-slow lint venv apt viewer-tools bench-ingest bench-pipeline clean-data
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.table import Table
 from mammo_node.config import Settings, load_settings
 from mammo_node.errors import MammoNodeError
 from mammo_node.web.cli import audit_app
+
+if TYPE_CHECKING:
+    from mammo_node.db.session import Database
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
@@ -50,6 +53,13 @@ def _settings(**overrides: Any) -> Settings:
     settings = load_settings(**overrides)
     logs.configure(settings.log_level)
     return settings
+
+
+def _database(data_dir: Path | None, db_url: str | None) -> Database:
+    """The node's database, as the settings (flags, then MAMMO_ variables) name it."""
+    from mammo_node.db.session import Database
+
+    return Database(_settings(data_dir=data_dir, db_url=db_url).database_url)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -295,12 +305,10 @@ def exams_list(
     as_json: JsonFlag = False,
 ) -> None:
     """Exams, most recent first."""
-    from mammo_node.db.session import Database
     from mammo_node.exams import list_exams
 
     try:
-        settings = _settings(data_dir=data_dir, db_url=db_url)
-        exams = list_exams(Database(settings.database_url), state=state, limit=limit)
+        exams = list_exams(_database(data_dir, db_url), state=state, limit=limit)
     except MammoNodeError as exc:
         raise _fail(exc) from exc
     if as_json:
@@ -326,12 +334,10 @@ def exams_show(
     as_json: JsonFlag = False,
 ) -> None:
     """One exam: state, which image fills each view, images kept out and why."""
-    from mammo_node.db.session import Database
     from mammo_node.exams import exam_detail
 
     try:
-        settings = _settings(data_dir=data_dir, db_url=db_url)
-        detail = exam_detail(Database(settings.database_url), study_uid)
+        detail = exam_detail(_database(data_dir, db_url), study_uid)
     except MammoNodeError as exc:
         raise _fail(exc) from exc
     if as_json:
@@ -391,12 +397,10 @@ def exams_rescore(
     db_url: DbUrl = None,
 ) -> None:
     """Queue an exam for a new result; its SR will name the previous one."""
-    from mammo_node.db.session import Database
     from mammo_node.worker import rescore
 
     try:
-        settings = _settings(data_dir=data_dir, db_url=db_url)
-        revision = rescore(Database(settings.database_url), study_uid)
+        revision = rescore(_database(data_dir, db_url), study_uid)
     except MammoNodeError as exc:
         raise _fail(exc) from exc
     out.print(f"exam {study_uid} queued for scoring (revision {revision})")
@@ -424,11 +428,8 @@ def destinations_add(
     from mammo_node.destinations import add_destination
 
     try:
-        settings = _settings(data_dir=data_dir, db_url=db_url)
-        from mammo_node.db.session import Database
-
         created = add_destination(
-            Database(settings.database_url),
+            _database(data_dir, db_url),
             name,
             ae_title=ae_title,
             host=host,
@@ -446,12 +447,10 @@ def destinations_list(
     data_dir: DataDir = None, db_url: DbUrl = None, as_json: JsonFlag = False
 ) -> None:
     """Destinations and their state."""
-    from mammo_node.db.session import Database
     from mammo_node.destinations import list_destinations
 
     try:
-        settings = _settings(data_dir=data_dir, db_url=db_url)
-        rows = list_destinations(Database(settings.database_url))
+        rows = list_destinations(_database(data_dir, db_url))
     except MammoNodeError as exc:
         raise _fail(exc) from exc
     if as_json:
@@ -474,12 +473,10 @@ def destinations_list(
 @dest_app.command("remove")
 def destinations_remove(name: str, data_dir: DataDir = None, db_url: DbUrl = None) -> None:
     """Remove a destination (its delivery history stays; pending deliveries are dropped)."""
-    from mammo_node.db.session import Database
     from mammo_node.destinations import remove_destination
 
     try:
-        settings = _settings(data_dir=data_dir, db_url=db_url)
-        remove_destination(Database(settings.database_url), name)
+        remove_destination(_database(data_dir, db_url), name)
     except MammoNodeError as exc:
         raise _fail(exc) from exc
     out.print(f"destination {name} removed")
@@ -495,12 +492,10 @@ def outbox_list(
     as_json: JsonFlag = False,
 ) -> None:
     """Deliveries, newest first (dead letters with --state dead)."""
-    from mammo_node.db.session import Database
     from mammo_node.destinations import list_outbox
 
     try:
-        settings = _settings(data_dir=data_dir, db_url=db_url)
-        rows = list_outbox(Database(settings.database_url), state=state, limit=limit)
+        rows = list_outbox(_database(data_dir, db_url), state=state, limit=limit)
     except MammoNodeError as exc:
         raise _fail(exc) from exc
     if as_json:
@@ -527,12 +522,10 @@ def outbox_retry(
     db_url: DbUrl = None,
 ) -> None:
     """Re-queue dead letters (and clear a destination's rejected-association pause)."""
-    from mammo_node.db.session import Database
     from mammo_node.exporter import retry
 
     try:
-        settings = _settings(data_dir=data_dir, db_url=db_url)
-        count = retry(Database(settings.database_url), destination=destination, item_id=item)
+        count = retry(_database(data_dir, db_url), destination=destination, item_id=item)
     except MammoNodeError as exc:
         raise _fail(exc) from exc
     out.print(f"{count} deliver{'y' if count == 1 else 'ies'} re-queued")

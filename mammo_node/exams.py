@@ -47,11 +47,11 @@ def list_exams(db: Database, *, state: str | None = None, limit: int = 200) -> l
         if state:
             query = query.where(Exam.state == state)
         exams = session.scalars(query).all()
-        counts = _image_counts(session, [e.id for e in exams])
+        counts = image_counts(session, [e.id for e in exams])
         return [_summary(exam, counts) for exam in exams]
 
 
-def _image_counts(session: Session, exam_ids: list[int]) -> dict[int, int]:
+def image_counts(session: Session, exam_ids: list[int]) -> dict[int, int]:
     if not exam_ids:
         return {}
     rows = session.execute(
@@ -69,7 +69,7 @@ def exam_detail(db: Database, study_uid: str) -> dict[str, Any]:
         if exam is None:
             raise ExamNotFoundError(f"no exam with StudyInstanceUID {study_uid}")
         resolution = repo.resolve_exam(session, exam)
-        detail = _summary(exam, _image_counts(session, [exam.id]))
+        detail = _summary(exam, image_counts(session, [exam.id]))
         detail["patient_id"] = exam.patient.patient_id
         detail["slots"] = describe_slots(resolution)
         detail["not_scored"] = summarise(resolution.not_scored)

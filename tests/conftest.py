@@ -16,6 +16,20 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_dir() -> Path:
+    """The project's shared folder (real data, tools): MAMMO_SHARED, else ../shared beside the
+    repository (the layout the project documents), else the workplace's /work/shared."""
+    if os.environ.get("MAMMO_SHARED"):
+        return Path(os.environ["MAMMO_SHARED"])
+    for candidate in (REPO.parent / "shared", Path("/work/shared")):
+        if (candidate / "realdata").is_dir():
+            return candidate
+    return REPO.parent / "shared"
+
+
+SHARED = _shared_dir()
 PG_ADMIN_URL = os.environ.get("MAMMO_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -83,10 +97,11 @@ def storescu(
 
 @pytest.fixture(scope="session")
 def realdata() -> Path:
-    root = Path(os.environ.get("MAMMO_REALDATA", REPO.parent / "shared" / "realdata"))
+    root = Path(os.environ.get("MAMMO_REALDATA", SHARED / "realdata"))
     if not (root / "README.md").is_file():
         raise AssertionError(
-            f"real test data not found at {root}; set MAMMO_REALDATA to ../shared/realdata"
+            f"real test data not found at {root}; set MAMMO_SHARED to the project's shared "
+            "folder (../shared) or MAMMO_REALDATA to its realdata"
         )
     return root
 

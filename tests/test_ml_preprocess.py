@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pydicom
 import pytest
@@ -20,8 +18,9 @@ from mammo_node.ml.preprocess import (
     preprocess,
     train_tensor,
 )
+from tests.conftest import SHARED
 
-NEMA = Path("/work/shared/realdata/nema-wg04-MG1__robyoung-dicom-test-files")
+NEMA = SHARED / "realdata" / "nema-wg04-MG1__robyoung-dicom-test-files"
 SETTINGS = PreprocessSettings(input_size=64, roi_size=32, roi_scale=2.0)
 
 # (laterality, view, PatientOrientation as a real modality writes it, chest wall in storage)

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 from conftest_writers import write_scored_exam
 
+from tests.conftest import SHARED
+
 REPO = Path(__file__).resolve().parents[1]
-CHECK = Path(os.environ.get("MAMMO_OHIF_CHECK", REPO.parent / "shared/tools/ohif-check/check.sh"))
+CHECK = Path(os.environ.get("MAMMO_OHIF_CHECK", SHARED / "tools/ohif-check/check.sh"))
 ARTIFACTS = REPO / "artifacts" / "ohif"
 VIEWS = ("L-CC", "L-MLO", "R-CC", "R-MLO")
 # The check's default 4 s settle time let OHIF miss drawing an SR's annotations in 2 of 3 runs on

@@ -29,12 +29,13 @@ from mammo_node.wrap import (
     wrap_nyu_exam,
     write_datasets,
 )
+from tests.conftest import SHARED
 
 
 def realdata() -> Path:
     path = Path(
         os.environ.get("MAMMO_REALDATA")
-        or Path(__file__).resolve().parents[2] / "shared" / "realdata"
+        or SHARED / "realdata"
     )
     if not path.is_dir():
         pytest.fail(

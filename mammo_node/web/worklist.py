@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from mammo_node.db.models import Destination, Exam, Instance, OutboxItem, Patient, Result
 from mammo_node.db.session import Database
 from mammo_node.domain import ExamState, Origin
-from mammo_node.exams import ExamNotFoundError, exam_detail
+from mammo_node.exams import ExamNotFoundError, exam_detail, image_counts
 from mammo_node.web.dicomjson import HeaderCache, first_value
 from mammo_node.web.errors import WebError
 
@@ -57,7 +57,8 @@ def result_json(result: Result, exam: Exam) -> dict[str, Any]:
         "images": dict(result.images or {}),
         "verdicts": dict(result.verdicts or {}),
         "model": {
-            "name": result.model_name, "version": result.model_version,
+            "name": result.model_name,
+            "version": result.model_version,
             "is_demo": result.model_is_demo,
         },
         "created_at": _iso(result.created_at),
@@ -92,10 +93,14 @@ def _worklist_query(state: str | None, sort: str, search: str | None) -> Select[
         query = query.where(Exam.state == state)
     if search:
         pattern = f"%{search.lower()}%"
-        query = query.where(or_(
-            func.lower(Patient.name).like(pattern), func.lower(Patient.patient_id).like(pattern),
-            func.lower(Exam.accession_number).like(pattern), Exam.study_uid.like(f"{search}%"),
-        ))
+        query = query.where(
+            or_(
+                func.lower(Patient.name).like(pattern),
+                func.lower(Patient.patient_id).like(pattern),
+                func.lower(Exam.accession_number).like(pattern),
+                Exam.study_uid.like(f"{search}%"),
+            )
+        )
     if sort == "risk":
         return query.order_by(
             Result.exam_score.desc().nulls_last(), Exam.last_received_at.desc(), Exam.id.desc()
@@ -104,7 +109,11 @@ def _worklist_query(state: str | None, sort: str, search: str | None) -> Select[
 
 
 def worklist(
-    db: Database, *, state: str | None = None, sort: str = "newest", limit: int = 200,
+    db: Database,
+    *,
+    state: str | None = None,
+    sort: str = "newest",
+    limit: int = 200,
     search: str | None = None,
 ) -> list[dict[str, Any]]:
     """Exams with their latest result, newest first or highest exam score first."""
@@ -112,7 +121,7 @@ def worklist(
         raise ValueError(f'Argument "sort" should be one of {SORTS}, got {sort!r}.')
     with db.read() as session:
         rows = session.execute(_worklist_query(state, sort, search).limit(limit)).all()
-        counts = _image_counts(session, [exam.id for exam, _, _ in rows])
+        counts = image_counts(session, [exam.id for exam, _, _ in rows])
         return [
             {
                 "study_uid": exam.study_uid,
@@ -135,17 +144,6 @@ def state_counts(db: Database) -> dict[str, int]:
     with db.read() as session:
         found = dict(session.execute(select(Exam.state, func.count()).group_by(Exam.state)).all())
     return {state.value: int(found.get(state.value, 0)) for state in ExamState}
-
-
-def _image_counts(session: Session, exam_ids: list[int]) -> dict[int, int]:
-    if not exam_ids:
-        return {}
-    rows = session.execute(
-        select(Instance.exam_fk, func.count())
-        .where(Instance.exam_fk.in_(exam_ids), Instance.origin == Origin.RECEIVED.value)
-        .group_by(Instance.exam_fk)
-    ).all()
-    return {exam_id: count for exam_id, count in rows}
 
 
 # --- one exam ---------------------------------------------------------------------------------
@@ -185,9 +183,7 @@ class ExamView:
         }
 
 
-def exam_view(
-    db: Database, headers: HeaderCache, study_uid: str
-) -> ExamView:
+def exam_view(db: Database, headers: HeaderCache, study_uid: str) -> ExamView:
     """Everything the exam page shows; raises ExamNotFoundError."""
     detail = exam_detail(db, study_uid)
     with db.read() as session:
@@ -199,7 +195,10 @@ def exam_view(
         ).first()
         received = {
             i.sop_instance_uid: {
-                "slot": i.slot, "origin": i.origin, "rows": i.rows, "columns": i.columns,
+                "slot": i.slot,
+                "origin": i.origin,
+                "rows": i.rows,
+                "columns": i.columns,
             }
             for i in session.scalars(select(Instance).where(Instance.exam_fk == exam.id))
         }
@@ -236,11 +235,14 @@ def exam_view(
 
 
 def _why_missing(
-    slot: str, detail: dict[str, Any], kept_out: dict[str, dict[str, Any]],
+    slot: str,
+    detail: dict[str, Any],
+    kept_out: dict[str, dict[str, Any]],
     received: dict[str, dict[str, Any]],
 ) -> str:
     candidates = [
-        kept_out[uid] for uid, row in received.items()
+        kept_out[uid]
+        for uid, row in received.items()
         if row["slot"] == slot and uid in kept_out and row["origin"] == Origin.RECEIVED.value
     ]
     if candidates:
@@ -250,9 +252,11 @@ def _why_missing(
 
 
 def _outputs(session: Session, result: Result) -> list[Instance]:
-    return list(session.scalars(
-        select(Instance).where(Instance.result_fk == result.id).order_by(Instance.id)
-    ))
+    return list(
+        session.scalars(
+            select(Instance).where(Instance.result_fk == result.id).order_by(Instance.id)
+        )
+    )
 
 
 def _output_json(instance: Instance) -> dict[str, Any]:
@@ -306,17 +310,20 @@ def _deliveries(session: Session, result: Result) -> list[dict[str, Any]]:
     ).all()
     by_destination: dict[int, dict[str, Any]] = {}
     for item, destination, kind in rows:
-        entry = by_destination.setdefault(destination.id, {
-            "destination": destination.name,
-            "address": f"{destination.ae_title}@{destination.host}:{destination.port}",
-            "enabled": destination.enabled,
-            "config_error": destination.config_error,
-            "states": {},
-            "items": [],
-            "attempts": 0,
-            "last_error": "",
-            "delivered_at": None,
-        })
+        entry = by_destination.setdefault(
+            destination.id,
+            {
+                "destination": destination.name,
+                "address": f"{destination.ae_title}@{destination.host}:{destination.port}",
+                "enabled": destination.enabled,
+                "config_error": destination.config_error,
+                "states": {},
+                "items": [],
+                "attempts": 0,
+                "last_error": "",
+                "delivered_at": None,
+            },
+        )
         entry["states"][item.state] = entry["states"].get(item.state, 0) + 1
         entry["attempts"] = max(entry["attempts"], item.attempts)
         if item.last_error:
@@ -325,16 +332,23 @@ def _deliveries(session: Session, result: Result) -> list[dict[str, Any]]:
             entry["delivered_at"] is None or item.delivered_at.isoformat() > entry["delivered_at"]
         ):
             entry["delivered_at"] = item.delivered_at.isoformat()
-        entry["items"].append({
-            "kind": kind, "state": item.state, "attempts": item.attempts,
-            "last_status": item.last_status, "last_error": item.last_error,
-            "next_attempt_at": _iso(item.next_attempt_at),
-        })
+        entry["items"].append(
+            {
+                "kind": kind,
+                "state": item.state,
+                "attempts": item.attempts,
+                "last_status": item.last_status,
+                "last_error": item.last_error,
+                "next_attempt_at": _iso(item.next_attempt_at),
+            }
+        )
     for entry in by_destination.values():
         states = entry["states"]
         entry["summary"] = (
-            "delivered" if set(states) == {"delivered"}
-            else "failed" if "dead" in states
+            "delivered"
+            if set(states) == {"delivered"}
+            else "failed"
+            if "dead" in states
             else "pending"
         )
     return list(by_destination.values())
