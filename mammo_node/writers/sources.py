@@ -25,8 +25,15 @@ _PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelDat
 # Type 2 attributes of the Patient and General Study modules that the outputs copy (highdicom
 # reads them unconditionally). Real files omit some; an absent one is copied as empty.
 _TYPE2_COPIED = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
 )
 
 
