@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -285,6 +286,33 @@ class SaliencyOut:
     coa: tuple[float, float]  # model input coordinates
 
 
+T = TypeVar("T")
+
+
+def _predict_each(
+    sops: Sequence[str],
+    tensor_of: Callable[[str], torch.Tensor],
+    cfg: TrainConfig,
+    info: DistInfo,
+    reporter: Reporter,
+    label: str,
+    batch_fn: Callable[[torch.Tensor, bool], list[T]],
+) -> dict[str, T]:
+    """Run ``batch_fn(images, amp)`` over this rank's share of ``sops``; one value per SOP."""
+    mine = list(sops)[info.rank :: info.world]
+    loader = DataLoader(
+        EvalImages(mine, tensor_of), batch_size=cfg.batch_size, num_workers=cfg.workers
+    )
+    amp = _amp_on(cfg, info.device)
+    out: dict[str, T] = {}
+    task = reporter.task(label, len(loader))
+    for images in loader:
+        for value in batch_fn(images.to(info.device), amp):
+            out[mine[len(out)]] = value
+        reporter.advance(task)
+    return out
+
+
 def predict_saliency(
     model: nn.Module,
     sops: Sequence[str],
@@ -295,31 +323,22 @@ def predict_saliency(
     label: str,
 ) -> dict[str, SaliencyOut]:
     """Holistic scores and COAs for this rank's share of ``sops``."""
-    mine = list(sops)[info.rank :: info.world]
-    amp = _amp_on(cfg, info.device)
-    loader = DataLoader(
-        EvalImages(mine, tensor_of), batch_size=cfg.batch_size, num_workers=cfg.workers
-    )
     model.to(info.device).eval()
-    out: dict[str, SaliencyOut] = {}
-    task = reporter.task(label, len(loader))
-    done = 0
-    for images in loader:
+
+    def batch(images: torch.Tensor, amp: bool) -> list[SaliencyOut]:
         result = input_saliency(
             model,
-            images.to(info.device),
+            images,
             autocast_dtype=torch.bfloat16 if amp else None,
             channels_last=info.device.type == "cuda",
             smoothing=cfg.saliency_smoothing,
         )
-        for i in range(len(images)):
-            sop = mine[done + i]
-            out[sop] = SaliencyOut(
-                float(result.scores[i]), (float(result.coa[i, 0]), float(result.coa[i, 1]))
-            )
-        done += len(images)
-        reporter.advance(task)
-    return out
+        return [
+            SaliencyOut(float(result.scores[i]), (float(result.coa[i, 0]), float(result.coa[i, 1])))
+            for i in range(len(images))
+        ]
+
+    return _predict_each(sops, tensor_of, cfg, info, reporter, label, batch)
 
 
 def predict_scores(
@@ -332,27 +351,18 @@ def predict_scores(
     label: str,
 ) -> dict[str, float]:
     """Risk scores (no gradient) for this rank's share of ``sops``."""
-    mine = list(sops)[info.rank :: info.world]
-    amp = _amp_on(cfg, info.device)
-    loader = DataLoader(
-        EvalImages(mine, tensor_of), batch_size=cfg.batch_size, num_workers=cfg.workers
-    )
     model.to(info.device).eval()
-    out: dict[str, float] = {}
-    task = reporter.task(label, len(loader))
-    done = 0
-    for images in loader:
+
+    def batch(images: torch.Tensor, amp: bool) -> list[float]:
         scores = forward_scores(
             model,
-            images.to(info.device),
+            images,
             autocast_dtype=torch.bfloat16 if amp else None,
             channels_last=info.device.type == "cuda",
         )
-        for i, score in enumerate(scores.tolist()):
-            out[mine[done + i]] = float(score)
-        done += len(images)
-        reporter.advance(task)
-    return out
+        return [float(score) for score in scores.tolist()]
+
+    return _predict_each(sops, tensor_of, cfg, info, reporter, label, batch)
 
 
 def roi_tensor(crop: torch.Tensor, settings: PreprocessSettings) -> torch.Tensor:
