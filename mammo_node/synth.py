@@ -873,7 +873,7 @@ def mg_for_presentation_dataset(
             f"{bits_stored}."
         )
     ds = Dataset()
-    _patient_study_series(ds, patient, study, series_uid, series_number, "MG")
+    patient_study_series(ds, patient, study, series_uid, series_number, "MG")
     ds.SOPClassUID = MG_FOR_PRESENTATION
     ds.SOPInstanceUID = sop_instance_uid
     ds.Manufacturer = manufacturer
@@ -924,10 +924,11 @@ def mg_for_presentation_dataset(
     return with_file_meta(ds)
 
 
-def _patient_study_series(
+def patient_study_series(
     ds: Dataset, patient: PatientIdentity, study: StudyIdentity, series_uid: str,
     series_number: int, modality: str,
 ) -> None:
+    """Patient, General Study and General Series attributes (shared with mammo_node.wrap)."""
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.PatientName = patient.name
     ds.PatientID = patient.patient_id

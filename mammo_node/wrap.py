@@ -38,6 +38,7 @@ from mammo_node.synth import (
     code_item,
     make_uid,
     mg_for_presentation_dataset,
+    patient_study_series,
     with_file_meta,
 )
 from mammo_node.synth import patient_orientation as orientation_of
@@ -196,23 +197,9 @@ def _secondary_capture(
 ) -> Dataset:
     """Secondary Capture Image of a digitised film, as film archives hold mammograms."""
     ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = SECONDARY_CAPTURE
     ds.SOPInstanceUID = sop_uid
-    ds.PatientName = patient.name
-    ds.PatientID = patient.patient_id
-    ds.PatientBirthDate = patient.birth_date
-    ds.PatientSex = "F"
-    ds.StudyInstanceUID = study.study_uid
-    ds.StudyDate = study.date
-    ds.StudyTime = study.time
-    ds.AccessionNumber = study.accession
-    ds.StudyID = study.study_id
-    ds.StudyDescription = study.description
-    ds.ReferringPhysicianName = ""
-    ds.Modality = "MG"
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series_number
+    patient_study_series(ds, patient, study, series_uid, series_number, "MG")
     if description:
         ds.SeriesDescription = description
     if laterality is not None:
