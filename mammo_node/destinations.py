@@ -9,6 +9,7 @@ from sqlalchemy import delete, func, select
 from mammo_node.db.models import Destination, Instance, OutboxItem
 from mammo_node.db.session import Database
 from mammo_node.errors import MammoNodeError
+from mammo_node.exams import delivery_json
 
 
 def add_destination(
@@ -109,16 +110,6 @@ def list_outbox(
         if state:
             query = query.where(OutboxItem.state == state)
         return [
-            {
-                "id": item.id,
-                "destination": name,
-                "sop_instance_uid": uid,
-                "output": kind,
-                "state": item.state,
-                "attempts": item.attempts,
-                "last_status": item.last_status,
-                "last_error": item.last_error,
-                "next_attempt_at": item.next_attempt_at.isoformat(),
-            }
+            delivery_json(item, name, uid, kind)
             for item, name, uid, kind in session.execute(query).all()
         ]

@@ -24,6 +24,22 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def delivery_json(item: OutboxItem, destination: str, sop_uid: str, kind: str) -> dict[str, Any]:
+    """One outbox row as `exams show` and `outbox list` print it."""
+    return {
+        "id": item.id,
+        "destination": destination,
+        "sop_instance_uid": sop_uid,
+        "output": kind,
+        "state": item.state,
+        "attempts": item.attempts,
+        "last_status": item.last_status,
+        "last_error": item.last_error,
+        "next_attempt_at": _iso(item.next_attempt_at),
+        "delivered_at": _iso(item.delivered_at),
+    }
+
+
 def _summary(exam: Exam, counts: dict[int, int]) -> dict[str, Any]:
     return {
         "study_uid": exam.study_uid,
@@ -62,8 +78,12 @@ def image_counts(session: Session, exam_ids: list[int]) -> dict[int, int]:
     return {exam_id: count for exam_id, count in rows}
 
 
-def exam_detail(db: Database, study_uid: str) -> dict[str, Any]:
-    """The exam as `exams show --json` prints it: state, slots, images kept out and why."""
+def exam_detail(db: Database, study_uid: str, *, with_result: bool = True) -> dict[str, Any]:
+    """The exam as `exams show --json` prints it: state, slots, images kept out and why.
+
+    ``with_result=False`` leaves out the latest result (for callers that project it their
+    own way, such as the exam page) so that it is not read twice.
+    """
     with db.read() as session:
         exam = repo.exam_by_uid(session, study_uid)
         if exam is None:
@@ -101,7 +121,8 @@ def exam_detail(db: Database, study_uid: str) -> dict[str, Any]:
         ]
         detail["attempts"] = exam.attempts
         detail["last_error"] = exam.last_error.split("\n", 1)[0]
-        detail["result"] = _latest_result(session, exam)
+        if with_result:
+            detail["result"] = _latest_result(session, exam)
         return detail
 
 
@@ -144,16 +165,6 @@ def _latest_result(session: Session, exam: Exam) -> dict[str, Any] | None:
         "previous_result_id": result.previous_result_fk,
         "outputs": [{"sop_instance_uid": u, "kind": k, "slot": s} for u, k, s in outputs],
         "deliveries": [
-            {
-                "destination": name,
-                "sop_instance_uid": uid,
-                "output": kind,
-                "state": item.state,
-                "attempts": item.attempts,
-                "last_status": item.last_status,
-                "last_error": item.last_error,
-                "delivered_at": _iso(item.delivered_at),
-            }
-            for item, name, uid, kind in deliveries
+            delivery_json(item, name, uid, kind) for item, name, uid, kind in deliveries
         ],
     }

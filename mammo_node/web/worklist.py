@@ -185,7 +185,7 @@ class ExamView:
 
 def exam_view(db: Database, headers: HeaderCache, study_uid: str) -> ExamView:
     """Everything the exam page shows; raises ExamNotFoundError."""
-    detail = exam_detail(db, study_uid)
+    detail = exam_detail(db, study_uid, with_result=False)  # the page reads its own below
     with db.read() as session:
         exam = session.scalars(select(Exam).where(Exam.study_uid == study_uid)).first()
         if exam is None:
