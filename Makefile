@@ -51,8 +51,7 @@ viewer-tools: apt
 	else echo "ohif-check not found at $(OHIF_CHECK): viewer tests will fail"; fi
 
 # --- the two commands ----------------------------------------------------------------------
-serve: venv
-	$(NODE_CLI) db upgrade --data-dir $(DATA_DIR)
+serve: venv  # serve applies the database migrations itself before it listens
 	exec $(NODE_CLI) serve --data-dir $(DATA_DIR) --ae-title $(AE_TITLE) --port $(PORT) --http-port $(HTTP_PORT)
 
 test: venv apt viewer-tools
