@@ -25,7 +25,7 @@ OHIF_CHECK := $(SHARED)/tools/ohif-check
 help:
 	@echo "make serve   - run mammo-node (SQLite + storage in $(DATA_DIR), DICOM port $(PORT))"
 	@echo "make test    - install everything the tests need and run the whole suite"
-	@echo "make lint    - ruff"
+	@echo "make lint    - ruff check + ruff format --check (make test runs it first)"
 	@echo "make bench-ingest | bench-model | bench-pipeline - benchmarks (print figures)"
 
 # --- set-up ------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ viewer-tools: apt
 serve: venv  # serve applies the database migrations itself before it listens
 	exec $(NODE_CLI) serve --data-dir $(DATA_DIR) --ae-title $(AE_TITLE) --port $(PORT) --http-port $(HTTP_PORT)
 
-test: venv apt viewer-tools
+test: venv apt viewer-tools lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: venv apt viewer-tools
@@ -62,6 +62,7 @@ test-slow: venv apt viewer-tools
 
 lint: venv
 	$(VENV)/bin/ruff check mammo_node trainer tests scripts alembic
+	$(VENV)/bin/ruff format --check mammo_node trainer tests scripts alembic
 
 # --- benchmarks ----------------------------------------------------------------------------
 bench-ingest: venv apt

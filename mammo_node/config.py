@@ -72,8 +72,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     precision: str = Field("auto", description="auto, fp32 or bf16")
     serve_worker: bool = Field(
-        True, description="serve runs a scoring worker; false when `mammo-node worker` "
-        "processes (e.g. on GPU machines sharing PostgreSQL) do the scoring"
+        True,
+        description="serve runs a scoring worker; false when `mammo-node worker` "
+        "processes (e.g. on GPU machines sharing PostgreSQL) do the scoring",
     )
     worker_poll_seconds: float = Field(1.0, gt=0)
     max_attempts: int = Field(3, ge=1, description="failures before an exam is parked")

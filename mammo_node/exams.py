@@ -13,7 +13,7 @@ from mammo_node.db.models import Destination, Exam, Instance, OutboxItem, Result
 from mammo_node.db.session import Database
 from mammo_node.domain import Origin
 from mammo_node.errors import MammoNodeError
-from mammo_node.grouping import describe_slots, summarise
+from mammo_node.grouping.rules import describe_slots, summarise
 
 
 class ExamNotFoundError(MammoNodeError):

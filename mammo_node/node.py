@@ -8,15 +8,15 @@ import signal
 import threading
 from types import FrameType
 
-from mammo_node.audit import AuditLog
 from mammo_node.config import Settings
 from mammo_node.db.session import Database, upgrade
-from mammo_node.dimse.scp import StorageSCP
-from mammo_node.exporter import Exporter, ExporterThread
-from mammo_node.grouper import Grouper, GrouperThread
-from mammo_node.ingest import Ingestor
-from mammo_node.scoring import load_scorer
-from mammo_node.storage import InstanceStore
+from mammo_node.delivery.exporter import Exporter, ExporterThread
+from mammo_node.filing.ingest import Ingestor
+from mammo_node.filing.storage import InstanceStore
+from mammo_node.grouping.service import Grouper, GrouperThread
+from mammo_node.ml.loading import load_scorer
+from mammo_node.observe.audit import AuditLog
+from mammo_node.receive.scp import StorageSCP
 from mammo_node.web.server import WebServer
 from mammo_node.worker import Worker, WorkerThread
 

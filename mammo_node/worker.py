@@ -25,7 +25,6 @@ from pydicom import Dataset, dcmread
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from mammo_node import metrics
 from mammo_node.config import Settings
 from mammo_node.db import repo
 from mammo_node.db.models import (
@@ -40,7 +39,8 @@ from mammo_node.db.models import (
 from mammo_node.db.session import Database
 from mammo_node.domain import ExamInference, ExamState, Origin, Slot
 from mammo_node.errors import MammoNodeError, ModelError
-from mammo_node.ingest import Ingestor
+from mammo_node.filing.ingest import Ingestor
+from mammo_node.observe import metrics
 from mammo_node.writers import OutputObject, build_outputs
 from mammo_node.writers.identity import OutputKind, ReferencedDocument
 

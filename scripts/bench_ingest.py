@@ -100,8 +100,9 @@ class Receiver:
     def _spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = (self.workdir.parent / f"{self.name}.log").open("ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env or ENV,
-                                     start_new_session=True, cwd=self.workdir)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=log, env=env or ENV, start_new_session=True, cwd=self.workdir
+        )
         wait_port(self.port)
 
 
@@ -114,9 +115,21 @@ class MammoNode(Receiver):
         exe = Path(sys.executable).parent / "mammo-node"
         env = dict(ENV, MAMMO_MIN_FREE_DISK_MB="0", MAMMO_HOST="127.0.0.1")
         http_port = free_port()
-        self._spawn([str(exe), "serve", "--data-dir", str(self.workdir / "data"),
-                     "--port", str(self.port), "--http-port", str(http_port),
-                     "--ae-title", "MAMMO_NODE"], env)
+        self._spawn(
+            [
+                str(exe),
+                "serve",
+                "--data-dir",
+                str(self.workdir / "data"),
+                "--port",
+                str(self.port),
+                "--http-port",
+                str(http_port),
+                "--ae-title",
+                "MAMMO_NODE",
+            ],
+            env,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -132,8 +145,17 @@ class StoreSCP(Receiver):
 
     def start(self) -> None:
         (self.workdir / "out").mkdir(parents=True)
-        self._spawn(["storescp", "--fork", "-aet", "MAMMO_NODE", "-od", str(self.workdir / "out"),
-                     str(self.port)])
+        self._spawn(
+            [
+                "storescp",
+                "--fork",
+                "-aet",
+                "MAMMO_NODE",
+                "-od",
+                str(self.workdir / "out"),
+                str(self.port),
+            ]
+        )
 
 
 class Orthanc(Receiver):
@@ -142,10 +164,16 @@ class Orthanc(Receiver):
     def start(self) -> None:
         self.workdir.mkdir(parents=True)
         config = {
-            "Name": "bench", "StorageDirectory": str(self.workdir / "db"),
-            "IndexDirectory": str(self.workdir / "db"), "DicomAet": "MAMMO_NODE",
-            "DicomPort": self.port, "HttpPort": free_port(), "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
+            "Name": "bench",
+            "StorageDirectory": str(self.workdir / "db"),
+            "IndexDirectory": str(self.workdir / "db"),
+            "DicomAet": "MAMMO_NODE",
+            "DicomPort": self.port,
+            "HttpPort": free_port(),
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "Plugins": [],
         }
         (self.workdir / "orthanc.json").write_text(json.dumps(config))
         self._spawn(["Orthanc", str(self.workdir / "orthanc.json")])
@@ -155,9 +183,12 @@ def send(port: int, files: list[Path], associations: int) -> float:
     groups = [files[i::associations] for i in range(associations)]
     start = time.perf_counter()
     procs = [
-        subprocess.Popen(["storescu", "-aec", "MAMMO_NODE", "127.0.0.1", str(port),
-                          *map(str, group)], env=ENV, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)
+        subprocess.Popen(
+            ["storescu", "-aec", "MAMMO_NODE", "127.0.0.1", str(port), *map(str, group)],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         for group in groups
     ]
     for proc in procs:
@@ -168,8 +199,13 @@ def send(port: int, files: list[Path], associations: int) -> float:
     return time.perf_counter() - start
 
 
-def run(receiver_cls: Callable[[Path], Receiver], base: Path, files: list[Path],
-        associations: int, repeats: int) -> list[float]:
+def run(
+    receiver_cls: Callable[[Path], Receiver],
+    base: Path,
+    files: list[Path],
+    associations: int,
+    repeats: int,
+) -> list[float]:
     times = []
     for i in range(repeats):
         receiver = receiver_cls(base / f"{receiver_cls.__name__}-{associations}-{i}")
@@ -194,8 +230,10 @@ def main() -> None:
 
     files = make_files(args.out / "files", args.files)
     total_mb = sum(p.stat().st_size for p in files) / 1e6
-    print(f"{len(files)} files, {total_mb:.0f} MB; medians of {args.repeats} runs; "
-          "TCP_NODELAY=1 on every dcmtk program; time includes a final sync")
+    print(
+        f"{len(files)} files, {total_mb:.0f} MB; medians of {args.repeats} runs; "
+        "TCP_NODELAY=1 on every dcmtk program; time includes a final sync"
+    )
     base = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=args.out))
     results: dict[tuple[str, int], float] = {}
     try:
@@ -203,17 +241,21 @@ def main() -> None:
             for cls in (MammoNode, StoreSCP, Orthanc):
                 seconds = statistics.median(run(cls, base, files, associations, args.repeats))
                 results[(cls.name, associations)] = seconds
-                print(f"  {cls.name:16s} {associations} assoc: {seconds:6.2f} s "
-                      f"{len(files) / seconds:6.1f} files/s {total_mb / seconds:7.1f} MB/s",
-                      flush=True)
+                print(
+                    f"  {cls.name:16s} {associations} assoc: {seconds:6.2f} s "
+                    f"{len(files) / seconds:6.1f} files/s {total_mb / seconds:7.1f} MB/s",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print("mammo-node durable throughput relative to the peers (>1 = faster):")
     for associations in (1, 4):
         ours = results[("mammo-node", associations)]
         for peer in ("storescp --fork", "Orthanc"):
-            print(f"  {associations} assoc: mammo-node / {peer}: "
-                  f"{results[(peer, associations)] / ours:.2f}")
+            print(
+                f"  {associations} assoc: mammo-node / {peer}: "
+                f"{results[(peer, associations)] / ours:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -54,9 +54,18 @@ def make_bundle(folder: Path, arch: str, size: int) -> Path:
     holistic = build_model(arch=arch)
     attention = build_model(arch=arch)
     attention.load_state_dict(holistic.state_dict())
-    save_bundle(bundle, holistic=holistic, attention=attention, manifest=BundleManifest(
-        name=f"bench-{arch}-random", version="0.0.0", architecture=arch, is_demo=True,
-        preprocess=PreprocessSettings(input_size=size, roi_size=size, roi_scale=2.0)))
+    save_bundle(
+        bundle,
+        holistic=holistic,
+        attention=attention,
+        manifest=BundleManifest(
+            name=f"bench-{arch}-random",
+            version="0.0.0",
+            architecture=arch,
+            is_demo=True,
+            preprocess=PreprocessSettings(input_size=size, roi_size=size, roi_scale=2.0),
+        ),
+    )
     return bundle
 
 
@@ -68,8 +77,20 @@ def make_exam(folder: Path) -> list[Path]:
         return files
     folder.mkdir(parents=True, exist_ok=True)
     rows, columns = FULL_SIZE_LARGE
-    exam = next(iter(generate_exams(SynthOptions(rows=rows, columns=columns, exams=1, seed=3,
-                                                 screening_fraction=1.0, interval_fraction=0.0))))
+    exam = next(
+        iter(
+            generate_exams(
+                SynthOptions(
+                    rows=rows,
+                    columns=columns,
+                    exams=1,
+                    seed=3,
+                    screening_fraction=1.0,
+                    interval_fraction=0.0,
+                )
+            )
+        )
+    )
     for slot, ds in exam.datasets.items():
         ds.save_as(folder / f"{slot}.dcm", enforce_file_format=True)
     return sorted(folder.glob("*.dcm"))
@@ -113,37 +134,76 @@ def iso(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
 
 
-def run_once(work: Path, files: list[Path], bundle: Path, device: str, precision: str
-             ) -> dict[str, Any]:
+def run_once(
+    work: Path, files: list[Path], bundle: Path, device: str, precision: str
+) -> dict[str, Any]:
     data = work / "node"
     results_dir = work / "storescp"
     shutil.rmtree(data, ignore_errors=True)
     shutil.rmtree(results_dir, ignore_errors=True)
     results_dir.mkdir(parents=True)
     port, results_port = free_port(), free_port()
-    env = dict(ENV, MAMMO_DATA_DIR=str(data), MAMMO_MODEL_BUNDLE=str(bundle),
-               MAMMO_DEVICE=device, MAMMO_PRECISION=precision, MAMMO_QUIET_SECONDS="0",
-               MAMMO_GROUPING_INTERVAL="0.05", MAMMO_WORKER_POLL_SECONDS="0.05",
-               MAMMO_HOST="127.0.0.1", MAMMO_MIN_FREE_DISK_MB="0")
+    env = dict(
+        ENV,
+        MAMMO_DATA_DIR=str(data),
+        MAMMO_MODEL_BUNDLE=str(bundle),
+        MAMMO_DEVICE=device,
+        MAMMO_PRECISION=precision,
+        MAMMO_QUIET_SECONDS="0",
+        MAMMO_GROUPING_INTERVAL="0.05",
+        MAMMO_WORKER_POLL_SECONDS="0.05",
+        MAMMO_HOST="127.0.0.1",
+        MAMMO_MIN_FREE_DISK_MB="0",
+    )
     subprocess.run([CLI, "db", "upgrade"], env=env, check=True, capture_output=True)
-    subprocess.run([CLI, "destinations", "add", "results", "--ae-title", "RESULTS", "--host",
-                    "127.0.0.1", "--port", str(results_port)], env=env, check=True,
-                   capture_output=True)
-    scp = subprocess.Popen(["storescp", "-aet", "RESULTS", "-od", str(results_dir),
-                            str(results_port)], env=ENV, start_new_session=True)
+    subprocess.run(
+        [
+            CLI,
+            "destinations",
+            "add",
+            "results",
+            "--ae-title",
+            "RESULTS",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(results_port),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    scp = subprocess.Popen(
+        ["storescp", "-aet", "RESULTS", "-od", str(results_dir), str(results_port)],
+        env=ENV,
+        start_new_session=True,
+    )
     log = (work / "node.log").open("ab")
-    node = subprocess.Popen([CLI, "serve", "--port", str(port), "--http-port", str(free_port())],
-                            env=env, stdout=log, stderr=log, start_new_session=True)
+    node = subprocess.Popen(
+        [CLI, "serve", "--port", str(port), "--http-port", str(free_port())],
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
-        while subprocess.run(["echoscu", "-aec", "MAMMO_NODE", "127.0.0.1", str(port)],
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                ["echoscu", "-aec", "MAMMO_NODE", "127.0.0.1", str(port)], capture_output=True
+            ).returncode
+            != 0
+        ):
             if time.monotonic() > deadline or node.poll() is not None:
                 raise RuntimeError(f"node did not start; see {work / 'node.log'}")
             time.sleep(0.3)
         time.sleep(3)  # the worker loads the model in the background after the SCP is up
-        subprocess.run(["storescu", "-aec", "MAMMO_NODE", "127.0.0.1", str(port),
-                        *map(str, files)], env=ENV, check=True, capture_output=True)
+        subprocess.run(
+            ["storescu", "-aec", "MAMMO_NODE", "127.0.0.1", str(port), *map(str, files)],
+            env=ENV,
+            check=True,
+            capture_output=True,
+        )
         sent_at = dt.datetime.now(dt.UTC)
         t_sent = time.perf_counter()
         import pydicom
@@ -170,8 +230,11 @@ def run_once(work: Path, files: list[Path], bundle: Path, device: str, precision
                 arrived = time.perf_counter() - t_sent
                 break
             time.sleep(0.02)
-        detail = json.loads(subprocess.run([CLI, "exams", "show", study, "--json"], env=env,
-                                           capture_output=True, text=True).stdout)
+        detail = json.loads(
+            subprocess.run(
+                [CLI, "exams", "show", study, "--json"], env=env, capture_output=True, text=True
+            ).stdout
+        )
     finally:
         for proc in (node, scp):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -179,8 +242,9 @@ def run_once(work: Path, files: list[Path], bundle: Path, device: str, precision
     result = detail["result"]
     timings = result["timings"]
     events = {e["to"]: iso(e["at"]) for e in detail["events"]}
-    sr_delivery = next(d for d in result["deliveries"]
-                       if d["sop_instance_uid"] == result["sr_sop_instance_uid"])
+    sr_delivery = next(
+        d for d in result["deliveries"] if d["sop_instance_uid"] == result["sr_sop_instance_uid"]
+    )
     created = iso(result["created_at"])
     stages = {
         "grouping wait": (events["scoring"] - sent_at).total_seconds(),
@@ -193,8 +257,12 @@ def run_once(work: Path, files: list[Path], bundle: Path, device: str, precision
         "store": timings["store"],
         "send": (iso(sr_delivery["delivered_at"]) - created).total_seconds(),
     }
-    return {"total": arrived, "stages": stages, "device": result["device"],
-            "model": timings["holistic_saliency"] + timings["attention"]}
+    return {
+        "total": arrived,
+        "stages": stages,
+        "device": result["device"],
+        "model": timings["holistic_saliency"] + timings["attention"],
+    }
 
 
 def main() -> None:
@@ -213,23 +281,32 @@ def main() -> None:
     files = make_exam(args.out / "exam")
     bundle = make_bundle(args.out / "bundles", args.arch, args.size)
     mb = sum(f.stat().st_size for f in files) / 1e6
-    print(f"exam: 4 x 4096x3328 16-bit ({mb:.0f} MB); model: {args.arch} @ {args.size}, "
-          f"roi {args.size} at 2x; device {args.device}")
+    print(
+        f"exam: 4 x 4096x3328 16-bit ({mb:.0f} MB); model: {args.arch} @ {args.size}, "
+        f"roi {args.size} at 2x; device {args.device}"
+    )
     for precision in args.precision:
-        runs = [run_once(args.out / "run", files, bundle, args.device, precision)
-                for _ in range(args.repeats)]
+        runs = [
+            run_once(args.out / "run", files, bundle, args.device, precision)
+            for _ in range(args.repeats)
+        ]
         best = min(runs, key=lambda r: r["total"])
         bare = bare_model_seconds(args.arch, args.size, args.device, precision)
-        print(f"\n{precision} on {best['device']}: C-STORE response -> SR at storescp "
-              f"{best['total']:.2f} s (best of {len(runs)})")
+        print(
+            f"\n{precision} on {best['device']}: C-STORE response -> SR at storescp "
+            f"{best['total']:.2f} s (best of {len(runs)})"
+        )
         for stage, seconds in best["stages"].items():
             print(f"  {stage:18s} {seconds:7.3f} s  {100 * seconds / best['total']:5.1f} %")
-        out_of_model = best["stages"]["writers"] + best["stages"]["store"] + \
-            best["stages"]["send"]
-        print(f"  model time {best['model']:.2f} s vs bare forward/backward {bare:.2f} s: "
-              f"ratio {best['model'] / bare:.2f} (target <= 1.3 on CPU)")
-        print(f"  writers + store + send {out_of_model:.2f} s = "
-              f"{100 * out_of_model / best['total']:.1f} % of the total")
+        out_of_model = best["stages"]["writers"] + best["stages"]["store"] + best["stages"]["send"]
+        print(
+            f"  model time {best['model']:.2f} s vs bare forward/backward {bare:.2f} s: "
+            f"ratio {best['model'] / bare:.2f} (target <= 1.3 on CPU)"
+        )
+        print(
+            f"  writers + store + send {out_of_model:.2f} s = "
+            f"{100 * out_of_model / best['total']:.1f} % of the total"
+        )
 
 
 if __name__ == "__main__":

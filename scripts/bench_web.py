@@ -81,9 +81,14 @@ def make_files(folder: Path, count: int) -> tuple[list[Path], list[Item]]:
     from mammo_node.synth import SynthOptions, generate_exam, make_uid
 
     exam = generate_exam(
-        np.random.default_rng(7), options=SynthOptions(rows=128, columns=104),
-        patient_id="BENCH-TEMPLATE", outcome="normal", cancer_laterality="",
-        study_date=dt.date(2025, 1, 1), photometric="MONOCHROME2", bits_stored=12,
+        np.random.default_rng(7),
+        options=SynthOptions(rows=128, columns=104),
+        patient_id="BENCH-TEMPLATE",
+        outcome="normal",
+        cancer_laterality="",
+        study_date=dt.date(2025, 1, 1),
+        photometric="MONOCHROME2",
+        bits_stored=12,
     )
     folder.mkdir(parents=True, exist_ok=True)
     files, items = [], []
@@ -108,8 +113,8 @@ def make_files(folder: Path, count: int) -> tuple[list[Path], list[Item]]:
 def ingest_mammo_node(data_dir: Path, db_url: str | None, files: list[Path]) -> float:
     from mammo_node.config import Settings
     from mammo_node.db.session import Database, upgrade
-    from mammo_node.ingest import Ingestor
-    from mammo_node.storage import InstanceStore
+    from mammo_node.filing.ingest import Ingestor
+    from mammo_node.filing.storage import InstanceStore
 
     settings = Settings(data_dir=data_dir, db_url=db_url, min_free_disk_mb=0)
     upgrade(settings.database_url)
@@ -136,13 +141,19 @@ def serve_mammo_node(data_dir: str, db_url: str, port: int) -> None:
 
     from mammo_node.config import Settings
     from mammo_node.db.session import Database
-    from mammo_node.ingest import Ingestor
-    from mammo_node.storage import InstanceStore
+    from mammo_node.filing.ingest import Ingestor
+    from mammo_node.filing.storage import InstanceStore
     from mammo_node.web.server import WebServer
 
     logging.basicConfig(level=logging.WARNING)
-    settings = Settings(data_dir=Path(data_dir), db_url=db_url or None, host="127.0.0.1",
-                        http_port=port, api_tokens=[f"bench:admin:{TOKEN}"], min_free_disk_mb=0)
+    settings = Settings(
+        data_dir=Path(data_dir),
+        db_url=db_url or None,
+        host="127.0.0.1",
+        http_port=port,
+        api_tokens=[f"bench:admin:{TOKEN}"],
+        min_free_disk_mb=0,
+    )
     db = Database(settings.database_url)
     server = WebServer(settings, db, Ingestor(settings, db, InstanceStore(settings.storage_dir)))
     server.start()
@@ -155,27 +166,42 @@ class Orthanc:
         self.http_port, self.dicom_port = free_port(), free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         config = {
-            "Name": "bench", "StorageDirectory": str(workdir / "db"),
-            "IndexDirectory": str(workdir / "db"), "DicomAet": "ORTHANC",
-            "DicomPort": self.dicom_port, "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "Name": "bench",
+            "StorageDirectory": str(workdir / "db"),
+            "IndexDirectory": str(workdir / "db"),
+            "DicomAet": "ORTHANC",
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
             "DicomCheckCalledAet": False,
             "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
         (workdir / "orthanc.json").write_text(json.dumps(config))
         log = (workdir / "orthanc.log").open("ab")
-        self.proc = subprocess.Popen(["Orthanc", str(workdir / "orthanc.json")], stdout=log,
-                                     stderr=log, env=ENV, start_new_session=True, cwd=workdir)
+        self.proc = subprocess.Popen(
+            ["Orthanc", str(workdir / "orthanc.json")],
+            stdout=log,
+            stderr=log,
+            env=ENV,
+            start_new_session=True,
+            cwd=workdir,
+        )
         wait_http(self.http_port, "/system")
 
     def load(self, files: list[Path], associations: int = 4) -> float:
         groups = [files[i::associations] for i in range(associations)]
         started = time.perf_counter()
-        procs = [subprocess.Popen(["storescu", "-aec", "ORTHANC", "127.0.0.1",
-                                   str(self.dicom_port), *map(str, g)], env=ENV,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                 for g in groups]
+        procs = [
+            subprocess.Popen(
+                ["storescu", "-aec", "ORTHANC", "127.0.0.1", str(self.dicom_port), *map(str, g)],
+                env=ENV,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for g in groups
+        ]
         for proc in procs:
             _, err = proc.communicate()
             if proc.returncode != 0:
@@ -193,8 +219,14 @@ class Orthanc:
 
 
 # --- load ---------------------------------------------------------------------------------------
-def client_process(port: int, requests: Requests, seconds: float, threads: int, seed: int,
-                   out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def client_process(
+    port: int,
+    requests: Requests,
+    seconds: float,
+    threads: int,
+    seed: int,
+    out: multiprocessing.Queue,
+) -> None:  # type: ignore[type-arg]
     results: list[tuple[float, int, int]] = []
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
@@ -237,13 +269,15 @@ class Figures:
     mean_bytes: float
 
 
-def load(port: int, requests: Requests, seconds: float, processes: int = 4,
-         threads: int = 4) -> Figures:
+def load(
+    port: int, requests: Requests, seconds: float, processes: int = 4, threads: int = 4
+) -> Figures:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=client_process,
-                         args=(port, requests, seconds, threads, p, queue))
-             for p in range(processes)]
+    procs = [
+        ctx.Process(target=client_process, args=(port, requests, seconds, threads, p, queue))
+        for p in range(processes)
+    ]
     for proc in procs:
         proc.start()
     results = [r for _ in procs for r in queue.get()]
@@ -252,7 +286,8 @@ def load(port: int, requests: Requests, seconds: float, processes: int = 4,
     ok = [r for r in results if r[1] == 200 and r[2] > 0]
     latencies = sorted(r[0] for r in ok) or [float("nan")]
     return Figures(
-        requests=len(results), errors=len(results) - len(ok),
+        requests=len(results),
+        errors=len(results) - len(ok),
         per_second=len(ok) / seconds,
         p50_ms=1000 * statistics.median(latencies),
         p99_ms=1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
@@ -266,12 +301,18 @@ def scenarios(items: list[Item], root: str, headers: dict[str, str]) -> dict[str
     months = sorted({i.study_date[:6] for i in items})
     return {
         "QIDO-RS studies?PatientID=": [
-            (f"{root}/studies?PatientID={p}", json_headers) for p in patients],
+            (f"{root}/studies?PatientID={p}", json_headers) for p in patients
+        ],
         "QIDO-RS studies?StudyDate=<month>&limit=25": [
-            (f"{root}/studies?StudyDate={m}01-{m}31&limit=25", json_headers) for m in months],
+            (f"{root}/studies?StudyDate={m}01-{m}31&limit=25", json_headers) for m in months
+        ],
         "WADO-RS instance": [
-            (f"{root}/studies/{i.study_uid}/series/{i.series_uid}/instances/{i.sop_uid}",
-             {**headers, "Accept": MULTIPART}) for i in items],
+            (
+                f"{root}/studies/{i.study_uid}/series/{i.series_uid}/instances/{i.sop_uid}",
+                {**headers, "Accept": MULTIPART},
+            )
+            for i in items
+        ],
     }
 
 
@@ -279,10 +320,12 @@ Target = tuple[str, int, dict[str, Requests]]
 
 
 def show(name: str, scenario: str, figures: Figures, note: str = "") -> None:
-    print(f"  {name:10s} {scenario:44s} {figures.per_second:8.0f} req/s  "
-          f"p50 {figures.p50_ms:7.1f} ms  p99 {figures.p99_ms:7.1f} ms  "
-          f"errors {figures.errors}  ({figures.mean_bytes / 1024:.1f} KiB/answer){note}",
-          flush=True)
+    print(
+        f"  {name:10s} {scenario:44s} {figures.per_second:8.0f} req/s  "
+        f"p50 {figures.p50_ms:7.1f} ms  p99 {figures.p99_ms:7.1f} ms  "
+        f"errors {figures.errors}  ({figures.mean_bytes / 1024:.1f} KiB/answer){note}",
+        flush=True,
+    )
 
 
 def measure(targets: list[Target], seconds: float, rounds: int) -> dict[str, dict[str, Figures]]:
@@ -312,8 +355,9 @@ def main() -> None:
     parser.add_argument("--db-url", default=None, help="mammo-node database (default SQLite)")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
-    parser.add_argument("--serve", nargs=3, metavar=("DATA_DIR", "DB_URL", "PORT"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve", nargs=3, metavar=("DATA_DIR", "DB_URL", "PORT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.serve:
         serve_mammo_node(args.serve[0], args.serve[1], int(args.serve[2]))
@@ -327,37 +371,59 @@ def main() -> None:
         started = time.perf_counter()
         files, items = make_files(work / "files", args.instances)
         megabytes = sum(f.stat().st_size for f in files) / 2**20
-        print(f"{len(files)} synthetic MG files ({megabytes:.0f} MB) in "
-              f"{time.perf_counter() - started:.1f} s", flush=True)
+        print(
+            f"{len(files)} synthetic MG files ({megabytes:.0f} MB) in "
+            f"{time.perf_counter() - started:.1f} s",
+            flush=True,
+        )
         data_dir = work / "mammo-node"
         seconds = ingest_mammo_node(data_dir, args.db_url, files)
-        print(f"mammo-node: indexed through the Ingestor in {seconds:.1f} s "
-              f"({len(files) / seconds:.0f} instances/s, 4 threads)", flush=True)
+        print(
+            f"mammo-node: indexed through the Ingestor in {seconds:.1f} s "
+            f"({len(files) / seconds:.0f} instances/s, 4 threads)",
+            flush=True,
+        )
         orthanc = Orthanc(work / "orthanc")
         seconds = orthanc.load(files)
-        print(f"Orthanc:    stored with storescu in {seconds:.1f} s "
-              f"({len(files) / seconds:.0f} instances/s, 4 associations); "
-              f"{orthanc.count()} instances", flush=True)
+        print(
+            f"Orthanc:    stored with storescu in {seconds:.1f} s "
+            f"({len(files) / seconds:.0f} instances/s, 4 associations); "
+            f"{orthanc.count()} instances",
+            flush=True,
+        )
 
         port = free_port()
         node_proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", str(data_dir), args.db_url or "", str(port)],
-            env=ENV, start_new_session=True)
+            env=ENV,
+            start_new_session=True,
+        )
         wait_http(port, "/healthz")
-        print(f"\n16 concurrent clients; {args.rounds} rounds of {args.seconds:.0f} s (after 3 s "
-              f"warm-up) per server and scenario, taking turns; load average "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores shared by servers and clients:")
-        figures = measure([
-            ("mammo-node", port,
-             scenarios(items, "/dicomweb", {"Authorization": f"Bearer {TOKEN}"})),
-            ("Orthanc", orthanc.http_port, scenarios(items, "/dicom-web", {})),
-        ], args.seconds, args.rounds)
+        print(
+            f"\n16 concurrent clients; {args.rounds} rounds of {args.seconds:.0f} s (after 3 s "
+            f"warm-up) per server and scenario, taking turns; load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores shared by servers and clients:"
+        )
+        figures = measure(
+            [
+                (
+                    "mammo-node",
+                    port,
+                    scenarios(items, "/dicomweb", {"Authorization": f"Bearer {TOKEN}"}),
+                ),
+                ("Orthanc", orthanc.http_port, scenarios(items, "/dicom-web", {})),
+            ],
+            args.seconds,
+            args.rounds,
+        )
         node, other = figures["mammo-node"], figures["Orthanc"]
         print(f"\nload average at the end {os.getloadavg()[0]:.1f}; mammo-node / Orthanc:")
         for scenario in node:
             a, b = node[scenario], other[scenario]
-            print(f"  {scenario:44s} throughput {a.per_second / b.per_second:5.2f}x   "
-                  f"p99 {a.p99_ms / b.p99_ms:5.2f}x")
+            print(
+                f"  {scenario:44s} throughput {a.per_second / b.per_second:5.2f}x   "
+                f"p99 {a.p99_ms / b.p99_ms:5.2f}x"
+            )
     finally:
         if node_proc is not None:
             node_proc.terminate()

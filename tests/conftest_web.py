@@ -37,9 +37,9 @@ from mammo_node.domain import (
     Slot,
     ViewInference,
 )
-from mammo_node.grouper import Grouper
-from mammo_node.ingest import Ingestor
-from mammo_node.storage import InstanceStore
+from mammo_node.filing.ingest import Ingestor
+from mammo_node.filing.storage import InstanceStore
+from mammo_node.grouping.service import Grouper
 from mammo_node.synth import SynthExam, SynthOptions, generate_exam, make_uid
 from mammo_node.web.server import WebServer
 from mammo_node.writers.outputs import build_outputs
@@ -72,27 +72,45 @@ class Site:
         return str(exam.datasets[Slot.parse(slot)].SOPInstanceUID)
 
 
-def synth_exam(patient_id: str, outcome: str, laterality: str, day: dt.date,
-               photometric: str = "MONOCHROME2") -> SynthExam:
+def synth_exam(
+    patient_id: str, outcome: str, laterality: str, day: dt.date, photometric: str = "MONOCHROME2"
+) -> SynthExam:
     rng = np.random.default_rng(zlib.crc32(f"{patient_id}|{day.isoformat()}".encode()))
     return generate_exam(
-        rng, options=OPTIONS, patient_id=patient_id, outcome=outcome,
-        cancer_laterality=laterality, study_date=day, photometric=photometric, bits_stored=12,
+        rng,
+        options=OPTIONS,
+        patient_id=patient_id,
+        outcome=outcome,
+        cancer_laterality=laterality,
+        study_date=day,
+        photometric=photometric,
+        bits_stored=12,
     )
 
 
-def file_dataset(ingestor: Ingestor, ds: Dataset, *, source: str = "dimse",
-                 origin: Origin = Origin.RECEIVED, calling_ae: str = "MODALITY") -> None:
+def file_dataset(
+    ingestor: Ingestor,
+    ds: Dataset,
+    *,
+    source: str = "dimse",
+    origin: Origin = Origin.RECEIVED,
+    calling_ae: str = "MODALITY",
+) -> None:
     temp = ingestor.store.temp_path()
     ds.save_as(temp, enforce_file_format=True)
-    ingestor.ingest_file(temp, source=source, calling_ae=calling_ae, peer_host="127.0.0.1",
-                         origin=origin)
+    ingestor.ingest_file(
+        temp, source=source, calling_ae=calling_ae, peer_host="127.0.0.1", origin=origin
+    )
 
 
 def _inference(exam: SynthExam) -> ExamInference:
     bundle = BundleInfo(
-        name="mammo-demo", version="0.1.0", architecture="resnet18", is_demo=True,
-        score_kind="logit_difference", device_uid=make_uid("device", "web-tests"),
+        name="mammo-demo",
+        version="0.1.0",
+        architecture="resnet18",
+        is_demo=True,
+        score_kind="logit_difference",
+        device_uid=make_uid("device", "web-tests"),
         operating_points=(OperatingPoint("recall", 2.5, 0.85, 0.9),),
     )
     lesions = {t.slot: t for t in exam.truth}
@@ -105,14 +123,23 @@ def _inference(exam: SynthExam) -> ExamInference:
         if truth is None and slot.laterality is Laterality.R:
             cx = cols * 0.7
         half = 18
-        roi = (int(max(0, cx - half)), int(max(0, cy - half)),
-               int(min(cols, cx + half)), int(min(rows, cy + half)))
+        roi = (
+            int(max(0, cx - half)),
+            int(max(0, cy - half)),
+            int(min(cols, cx + half)),
+            int(min(rows, cy + half)),
+        )
         yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
         saliency = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 14.0**2)).astype(np.float32)
         score = SCORES[str(slot)]
         views[slot] = ViewInference(
-            sop_instance_uid=str(ds.SOPInstanceUID), slot=slot, holistic=score - 0.25,
-            attention=score + 0.25, ensemble=score, coa=(float(cx), float(cy)), roi=roi,
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            slot=slot,
+            holistic=score - 0.25,
+            attention=score + 0.25,
+            ensemble=score,
+            coa=(float(cx), float(cy)),
+            roi=roi,
             saliency=saliency,
         )
     breasts = {
@@ -120,27 +147,36 @@ def _inference(exam: SynthExam) -> ExamInference:
         Laterality.R: SCORES["R-CC"] + SCORES["R-MLO"],
     }
     return ExamInference(
-        study_uid=exam.study_uid, views=views,
-        scores=ExamScores(breasts, max(breasts.values())), bundle=bundle,
+        study_uid=exam.study_uid,
+        views=views,
+        scores=ExamScores(breasts, max(breasts.values())),
+        bundle=bundle,
         verdicts={"recall": True},
     )
 
 
-def _store_result(site_db: Database, ingestor: Ingestor, exam: SynthExam) -> tuple[
-        int, ExamInference, dict[str, list[str]]]:
+def _store_result(
+    site_db: Database, ingestor: Ingestor, exam: SynthExam
+) -> tuple[int, ExamInference, dict[str, list[str]]]:
     """What the worker stores for a scored exam: result row, outputs, outbox rows."""
     inference = _inference(exam)
     with site_db.session() as session:
         row = repo.exam_by_uid(session, exam.study_uid)
         assert row is not None
         result = Result(
-            exam_fk=row.id, exam_revision=row.revision, model_name=inference.bundle.name,
-            model_version=inference.bundle.version, model_is_demo=True,
-            score_kind="logit_difference", exam_score=inference.scores.exam_score,
+            exam_fk=row.id,
+            exam_revision=row.revision,
+            model_name=inference.bundle.name,
+            model_version=inference.bundle.version,
+            model_is_demo=True,
+            score_kind="logit_difference",
+            exam_score=inference.scores.exam_score,
             breast_scores={k.value: v for k, v in inference.scores.breast_scores.items()},
-            images=inference.to_json()["images"], verdicts=dict(inference.verdicts),
+            images=inference.to_json()["images"],
+            verdicts=dict(inference.verdicts),
             created_at=row.last_received_at + dt.timedelta(seconds=12.5),
-            device="cpu", worker="tests",
+            device="cpu",
+            worker="tests",
         )
         session.add(result)
         session.flush()
@@ -148,8 +184,7 @@ def _store_result(site_db: Database, ingestor: Ingestor, exam: SynthExam) -> tup
     objects = build_outputs(exam.datasets, inference, revision=0)
     outputs: dict[str, list[str]] = {}
     for obj in objects:
-        file_dataset(ingestor, obj.dataset, source="node", origin=Origin.GENERATED,
-                     calling_ae="")
+        file_dataset(ingestor, obj.dataset, source="node", origin=Origin.GENERATED, calling_ae="")
         outputs.setdefault(obj.kind.value, []).append(obj.sop_instance_uid)
     with site_db.session() as session:
         ids = {}
@@ -163,19 +198,37 @@ def _store_result(site_db: Database, ingestor: Ingestor, exam: SynthExam) -> tup
         assert result is not None
         result.sr_sop_instance_uid = outputs["sr"][0]
         pacs = Destination(name="pacs", ae_title="PACS", host="10.0.0.5", port=104)
-        station = Destination(name="reading-room", ae_title="WS1", host="10.0.0.9", port=104,
-                              config_error="association rejected: called AE title not "
-                              "recognised (reported once)")
+        station = Destination(
+            name="reading-room",
+            ae_title="WS1",
+            host="10.0.0.9",
+            port=104,
+            config_error="association rejected: called AE title not recognised (reported once)",
+        )
         session.add_all([pacs, station])
         session.flush()
         now = dt.datetime.now(dt.UTC)
         for uid, instance_id in ids.items():
-            session.add(OutboxItem(instance_fk=instance_id, destination_fk=pacs.id,
-                                   state="delivered", attempts=1, delivered_at=now,
-                                   last_status=0))
-            session.add(OutboxItem(instance_fk=instance_id, destination_fk=station.id,
-                                   state="dead", attempts=5, last_status=None,
-                                   last_error=f"{uid}: association rejected"))
+            session.add(
+                OutboxItem(
+                    instance_fk=instance_id,
+                    destination_fk=pacs.id,
+                    state="delivered",
+                    attempts=1,
+                    delivered_at=now,
+                    last_status=0,
+                )
+            )
+            session.add(
+                OutboxItem(
+                    instance_fk=instance_id,
+                    destination_fk=station.id,
+                    state="dead",
+                    attempts=5,
+                    last_status=None,
+                    last_error=f"{uid}: association rejected",
+                )
+            )
         exam_row = repo.exam_by_uid(session, exam.study_uid)
         assert exam_row is not None
         repo.set_exam_state(session, exam_row, ExamState.SCORED, "scored by mammo-demo 0.1.0")
@@ -184,8 +237,12 @@ def _store_result(site_db: Database, ingestor: Ingestor, exam: SynthExam) -> tup
 
 def build_site(data_dir: Path, db_url: str, **overrides: Any) -> Site:
     values: dict[str, Any] = {
-        "data_dir": data_dir, "db_url": db_url, "host": "127.0.0.1", "http_port": 0,
-        "api_tokens": TOKENS, "min_free_disk_mb": 0,
+        "data_dir": data_dir,
+        "db_url": db_url,
+        "host": "127.0.0.1",
+        "http_port": 0,
+        "api_tokens": TOKENS,
+        "min_free_disk_mb": 0,
     }
     values.update(overrides)
     settings = Settings(**values)
@@ -209,8 +266,18 @@ def build_site(data_dir: Path, db_url: str, **overrides: Any) -> Site:
         repo.set_exam_state(session, exam, ExamState.PARTIAL, "missing views: R-MLO")
     server = WebServer(settings, db, ingestor)
     server.start()
-    return Site(f"http://127.0.0.1:{server.port}", settings, db, ingestor, server, scored,
-                partial, result_id, inference, outputs)
+    return Site(
+        f"http://127.0.0.1:{server.port}",
+        settings,
+        db,
+        ingestor,
+        server,
+        scored,
+        partial,
+        result_id,
+        inference,
+        outputs,
+    )
 
 
 @contextmanager
@@ -224,11 +291,13 @@ def running_site(data_dir: Path, db_url: str, **overrides: Any) -> Iterator[Site
 
 
 @contextmanager
-def extra_server(site: Site, settings: dict[str, Any] | None = None,
-                 **kwargs: Any) -> Iterator[str]:
+def extra_server(
+    site: Site, settings: dict[str, Any] | None = None, **kwargs: Any
+) -> Iterator[str]:
     """A second server over the same node with other settings (tokens, loopback...)."""
-    server = WebServer(site.settings.model_copy(update=settings or {}), site.db, site.ingestor,
-                       **kwargs)
+    server = WebServer(
+        site.settings.model_copy(update=settings or {}), site.db, site.ingestor, **kwargs
+    )
     server.start()
     try:
         yield f"http://127.0.0.1:{server.port}"

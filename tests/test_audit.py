@@ -12,10 +12,10 @@ import typer
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from mammo_node import audit
-from mammo_node.audit import AuditError, AuditLog, export_jsonl, iter_events, record_in
 from mammo_node.db.models import AuditEvent
 from mammo_node.db.session import Database, upgrade
+from mammo_node.observe import audit
+from mammo_node.observe.audit import AuditError, AuditLog, export_jsonl, iter_events, record_in
 from mammo_node.web.cli import audit_app
 
 
@@ -74,8 +74,15 @@ def test_event_in_the_callers_transaction_is_rolled_back_with_it(db: Database) -
 def test_export_filters_and_cli(db: Database, db_url: str, tmp_path: Path) -> None:
     old = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     with db.session() as session:
-        session.add(AuditEvent(at=old, actor="MODALITY", action=audit.RECEIVED,
-                               target="2.25.7", detail={"source": "dimse"}))
+        session.add(
+            AuditEvent(
+                at=old,
+                actor="MODALITY",
+                action=audit.RECEIVED,
+                target="2.25.7",
+                detail={"source": "dimse"},
+            )
+        )
     log = AuditLog(db)
     log.record("rachel", audit.VIEWED, "2.25.7")
     log.record("node", audit.DELIVERED, "2.25.8", destination="pacs")
@@ -91,14 +98,26 @@ def test_export_filters_and_cli(db: Database, db_url: str, tmp_path: Path) -> No
     out = tmp_path / "audit.jsonl"
     cli = typer.Typer()
     cli.add_typer(audit_app, name="audit")  # as mammo_node.cli mounts it
-    result = CliRunner().invoke(cli, [
-        "audit", "export", "--db-url", db_url, "--data-dir", str(tmp_path), "--action", "received",
-        "--output", str(out),
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "audit",
+            "export",
+            "--db-url",
+            db_url,
+            "--data-dir",
+            str(tmp_path),
+            "--action",
+            "received",
+            "--output",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     exported = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(e["actor"], e["target"], e["detail"]) for e in exported] == [
-        ("MODALITY", "2.25.7", {"source": "dimse"})]
+        ("MODALITY", "2.25.7", {"source": "dimse"})
+    ]
     assert exported[0]["at"].startswith("2026-01-01T00:00:00")
     bad = CliRunner().invoke(cli, ["audit", "export", "--db-url", db_url, "--since", "x"])
     assert bad.exit_code != 0 and "--since" in bad.output

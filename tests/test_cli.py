@@ -34,8 +34,9 @@ def test_db_upgrade_serve_send_and_exams_json(
         return json.loads(node.cli("exams", "show", study, "--json").stdout)
 
     # READY, then the node's worker scores it (demo model)
-    detail = wait_for(lambda: (d := shown())["state"] in ("ready", "scoring", "scored") and d,
-                      timeout=30)
+    detail = wait_for(
+        lambda: (d := shown())["state"] in ("ready", "scoring", "scored") and d, timeout=30
+    )
     assert set(detail["slots"]) == {"L-CC", "L-MLO", "R-CC", "R-MLO"}
     assert detail["slots"]["R-MLO"] == str(exam[3].SOPInstanceUID)
     assert detail["not_scored"] == []

@@ -8,7 +8,7 @@ import pytest
 from pydicom import Dataset
 
 from mammo_node.domain import SLOTS, ExamState, Laterality, NotScoredReason, Slot, View
-from mammo_node.grouping import (
+from mammo_node.grouping.rules import (
     BREAST_TOMOSYNTHESIS,
     MG_PROCESSING,
     SECONDARY_CAPTURE,
@@ -85,8 +85,14 @@ def test_spot_compression_modifier_is_not_a_screening_view() -> None:
 
 
 def test_digitised_film_secondary_capture_is_a_candidate() -> None:
-    ds = mg_dataset(None, "MLO", SOPClassUID=SECONDARY_CAPTURE, ConversionType="DF",
-                    Laterality="L", ViewCodeSequence=None)
+    ds = mg_dataset(
+        None,
+        "MLO",
+        SOPClassUID=SECONDARY_CAPTURE,
+        ConversionType="DF",
+        Laterality="L",
+        ViewCodeSequence=None,
+    )
     facts = classify(ds)
     assert facts.rule is None and str(facts.slot) == "L-MLO"
 
@@ -95,8 +101,14 @@ def test_for_processing_is_flagged() -> None:
     assert classify(mg_dataset("L", "CC", SOPClassUID=MG_PROCESSING)).for_processing
 
 
-def _facts(uid: str, slot: str | None, *, proc: bool = False, pixels: str = "ok",
-           rule: NotScoredReason | None = None) -> ImageFacts:
+def _facts(
+    uid: str,
+    slot: str | None,
+    *,
+    proc: bool = False,
+    pixels: str = "ok",
+    rule: NotScoredReason | None = None,
+) -> ImageFacts:
     return ImageFacts(uid, Slot.parse(slot) if slot else None, proc, rule, "", pixels)
 
 
@@ -143,5 +155,13 @@ def test_decide_ready_after_quiet_partial_after_stable() -> None:
 def test_pending_pixel_check_holds_the_decision() -> None:
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     images = [_facts(f"1.{i}", str(s), pixels="pending") for i, s in enumerate(SLOTS)]
-    assert decide(resolve(images), last_received_at=t0, now=t0 + dt.timedelta(hours=1),
-                  quiet_seconds=1, stable_seconds=2) is None
+    assert (
+        decide(
+            resolve(images),
+            last_received_at=t0,
+            now=t0 + dt.timedelta(hours=1),
+            quiet_seconds=1,
+            stable_seconds=2,
+        )
+        is None
+    )

@@ -14,7 +14,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
-from mammo_node.destinations import add_destination
+from mammo_node.delivery.destinations import add_destination
 from mammo_node.exams import exam_detail
 from mammo_node.writers import read_report
 from tests.conftest import storescu, wait_for
@@ -122,7 +122,7 @@ def test_a_rejected_association_is_a_configuration_error_reported_once(
     assert storescu(node.scp.port, exam.files).returncode == 0
     wait_for(lambda: scored(node, exam.study_uid), timeout=120, interval=0.3)
 
-    from mammo_node.destinations import list_destinations
+    from mammo_node.delivery.destinations import list_destinations
 
     (destination,) = wait_for(
         lambda: [d for d in list_destinations(node.db) if d["config_error"]], timeout=30

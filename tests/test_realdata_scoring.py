@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mammo_node import wrap
 from mammo_node.config import Settings
 from mammo_node.domain import Laterality, Slot
-from mammo_node.scoring import load_scorer
+from mammo_node.ml.loading import load_scorer
+from mammo_node.synth import wrap
 from mammo_node.writers import build_outputs
 from mammo_node.writers.identity import OutputKind
 

@@ -16,10 +16,10 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import create_engine, select, text
 
 from mammo_node.db.models import Instance
-from mammo_node.destinations import add_destination
+from mammo_node.delivery.destinations import add_destination
+from mammo_node.delivery.exporter import retry
 from mammo_node.exams import exam_detail
-from mammo_node.exporter import retry
-from mammo_node.scoring import load_scorer
+from mammo_node.ml.loading import load_scorer
 from mammo_node.worker import Worker, rescore
 from mammo_node.writers import sop_classes_for_outputs
 from tests.conftest import free_port, storescu, wait_for

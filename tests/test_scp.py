@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from mammo_node.db.models import Association, Exam, Instance
 from mammo_node.exams import exam_detail
-from mammo_node.grouping import MG_PRESENTATION
+from mammo_node.sop_classes import MG_PRESENTATION
 from tests.conftest import dcmtk, storescu, wait_for
 from tests.factory import four_view_exam, mg_dataset, write
 
@@ -298,7 +298,7 @@ def test_compressed_transfer_syntaxes_are_kept_as_received(
 def test_wrapped_nyu_exam_and_mias_films_are_received_and_classified(
     node_factory: Any, realdata: Path, tmp_path: Path
 ) -> None:
-    from mammo_node import wrap
+    from mammo_node.synth import wrap
 
     node = node_factory(stable_seconds=2.0)
     nyu = wrap.wrap_nyu_exam(realdata / "nyu-gmic-exam0__nyukat-GMIC")

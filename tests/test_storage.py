@@ -7,12 +7,23 @@ from pathlib import Path
 import pytest
 
 from mammo_node.errors import InvalidInstanceError, StorageError
-from mammo_node.storage import InstanceStore, file_sha256, validate_uid
+from mammo_node.filing.storage import InstanceStore, file_sha256, validate_uid
 
 
 @pytest.mark.parametrize(
-    "uid", ["../../etc/passwd", "1.2/../../x", "..", "1.2.3.", "1..2", "/1.2", "1.2\\3", "a.b",
-            "1." + "2" * 70, ""],
+    "uid",
+    [
+        "../../etc/passwd",
+        "1.2/../../x",
+        "..",
+        "1.2.3.",
+        "1..2",
+        "/1.2",
+        "1.2\\3",
+        "a.b",
+        "1." + "2" * 70,
+        "",
+    ],
 )
 def test_invalid_uids_are_refused(uid: str) -> None:
     with pytest.raises(InvalidInstanceError) as info:

@@ -30,7 +30,7 @@ from mammo_node.synth import (
     plan_exams,
     write_synthetic_dataset,
 )
-from mammo_node.wrap import chest_wall_side
+from mammo_node.synth.wrap import chest_wall_side
 
 SMALL = {"rows": 256, "columns": 208}
 

@@ -32,10 +32,10 @@ from pydicom.uid import ComprehensiveSRStorage, CTImageStorage, RLELossless, gen
 from requests.exceptions import HTTPError
 from sqlalchemy import select
 
-from mammo_node import metrics
-from mammo_node.audit import iter_events
 from mammo_node.db.models import Instance
 from mammo_node.domain import Slot
+from mammo_node.observe import metrics
+from mammo_node.observe.audit import iter_events
 from mammo_node.web.auth import hash_entry
 from mammo_node.web.media import new_boundary
 from tests.conftest import PG_ADMIN_URL, _pg_database
@@ -46,10 +46,12 @@ READER = {"Authorization": f"Bearer {READ_TOKEN}"}
 MULTIPART_DICOM = 'multipart/related; type="application/dicom"'
 
 
-@pytest.fixture(scope="module",
-                params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Site]:
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
     data_dir = tmp_path_factory.mktemp(f"web-{request.param}")
     if request.param == "sqlite":
         with running_site(data_dir, f"sqlite:///{data_dir / 'node.db'}") as built:
@@ -84,8 +86,9 @@ def multipart_body(datasets: list[Dataset | bytes]) -> tuple[bytes, str]:
             buffer = io.BytesIO()
             ds.save_as(buffer, enforce_file_format=True)
             data = buffer.getvalue()
-        chunks.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-                      + data + b"\r\n")
+        chunks.append(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
+        )
     chunks.append(f"--{boundary}--\r\n".encode())
     return b"".join(chunks), f'{MULTIPART_DICOM}; boundary="{boundary}"'
 
@@ -98,12 +101,16 @@ def test_store_search_retrieve_with_dicomweb_client(site: Site, tmp_path: Path) 
     answer = web.store_instances(datasets)
     stored = answer.ReferencedSOPSequence
     assert {item.ReferencedSOPInstanceUID for item in stored} == {
-        ds.SOPInstanceUID for ds in datasets}
+        ds.SOPInstanceUID for ds in datasets
+    }
     assert answer.RetrieveURL.endswith(f"/studies/{exam.study_uid}")
     assert "FailedSOPSequence" not in answer
     with site.db.read() as session:
-        rows = session.scalars(select(Instance).where(
-            Instance.sop_instance_uid.in_([str(d.SOPInstanceUID) for d in datasets]))).all()
+        rows = session.scalars(
+            select(Instance).where(
+                Instance.sop_instance_uid.in_([str(d.SOPInstanceUID) for d in datasets])
+            )
+        ).all()
         assert {r.source for r in rows} == {"stow"} and {r.calling_ae for r in rows} == {"alice"}
 
     studies = web.search_for_studies(search_filters={"PatientID": exam.patient_id})
@@ -122,18 +129,21 @@ def test_store_search_retrieve_with_dicomweb_client(site: Site, tmp_path: Path) 
     assert sorted(d.SOPInstanceUID for d in whole) == sorted(d.SOPInstanceUID for d in datasets)
 
     metadata = web.retrieve_instance_metadata(
-        exam.study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        exam.study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    )
     assert "Value" not in metadata["7FE00010"] and "InlineBinary" not in metadata["7FE00010"]
     assert value(metadata, "00100020") == exam.patient_id
     bulk = web.retrieve_bulkdata(metadata["7FE00010"]["BulkDataURI"])
     assert b"".join(bulk) == ds.PixelData
 
-    png = web.retrieve_instance_rendered(exam.study_uid, ds.SeriesInstanceUID,
-                                         ds.SOPInstanceUID, media_types=("image/png",))
+    png = web.retrieve_instance_rendered(
+        exam.study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID, media_types=("image/png",)
+    )
     image = Image.open(io.BytesIO(png))
     assert (image.format, image.size) == ("PNG", (int(ds.Columns), int(ds.Rows)))
-    frames = web.retrieve_instance_frames(exam.study_uid, ds.SeriesInstanceUID,
-                                          ds.SOPInstanceUID, frame_numbers=[1])
+    frames = web.retrieve_instance_frames(
+        exam.study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID, frame_numbers=[1]
+    )
     assert frames[0] == ds.PixelData
 
 
@@ -163,8 +173,11 @@ def test_stow_partial_success_conflict_and_reasons(site: Site) -> None:
     stranger = mg_dataset("R", "CC", patient_id="STOW-MIX")  # another study
     ct = mg_dataset("L", "CC", study_uid=study, sop_class=CTImageStorage, Modality="CT")
     body, content_type = multipart_body([good, stranger, ct, b"not a dicom file"])
-    r = httpx.post(f"{site.base}/dicomweb/studies/{study}", content=body,
-                   headers={**ADMIN, "Content-Type": content_type})
+    r = httpx.post(
+        f"{site.base}/dicomweb/studies/{study}",
+        content=body,
+        headers={**ADMIN, "Content-Type": content_type},
+    )
     assert r.status_code == 202, r.text
     assert r.headers["content-type"].startswith("application/dicom+json")
     answer = r.json()
@@ -176,8 +189,11 @@ def test_stow_partial_success_conflict_and_reasons(site: Site) -> None:
     assert "belongs to study" in r.headers["warning"] and "SOP class" in r.headers["warning"]
 
     body, content_type = multipart_body([stranger])
-    r = httpx.post(f"{site.base}/dicomweb/studies/{study}", content=body,
-                   headers={**ADMIN, "Content-Type": content_type})
+    r = httpx.post(
+        f"{site.base}/dicomweb/studies/{study}",
+        content=body,
+        headers={**ADMIN, "Content-Type": content_type},
+    )
     assert r.status_code == 409
     assert value(r.json()["00081198"]["Value"][0], "00081197") == 0x0110
 
@@ -188,8 +204,11 @@ def test_stow_refusals(site: Site) -> None:
     url = f"{site.base}/dicomweb/studies"
     cases = [
         ({"Content-Type": "application/json"}, body, 415),
-        ({"Content-Type": content_type.replace("application/dicom", "application/dicom+xml")},
-         body, 415),
+        (
+            {"Content-Type": content_type.replace("application/dicom", "application/dicom+xml")},
+            body,
+            415,
+        ),
         ({"Content-Type": content_type}, body[:-30], 400),
         ({"Content-Type": content_type, "Accept": "application/dicom+xml"}, body, 406),
     ]
@@ -197,11 +216,16 @@ def test_stow_refusals(site: Site) -> None:
         r = httpx.post(url, content=payload, headers={**ADMIN, **headers})
         assert r.status_code == status, (headers, r.text)
         assert r.json()["reason"] and "299 mammo-node" in r.headers["warning"]
-    assert httpx.post(url, content=body, headers={**READER, "Content-Type": content_type}
-                      ).status_code == 403
+    assert (
+        httpx.post(url, content=body, headers={**READER, "Content-Type": content_type}).status_code
+        == 403
+    )
     with extra_server(site, max_stow_bytes=2_000) as small:
-        r = httpx.post(f"{small}/dicomweb/studies", content=body,
-                       headers={**ADMIN, "Content-Type": content_type})
+        r = httpx.post(
+            f"{small}/dicomweb/studies",
+            content=body,
+            headers={**ADMIN, "Content-Type": content_type},
+        )
         assert r.status_code == 413 and "exceeds" in r.json()["reason"]
 
 
@@ -214,14 +238,18 @@ def test_wado_transcodes_only_what_the_client_cannot_take(site: Site) -> None:
     series, sop = ds.SeriesInstanceUID, ds.SOPInstanceUID
     as_stored = web.retrieve_instance(ds.StudyInstanceUID, series, sop)  # transfer-syntax=*
     assert as_stored.file_meta.TransferSyntaxUID == RLELossless
-    explicit = web.retrieve_instance(ds.StudyInstanceUID, series, sop,
-                                     media_types=(("application/dicom", "1.2.840.10008.1.2.1"),))
+    explicit = web.retrieve_instance(
+        ds.StudyInstanceUID,
+        series,
+        sop,
+        media_types=(("application/dicom", "1.2.840.10008.1.2.1"),),
+    )
     assert explicit.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
     assert np.array_equal(explicit.pixel_array, pixels)
     url = f"{site.base}/dicomweb/studies/{ds.StudyInstanceUID}/series/{series}/instances/{sop}"
     plain = httpx.get(url, headers={**ADMIN, "Accept": MULTIPART_DICOM})  # absent: ELE
     assert "transfer-syntax=1.2.840.10008.1.2.1" in plain.text[:400]
-    jpeg = f'{MULTIPART_DICOM}; transfer-syntax=1.2.840.10008.1.2.4.50'
+    jpeg = f"{MULTIPART_DICOM}; transfer-syntax=1.2.840.10008.1.2.4.50"
     r = httpx.get(url, headers={**ADMIN, "Accept": jpeg})
     assert r.status_code == 406 and "Explicit VR Little Endian" in r.json()["reason"]
 
@@ -231,8 +259,7 @@ def test_qido_matching(site: Site) -> None:
     scored, partial = site.scored, site.partial
 
     def studies(**filters: Any) -> list[str]:
-        return sorted(value(s, "0020000D") for s in web.search_for_studies(
-            search_filters=filters))
+        return sorted(value(s, "0020000D") for s in web.search_for_studies(search_filters=filters))
 
     both = sorted([scored.study_uid, partial.study_uid])
     assert studies(PatientName="synthetic^patient000?") == both  # PN: case-insensitive
@@ -243,18 +270,22 @@ def test_qido_matching(site: Site) -> None:
     assert studies(PatientID="WEB-*", StudyDate="-20260304") == [scored.study_uid]
     assert studies(StudyInstanceUID=",".join(both)) == both
     assert studies(PatientID="WEB-*", ModalitiesInStudy="SR") == [scored.study_uid]
-    assert studies(AccessionNumber=scored.datasets[next(iter(scored.datasets))]
-                   .AccessionNumber) == [scored.study_uid]
+    assert studies(
+        AccessionNumber=scored.datasets[next(iter(scored.datasets))].AccessionNumber
+    ) == [scored.study_uid]
     first = web.search_for_studies(search_filters={"PatientID": "WEB-*"}, limit=1)
     second = web.search_for_studies(search_filters={"PatientID": "WEB-*"}, limit=1, offset=1)
     assert len(first) == len(second) == 1 and first != second
-    with_fields = web.search_for_studies(search_filters={"PatientID": "WEB-0001"},
-                                         fields=["StudyID", "00180015"])
+    with_fields = web.search_for_studies(
+        search_filters={"PatientID": "WEB-0001"}, fields=["StudyID", "00180015"]
+    )
     assert value(with_fields[0], "00200010") is not None  # Study ID, read from the header
 
-    r = httpx.get(f"{site.base}/dicomweb/studies",
-                  params={"PatientID": "WEB-*", "limit": "1", "fuzzymatching": "true"},
-                  headers=READER)
+    r = httpx.get(
+        f"{site.base}/dicomweb/studies",
+        params={"PatientID": "WEB-*", "limit": "1", "fuzzymatching": "true"},
+        headers=READER,
+    )
     assert r.status_code == 200 and "additional results" in r.headers["warning"]
     assert "fuzzymatching" in r.headers["warning"]
     for params in ({"NoSuchAttribute": "x"}, {"StudyDate": "2026"}, {"limit": "x"}):
@@ -285,15 +316,22 @@ def test_dicomweb_needs_a_token_of_the_right_role(site: Site, tmp_path: Path) ->
     url = f"{site.base}/dicomweb/studies"
     r = httpx.get(url)
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
-    assert httpx.get(url, headers={"Authorization": "Bearer wrong-token-0000000000"}
-                     ).status_code == 401
+    assert (
+        httpx.get(url, headers={"Authorization": "Bearer wrong-token-0000000000"}).status_code
+        == 401
+    )
     assert httpx.get(url, headers={"Authorization": "Basic abc"}).status_code == 401
     assert httpx.get(url, headers=READER).status_code == 200
     token_file = tmp_path / "tokens"
     token_file.write_text(hash_entry("filed", "read", "filed-secret-0123456789") + "\n")
     with extra_server(site, {"api_tokens": [], "api_tokens_file": token_file}) as other:
-        assert httpx.get(f"{other}/dicomweb/studies", headers={
-            "Authorization": "Bearer filed-secret-0123456789"}).status_code == 200
+        assert (
+            httpx.get(
+                f"{other}/dicomweb/studies",
+                headers={"Authorization": "Bearer filed-secret-0123456789"},
+            ).status_code
+            == 200
+        )
         assert httpx.get(f"{other}/dicomweb/studies", headers=READER).status_code == 401
     with extra_server(site, {"loopback_without_token": True}) as loose:
         assert httpx.get(f"{loose}/dicomweb/studies").status_code == 200
@@ -337,7 +375,11 @@ def test_exam_page_hangs_four_views_with_scores_rois_and_deliveries(site: Site) 
     assert page.status_code == 200
     html = page.text
     assert re.findall(r'<figure class="view [^"]*" data-slot="([^"]+)"', html) == [
-        "R-CC", "L-CC", "R-MLO", "L-MLO"]
+        "R-CC",
+        "L-CC",
+        "R-MLO",
+        "L-MLO",
+    ]
     assert "+4.25" in html and "+2.75" in html and "-1.75" in html and "recall" in html
     assert "DEMO" in html
     r_cc = site.inference.views[next(s for s in site.inference.views if str(s) == "R-CC")]
@@ -382,8 +424,9 @@ def test_view_images_are_hung_cached_and_only_for_signed_in_users(site: Site) ->
     # the salient region surrounds the centre of attention (same grid, no flip for R-CC here)
     assert abs(xs.mean() - coa[0]) < 4 and abs(ys.mean() - coa[1]) < 4
     sc = site.outputs["sc"][0]
-    capture = httpx.get(f"{site.base}/exams/{study}/views/{sc}.png?hang={sops['R-CC']}",
-                        headers=READER)
+    capture = httpx.get(
+        f"{site.base}/exams/{study}/views/{sc}.png?hang={sops['R-CC']}", headers=READER
+    )
     assert capture.status_code == 200
     other = httpx.get(f"{site.base}/exams/{study}/views/{generate_uid()}.png", headers=READER)
     assert other.status_code == 404
@@ -401,16 +444,28 @@ def test_views_are_hung_from_patient_orientation_and_monochrome1_shows_tissue_br
     client(site).store_instances([unmirrored])
     study, sop = exam.study_uid, str(unmirrored.SOPInstanceUID)
     assert site.server.app.state.mammo.views.flips_for(study, sop).horizontal
-    grey = np.asarray(Image.open(io.BytesIO(httpx.get(
-        f"{site.base}/exams/{study}/views/{sop}.png", headers=READER).content)).convert("L"),
-        dtype=float)
+    grey = np.asarray(
+        Image.open(
+            io.BytesIO(
+                httpx.get(f"{site.base}/exams/{study}/views/{sop}.png", headers=READER).content
+            )
+        ).convert("L"),
+        dtype=float,
+    )
     half = grey.shape[1] // 2
     assert grey[:, half:].mean() > grey[:, :half].mean()  # chest wall (tissue) on the right
     # MONOCHROME1 (the partial exam): dense tissue bright, air dark, L chest wall on the left
     l_cc = site.sop(site.partial, "L-CC")
-    grey = np.asarray(Image.open(io.BytesIO(httpx.get(
-        f"{site.base}/exams/{site.partial.study_uid}/views/{l_cc}.png", headers=READER
-    ).content)).convert("L"), dtype=float)
+    grey = np.asarray(
+        Image.open(
+            io.BytesIO(
+                httpx.get(
+                    f"{site.base}/exams/{site.partial.study_uid}/views/{l_cc}.png", headers=READER
+                ).content
+            )
+        ).convert("L"),
+        dtype=float,
+    )
     rows = slice(grey.shape[0] // 4, 3 * grey.shape[0] // 4)
     assert grey[rows, :8].mean() > grey[rows, -8:].mean() + 60
 
@@ -434,8 +489,9 @@ def test_health_readiness_and_metrics(site: Site) -> None:
     assert httpx.get(f"{site.base}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{site.base}/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["database"]["ok"]
-    with extra_server(site, {"min_free_disk_mb": 10**9},
-                      model_ready=lambda: (False, "bundle still loading")) as sick:
+    with extra_server(
+        site, {"min_free_disk_mb": 10**9}, model_ready=lambda: (False, "bundle still loading")
+    ) as sick:
         r = httpx.get(f"{sick}/readyz")
         assert r.status_code == 503
         checks = r.json()["checks"]
@@ -445,13 +501,15 @@ def test_health_readiness_and_metrics(site: Site) -> None:
     assert 'mammo_exams{state="scored"} 1.0' in text
     assert 'mammo_exams{state="partial"} 1.0' in text
     assert re.search(r'mammo_outbox_items\{state="dead"\} 13\.0', text)
-    assert re.search(r'mammo_instances_received_total\{outcome="stored",source="dimse"\} [1-9]',
-                     text)
+    assert re.search(
+        r'mammo_instances_received_total\{outcome="stored",source="dimse"\} [1-9]', text
+    )
     assert 'mammo_http_requests_total{group="dicomweb",status="4xx"}' in text
 
 
-def test_audit_trail_and_logs_without_patient_data(site: Site,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_audit_trail_and_logs_without_patient_data(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     exam = synth_exam(f"AUDIT-{site.dialect}", "normal", "", dt.date(2024, 6, 1))
     name = str(exam.datasets[next(iter(exam.datasets))].PatientName)
@@ -462,10 +520,13 @@ def test_audit_trail_and_logs_without_patient_data(site: Site,
     site.server.app.state.mammo.audit.flush()
     events = [e for e in iter_events(site.db) if e["target"] == exam.study_uid]
     assert {(e["actor"], e["action"]) for e in events} >= {
-        ("alice", "received"), ("rachel", "viewed")}
+        ("alice", "received"),
+        ("rachel", "viewed"),
+    }
     received = next(e for e in events if e["action"] == "received")
     assert sorted(received["detail"]["sop_instance_uids"]) == sorted(
-        str(d.SOPInstanceUID) for d in exam.datasets.values())
+        str(d.SOPInstanceUID) for d in exam.datasets.values()
+    )
     searched = [e for e in iter_events(site.db, action="searched") if e["actor"] == "alice"]
     assert searched and searched[-1]["detail"]["keys"] == ["PatientName"]
     assert name not in json.dumps(events + searched)

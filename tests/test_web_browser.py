@@ -29,13 +29,23 @@ def chromium() -> str:
     raise AssertionError("chromium not installed: `make test` installs the Debian package")
 
 
-def browse(url: str, profile: Path, *, screenshot: Path | None = None,
-           size: str = "1600,1000") -> str:
+def browse(
+    url: str, profile: Path, *, screenshot: Path | None = None, size: str = "1600,1000"
+) -> str:
     command = [
-        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-        "--no-first-run", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
-        f"--window-size={size}", "--virtual-time-budget=8000",
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        f"--window-size={size}",
+        "--virtual-time-budget=8000",
     ]
     command += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
     run = subprocess.run([*command, url], capture_output=True, text=True, timeout=90)
@@ -47,8 +57,9 @@ def browse(url: str, profile: Path, *, screenshot: Path | None = None,
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     data_dir = tmp_path_factory.mktemp("browser")
     # loopback_without_token: the browser on this machine is a signed-in user
-    with running_site(data_dir, f"sqlite:///{data_dir / 'node.db'}",
-                      loopback_without_token=True) as built:
+    with running_site(
+        data_dir, f"sqlite:///{data_dir / 'node.db'}", loopback_without_token=True
+    ) as built:
         yield built
 
 
@@ -67,8 +78,12 @@ def test_worklist_and_exam_page_in_chromium(site: Site, tmp_path: Path) -> None:
     dom = browse(exam_url, profile)
     slots = re.findall(r'<figure class="view [^"]*" data-slot="([^"]+)"', dom)
     assert slots == ["R-CC", "L-CC", "R-MLO", "L-MLO"]
-    for slot, score in (("R-CC", "+2.75"), ("L-CC", "-1.25"), ("R-MLO", "+1.50"),
-                        ("L-MLO", "-0.50")):
+    for slot, score in (
+        ("R-CC", "+2.75"),
+        ("L-CC", "-1.25"),
+        ("R-MLO", "+1.50"),
+        ("L-MLO", "-0.50"),
+    ):
         figure = dom.split(f'data-slot="{slot}"', 1)[1].split("</figure>", 1)[0]
         assert f'<span class="ensemble">{score}</span>' in figure
         assert 'class="base"' in figure and 'class="heat"' in figure and "<rect" in figure
@@ -87,8 +102,12 @@ def test_worklist_and_exam_page_in_chromium(site: Site, tmp_path: Path) -> None:
     green = (g > 200) & (r < 120) & (b < 140)  # the ROI outlines
     assert (green & changed).sum() > 200, "no ROI box drawn over the images"
 
-    browse(f"{site.base}/exams/{site.partial.study_uid}", profile,
-           screenshot=ARTIFACTS / "exam-partial.png", size="1600,1300")
+    browse(
+        f"{site.base}/exams/{site.partial.study_uid}",
+        profile,
+        screenshot=ARTIFACTS / "exam-partial.png",
+        size="1600,1300",
+    )
 
     with extra_server(site, {"loopback_without_token": False}) as anonymous:
         dom = browse(f"{anonymous}/exams/{site.scored.study_uid}", profile)

@@ -68,10 +68,15 @@ def test_multipart_written_is_read_back_part_by_part(tmp_path: Path) -> None:
     first = tmp_path / "a.bin"
     first.write_bytes(os.urandom(3 * 1024 * 1024 + 17))  # spans several 1 MiB chunks
     boundary = new_boundary()
-    body = b"".join(stream_multipart(
-        [Part("application/dicom", path=first), Part("application/dicom", produce=lambda: b"xy")],
-        boundary,
-    ))
+    body = b"".join(
+        stream_multipart(
+            [
+                Part("application/dicom", path=first),
+                Part("application/dicom", produce=lambda: b"xy"),
+            ],
+            boundary,
+        )
+    )
     made: list[Path] = []
 
     def new_file() -> Path:
@@ -81,7 +86,7 @@ def test_multipart_written_is_read_back_part_by_part(tmp_path: Path) -> None:
 
     receiver = MultipartReceiver(boundary, new_file)
     for start in range(0, len(body), 65_537):  # odd chunk size: boundaries straddle chunks
-        receiver.feed(body[start:start + 65_537])
+        receiver.feed(body[start : start + 65_537])
     parts = receiver.finish()
     assert [p.content_type for p in parts] == ["application/dicom"] * 2
     assert parts[0].path.read_bytes() == first.read_bytes()
@@ -92,8 +97,9 @@ def test_multipart_written_is_read_back_part_by_part(tmp_path: Path) -> None:
 
 def test_truncated_multipart_is_refused(tmp_path: Path) -> None:
     boundary = new_boundary()
-    body = b"".join(stream_multipart([Part("application/dicom", produce=lambda: b"z" * 999)],
-                                     boundary))
+    body = b"".join(
+        stream_multipart([Part("application/dicom", produce=lambda: b"z" * 999)], boundary)
+    )
     receiver = MultipartReceiver(boundary, lambda: Path(tmp_path / "t").resolve())
     (tmp_path / "t").touch()
     receiver.feed(body[:-40])
@@ -107,8 +113,9 @@ def test_truncated_multipart_is_refused(tmp_path: Path) -> None:
 def test_token_entries_plain_and_hashed(tmp_path: Path) -> None:
     token_file = tmp_path / "tokens"
     token_file.write_text(f"# ops\n{hash_entry('bob', 'read', SECRET + '-bob')}\n")
-    settings = Settings(data_dir=tmp_path, api_tokens=[f"amy:admin:{SECRET}"],
-                        api_tokens_file=token_file)
+    settings = Settings(
+        data_dir=tmp_path, api_tokens=[f"amy:admin:{SECRET}"], api_tokens_file=token_file
+    )
     store = TokenStore.from_settings(settings)
     assert store.verify(SECRET).name == "amy"  # type: ignore[union-attr]
     assert store.verify(SECRET + "-bob").role is Role.READ  # type: ignore[union-attr]
@@ -143,19 +150,32 @@ def test_session_cookie_is_signed_expires_and_dies_with_its_token(tmp_path: Path
 # --- QIDO parameters -----------------------------------------------------------------------------
 def test_qido_parameters_are_parsed_and_checked() -> None:
     query = parse_query(
-        [("PatientName", "smith*"), ("00100020", "P1"), ("limit", "5"), ("offset", "10"),
-         ("includefield", "00081030,StudyID"), ("fuzzymatching", "true"),
-         ("SeriesDescription", "x")],
+        [
+            ("PatientName", "smith*"),
+            ("00100020", "P1"),
+            ("limit", "5"),
+            ("offset", "10"),
+            ("includefield", "00081030,StudyID"),
+            ("fuzzymatching", "true"),
+            ("SeriesDescription", "x"),
+        ],
         STUDY,
     )
-    assert [(a.keyword, v) for a, v in query.matches] == [("PatientName", "smith*"),
-                                                         ("PatientID", "P1")]
+    assert [(a.keyword, v) for a, v in query.matches] == [
+        ("PatientName", "smith*"),
+        ("PatientID", "P1"),
+    ]
     assert (query.limit, query.offset) == (5, 10)
     assert 0x00200010 in query.include
     assert any("fuzzymatching" in w for w in query.warnings)
     assert any("SeriesDescription" in w for w in query.warnings)  # a series attribute
-    for bad in ([("NoSuchKeyword", "x")], [("StudyDate", "2024")], [("limit", "-1")],
-                [("StudyDate", "20240101-2024")], [("includefield", "Bogus")]):
+    for bad in (
+        [("NoSuchKeyword", "x")],
+        [("StudyDate", "2024")],
+        [("limit", "-1")],
+        [("StudyDate", "20240101-2024")],
+        [("includefield", "Bogus")],
+    ):
         with pytest.raises(DicomWebError) as refused:
             parse_query(bad, STUDY)
         assert refused.value.status == 400
@@ -173,8 +193,15 @@ def test_window_formula_matches_ps3_3() -> None:
 
 
 def test_display_applies_rescale_window_and_monochrome1_inversion() -> None:
-    ds = mg_dataset(rows=4, columns=256, PhotometricInterpretation="MONOCHROME1",
-                    RescaleSlope=2, RescaleIntercept=-100, WindowCenter=1000, WindowWidth=801)
+    ds = mg_dataset(
+        rows=4,
+        columns=256,
+        PhotometricInterpretation="MONOCHROME1",
+        RescaleSlope=2,
+        RescaleIntercept=-100,
+        WindowCenter=1000,
+        WindowWidth=801,
+    )
     ramp = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (4, 1))
     ds.PixelData = ramp.tobytes()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

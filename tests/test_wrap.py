@@ -14,7 +14,7 @@ from PIL import Image
 
 from mammo_node.domain import SLOTS, Laterality, Slot, View
 from mammo_node.synth import MG_FOR_PRESENTATION
-from mammo_node.wrap import (
+from mammo_node.synth.wrap import (
     MIAS_DIR,
     NYU_DIR,
     SECONDARY_CAPTURE,
@@ -33,10 +33,7 @@ from tests.conftest import SHARED
 
 
 def realdata() -> Path:
-    path = Path(
-        os.environ.get("MAMMO_REALDATA")
-        or SHARED / "realdata"
-    )
+    path = Path(os.environ.get("MAMMO_REALDATA") or SHARED / "realdata")
     if not path.is_dir():
         pytest.fail(
             f"real data folder {path} is missing: set MAMMO_REALDATA to the folder "

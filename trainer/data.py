@@ -1,7 +1,7 @@
 """The dataset manifest: which exams, which image fills each slot, labels, reader scores, truth.
 
 ``index_dataset`` scans a directory of DICOM files (or PNG files described by a view CSV),
-reads each image's slot with the node's own tag rules (``mammo_node.grouping.classify`` /
+reads each image's slot with the node's own tag rules (``mammo_node.grouping.rules.classify`` /
 ``resolve``: laterality and view tags in the order ARCHITECTURE.md gives), joins labels.csv,
 and leaves out - with counts and reasons - every exam without exactly one image per slot.
 
@@ -29,7 +29,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from mammo_node.domain import Slot
-from mammo_node.grouping import ImageFacts, classify, resolve
+from mammo_node.grouping.rules import ImageFacts, classify, resolve
 from trainer.errors import DataError
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Every state change is a row, so a restart resumes where the node stopped. The file on disk is
 the archive; these rows are its index. Derived facts (which image fills which slot, which rule
-kept an image out) are computed from the rows by ``mammo_node.grouping``, not stored twice.
+kept an image out) are computed from the rows by ``mammo_node.grouping.rules``, not stored twice.
 """
 
 from __future__ import annotations
@@ -250,9 +250,7 @@ class Result(Base):
     device: Mapped[str] = mapped_column(String(32), default="")
     worker: Mapped[str] = mapped_column(String(128), default="")
     sr_sop_instance_uid: Mapped[str] = mapped_column(UID, default="")
-    previous_result_fk: Mapped[int | None] = mapped_column(
-        ForeignKey("results.id"), default=None
-    )
+    previous_result_fk: Mapped[int | None] = mapped_column(ForeignKey("results.id"), default=None)
 
     __table_args__ = (Index("ix_results_exam_revision", "exam_fk", "exam_revision"),)
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from mammo_node.db.models import Base, Exam, ExamEvent, Instance, Patient, Series, utcnow
 from mammo_node.domain import ExamState, NotScoredReason, Origin, Slot
-from mammo_node.grouping import ImageFacts, Resolution, resolve
+from mammo_node.grouping.rules import ImageFacts, Resolution, resolve
 
 M = TypeVar("M", bound=Base)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from mammo_node import audit
 from mammo_node.exams import ExamNotFoundError
+from mammo_node.observe import audit
 from mammo_node.web.deps import actor, client_host, context, require_read
 from mammo_node.web.errors import WebError
 from mammo_node.web.worklist import check_filters, exam_view, state_counts, worklist
@@ -17,15 +17,20 @@ router = APIRouter(prefix="/api")
 
 @router.get("/exams")
 def list_exams(
-    request: Request, state: str = "", sort: str = "newest", limit: int = 200, q: str = "",
+    request: Request,
+    state: str = "",
+    sort: str = "newest",
+    limit: int = 200,
+    q: str = "",
 ) -> list[dict[str, Any]]:
     """Exams with their latest result (patient identifiers included: role read or admin)."""
     require_read(request)
     check_filters(state, sort)
     if not 1 <= limit <= 5000:
         raise WebError(400, f"limit {limit}: expected 1..5000")
-    return worklist(context(request).db, state=state or None, sort=sort, limit=limit,
-                    search=q.strip() or None)
+    return worklist(
+        context(request).db, state=state or None, sort=sort, limit=limit, search=q.strip() or None
+    )
 
 
 @router.get("/exams/{study_uid}")
@@ -37,8 +42,7 @@ def show_exam(request: Request, study_uid: str) -> dict[str, Any]:
         view = exam_view(ctx.db, ctx.headers, study_uid)
     except ExamNotFoundError as exc:
         raise WebError(404, str(exc)) from exc
-    ctx.audit.record(actor(request), audit.VIEWED, study_uid, page="api",
-                     peer=client_host(request))
+    ctx.audit.record(actor(request), audit.VIEWED, study_uid, page="api", peer=client_host(request))
     payload = view.as_json()
     for output in payload["outputs"]:
         output.pop("rel_path", None)

@@ -24,12 +24,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import mammo_node
-from mammo_node import metrics
-from mammo_node.audit import AuditLog
 from mammo_node.config import Settings
 from mammo_node.db.session import Database
 from mammo_node.errors import DatabaseError, MammoNodeError
-from mammo_node.ingest import Ingestor
+from mammo_node.filing.ingest import Ingestor
+from mammo_node.observe import metrics
+from mammo_node.observe.audit import AuditLog
 from mammo_node.web import api, dicomweb, health, pages
 from mammo_node.web import metrics as metrics_route
 from mammo_node.web.auth import SessionSigner, TokenStore, load_or_create_secret
@@ -98,8 +98,12 @@ def create_app(
             log.stop()
 
     app = FastAPI(
-        title="mammo-node", version=mammo_node.__version__, lifespan=lifespan,
-        docs_url=None, redoc_url=None, openapi_url="/api/openapi.json",
+        title="mammo-node",
+        version=mammo_node.__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
     )
     app.state.mammo = ctx
     for module in (dicomweb, pages, api, health, metrics_route):
@@ -117,15 +121,23 @@ def _wants_html(request: Request) -> bool:
     return not path.startswith(machine) and not path.endswith(".png")
 
 
-def _error(request: Request, status: int, reason: str,
-           headers: dict[str, str] | None = None) -> Response:
+def _error(
+    request: Request, status: int, reason: str, headers: dict[str, str] | None = None
+) -> Response:
     headers = dict(headers or {})
     if _wants_html(request):
         response = pages.TEMPLATES.TemplateResponse(
-            request, "error.html",
-            {"request": request, "status": status, "reason": reason, "signed_in": False,
-             "principal": None},
-            status_code=status, headers=headers,
+            request,
+            "error.html",
+            {
+                "request": request,
+                "status": status,
+                "reason": reason,
+                "signed_in": False,
+                "principal": None,
+            },
+            status_code=status,
+            headers=headers,
         )
         return response
     if request.url.path.startswith("/dicomweb"):
@@ -158,8 +170,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DatabaseError)
     async def database_down(request: Request, exc: DatabaseError) -> Response:
         logger.error("database error answering %s: %s", request.url.path, exc)
-        return _error(request, 503, "the database is not reachable; try again shortly",
-                      {"Retry-After": "10"})
+        return _error(
+            request, 503, "the database is not reachable; try again shortly", {"Retry-After": "10"}
+        )
 
     @app.exception_handler(MammoNodeError)
     async def node_error(request: Request, exc: MammoNodeError) -> Response:
@@ -207,7 +220,10 @@ class AccessLog:
             if access_logger.isEnabledFor(logging.INFO):
                 client: Any = scope.get("client") or ("-", 0)
                 access_logger.info(
-                    "%s %s %s %d %.1f ms", client[0], scope.get("method", "-"), path, status,
+                    "%s %s %s %d %.1f ms",
+                    client[0],
+                    scope.get("method", "-"),
+                    path,
+                    status,
                     (time.perf_counter() - started) * 1000.0,
                 )
-

@@ -97,7 +97,7 @@ def parse_entry(entry: str, where: str) -> TokenEntry:
             f"API token {name!r} in {where} has role {role_text!r}; expected read or admin."
         ) from None
     if secret.startswith("sha256:"):
-        hexdigest = secret[len("sha256:"):].strip().lower()
+        hexdigest = secret[len("sha256:") :].strip().lower()
         if len(hexdigest) != 64 or not set(hexdigest) <= _HEX:
             raise ConfigError(
                 f"API token {name!r} in {where}: sha256 digest should be 64 hex characters, "

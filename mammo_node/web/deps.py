@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from mammo_node.audit import AuditLog
 from mammo_node.config import Settings
 from mammo_node.db.session import Database
-from mammo_node.ingest import Ingestor
+from mammo_node.filing.ingest import Ingestor
+from mammo_node.observe.audit import AuditLog
 from mammo_node.web.auth import (
     SESSION_COOKIE,
     Principal,
@@ -99,14 +99,17 @@ def current_principal(request: Request) -> Principal | None:
         entry = ctx.tokens.verify(secret) if secret else None
         if entry is None:
             raise WebError(
-                401, "the Authorization header does not hold a valid bearer token",
+                401,
+                "the Authorization header does not hold a valid bearer token",
                 {"WWW-Authenticate": 'Bearer realm="mammo-node", error="invalid_token"'},
             )
         principal = Principal(entry.name, entry.role, "token", entry.fingerprint)
     elif (cookie := request.cookies.get(SESSION_COOKIE)) is not None:
         principal = ctx.signer.verify(cookie, ctx.tokens)
-    if principal is None and ctx.settings.loopback_without_token and is_loopback(
-        client_host(request)
+    if (
+        principal is None
+        and ctx.settings.loopback_without_token
+        and is_loopback(client_host(request))
     ):
         principal = LOOPBACK
     request.state.principal = principal
@@ -117,7 +120,8 @@ def require_read(request: Request) -> Principal:
     principal = current_principal(request)
     if principal is None:
         raise WebError(
-            401, "a bearer token (role read or admin) is required",
+            401,
+            "a bearer token (role read or admin) is required",
             {"WWW-Authenticate": 'Bearer realm="mammo-node"'},
         )
     return principal

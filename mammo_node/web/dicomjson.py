@@ -23,7 +23,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
 from mammo_node.errors import StorageError
-from mammo_node.storage import InstanceStore
+from mammo_node.filing.storage import InstanceStore
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +76,9 @@ def dataset_json(path: Path) -> JsonDataset:
             out[tag_key(tag)] = element.to_json_dict(None, _INLINE_ALL)
         except Exception:  # a value pydicom cannot convert: keep the element, drop the value
             logger.debug("cannot convert %s of %s to JSON", tag, path.name, exc_info=True)
-            out[tag_key(tag)] = {"vr": _vr_of(ds, tag, raw) if isinstance(raw, RawDataElement)
-                                 else "UN"}
+            out[tag_key(tag)] = {
+                "vr": _vr_of(ds, tag, raw) if isinstance(raw, RawDataElement) else "UN"
+            }
     return out
 
 

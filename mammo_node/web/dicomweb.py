@@ -25,7 +25,6 @@ from pydicom.dataelem import RawDataElement
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import select
 
-from mammo_node import audit, metrics
 from mammo_node.db.models import Exam, Instance, Series
 from mammo_node.errors import (
     DatabaseError,
@@ -33,9 +32,10 @@ from mammo_node.errors import (
     PixelDataError,
     StorageError,
 )
-from mammo_node.grouping import ACCEPTED_SOP_CLASSES
-from mammo_node.ingest import read_header
-from mammo_node.storage import validate_uid
+from mammo_node.filing.ingest import read_header
+from mammo_node.filing.storage import validate_uid
+from mammo_node.observe import audit, metrics
+from mammo_node.sop_classes import ACCEPTED_SOP_CLASSES
 from mammo_node.web import render
 from mammo_node.web.deps import (
     WebContext,
@@ -85,7 +85,9 @@ def _uid(value: str, name: str) -> str:
 
 
 def json_response(
-    payload: Any, media_type: str = DICOM_JSON, status: int = 200,
+    payload: Any,
+    media_type: str = DICOM_JSON,
+    status: int = 200,
     warnings: list[str] | None = None,
 ) -> Response:
     headers = {"Warning": ", ".join(warning_header(w) for w in warnings)} if warnings else None
@@ -121,13 +123,15 @@ async def _store(request: Request, study_uid: str | None) -> Response:
     content_type = parse_media_type(request.headers.get("content-type", ""))
     if content_type.type != MULTIPART_RELATED:
         raise DicomWebError(
-            415, f"Content-Type {content_type.type or 'absent'!r}: STOW-RS takes "
+            415,
+            f"Content-Type {content_type.type or 'absent'!r}: STOW-RS takes "
             'multipart/related; type="application/dicom"',
         )
     part_type = content_type.params.get("type", DICOM).lower()
     if part_type != DICOM:
         raise DicomWebError(
-            415, f"multipart/related type={part_type!r}: only application/dicom parts are taken "
+            415,
+            f"multipart/related type={part_type!r}: only application/dicom parts are taken "
             "(no DICOM JSON / XML metadata with bulk data)",
         )
     declared = request.headers.get("content-length")
@@ -197,20 +201,26 @@ def _file_part(
         metrics.instance_rejected("stow", "invalid")
         return PartOutcome("", "", "", "", exc.status or CANNOT_UNDERSTAND, str(exc))
     outcome = PartOutcome(
-        str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")),
-        str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", "")),
+        str(ds.get("SOPClassUID", "")),
+        str(ds.get("SOPInstanceUID", "")),
+        str(ds.get("StudyInstanceUID", "")),
+        str(ds.get("SeriesInstanceUID", "")),
     )
     if outcome.sop_class not in ACCEPTED_SOP_CLASSES:
         metrics.instance_rejected("stow", "sop_class")
-        outcome.failure, outcome.reason = SOP_CLASS_NOT_SUPPORTED, (
-            f"SOP class {outcome.sop_class or 'absent'} is not one the node accepts"
+        outcome.failure, outcome.reason = (
+            SOP_CLASS_NOT_SUPPORTED,
+            (f"SOP class {outcome.sop_class or 'absent'} is not one the node accepts"),
         )
         return outcome
     if study_uid and outcome.study_uid != study_uid:
         metrics.instance_rejected("stow", "study_mismatch")
-        outcome.failure, outcome.reason = PROCESSING_FAILURE, (
-            f"instance {outcome.sop_instance} belongs to study {outcome.study_uid}, "
-            f"not to {study_uid} named in the URL"
+        outcome.failure, outcome.reason = (
+            PROCESSING_FAILURE,
+            (
+                f"instance {outcome.sop_instance} belongs to study {outcome.study_uid}, "
+                f"not to {study_uid} named in the URL"
+            ),
         )
         return outcome
     try:
@@ -226,7 +236,10 @@ def _file_part(
 
 
 def _store_answer(
-    request: Request, ctx: WebContext, outcomes: list[PartOutcome], study_uid: str | None,
+    request: Request,
+    ctx: WebContext,
+    outcomes: list[PartOutcome],
+    study_uid: str | None,
     media: str,
 ) -> Response:
     base = base_url(request)
@@ -243,14 +256,24 @@ def _store_answer(
     who = actor(request)
     for study in sorted({o.study_uid for o in stored}):
         ctx.audit.record_now(
-            who, audit.RECEIVED, study, source="stow", peer=client_host(request),
+            who,
+            audit.RECEIVED,
+            study,
+            source="stow",
+            peer=client_host(request),
             sop_instance_uids=[o.sop_instance for o in stored if o.study_uid == study],
         )
     if failed:
         ctx.audit.record_now(
-            who, audit.STOW_FAILED, study_uid or "", peer=client_host(request),
-            failures=[{"sop_instance_uid": o.sop_instance, "reason": f"0x{o.failure:04X}"}
-                      for o in failed if o.failure is not None],
+            who,
+            audit.STOW_FAILED,
+            study_uid or "",
+            peer=client_host(request),
+            failures=[
+                {"sop_instance_uid": o.sop_instance, "reason": f"0x{o.failure:04X}"}
+                for o in failed
+                if o.failure is not None
+            ],
         )
     status = 200 if not failed else 202 if stored else 409
     reasons = [f"{o.sop_instance or 'unreadable part'}: {o.reason}" for o in failed]
@@ -259,17 +282,21 @@ def _store_answer(
 
 def _failed_item(outcome: PartOutcome) -> dict[str, Any]:
     return {
-        "00081150": {"vr": "UI", "Value": [outcome.sop_class]} if outcome.sop_class
+        "00081150": {"vr": "UI", "Value": [outcome.sop_class]}
+        if outcome.sop_class
         else {"vr": "UI"},
-        "00081155": {"vr": "UI", "Value": [outcome.sop_instance]} if outcome.sop_instance
+        "00081155": {"vr": "UI", "Value": [outcome.sop_instance]}
+        if outcome.sop_instance
         else {"vr": "UI"},
         "00081197": {"vr": "US", "Value": [outcome.failure]},
     }
 
 
 def _stored_item(outcome: PartOutcome, base: str) -> dict[str, Any]:
-    url = (f"{base}/studies/{outcome.study_uid}/series/{outcome.series_uid}"
-           f"/instances/{outcome.sop_instance}")
+    url = (
+        f"{base}/studies/{outcome.study_uid}/series/{outcome.series_uid}"
+        f"/instances/{outcome.sop_instance}"
+    )
     return {
         "00081150": {"vr": "UI", "Value": [outcome.sop_class]},
         "00081155": {"vr": "UI", "Value": [outcome.sop_instance]},
@@ -278,8 +305,9 @@ def _stored_item(outcome: PartOutcome, base: str) -> dict[str, Any]:
 
 
 # --- QIDO-RS ----------------------------------------------------------------------------------
-def _search(request: Request, level: str, study: str | None = None,
-            series: str | None = None) -> Response:
+def _search(
+    request: Request, level: str, study: str | None = None, series: str | None = None
+) -> Response:
     require_read(request)
     ctx = context(request)
     media = choose_media(request.headers.get("accept"), JSON_TYPES)
@@ -289,8 +317,12 @@ def _search(request: Request, level: str, study: str | None = None,
     with ctx.db.read() as session:
         result = ctx.searcher.search(session, query, base_url(request))
     ctx.audit.record(
-        actor(request), audit.SEARCHED, study_uid or "", level=level,
-        keys=sorted({a.keyword for a, _ in query.matches}), results=len(result.datasets),
+        actor(request),
+        audit.SEARCHED,
+        study_uid or "",
+        level=level,
+        keys=sorted({a.keyword for a, _ in query.matches}),
+        results=len(result.datasets),
     )
     return json_response(result.datasets, media, warnings=result.warnings)
 
@@ -338,8 +370,13 @@ class Stored:
 def _stored(ctx: WebContext, study: str, series: str | None, sop: str | None) -> list[Stored]:
     study_uid = _uid(study, "StudyInstanceUID in the URL")
     query = (
-        select(Exam.study_uid, Series.series_uid, Instance.sop_instance_uid, Instance.rel_path,
-               Instance.transfer_syntax_uid)
+        select(
+            Exam.study_uid,
+            Series.series_uid,
+            Instance.sop_instance_uid,
+            Instance.rel_path,
+            Instance.transfer_syntax_uid,
+        )
         .join(Series, Instance.series_fk == Series.id)
         .join(Exam, Instance.exam_fk == Exam.id)
         .where(Exam.study_uid == study_uid)
@@ -353,13 +390,14 @@ def _stored(ctx: WebContext, study: str, series: str | None, sop: str | None) ->
             query.order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
         ).all()
     if not rows:
-        what = (f"instance {sop}" if sop else f"series {series}" if series else "study")
+        what = f"instance {sop}" if sop else f"series {series}" if series else "study"
         raise DicomWebError(404, f"no {what} in study {study_uid} on this node")
     return [Stored(*row) for row in rows]
 
 
-def _retrieve(request: Request, study: str, series: str | None = None,
-              sop: str | None = None) -> Response:
+def _retrieve(
+    request: Request, study: str, series: str | None = None, sop: str | None = None
+) -> Response:
     require_read(request)
     ctx = context(request)
     acceptance = dicom_acceptance(request.headers.get("accept"))
@@ -369,21 +407,27 @@ def _retrieve(request: Request, study: str, series: str | None = None,
         syntax = acceptance.choose(item.transfer_syntax)
         if syntax is None:
             raise DicomWebError(
-                406, f"instance {item.sop_uid} is stored in {item.transfer_syntax}; the node sends "
+                406,
+                f"instance {item.sop_uid} is stored in {item.transfer_syntax}; the node sends "
                 f"it as stored or as Explicit VR Little Endian ({EXPLICIT_VR_LE}), and the Accept "
                 "header allows neither",
             )
         path = ctx.ingestor.store.path(item.rel_path)
-        location = f"{base_url(request)}/studies/{item.study_uid}/series/{item.series_uid}" \
-                   f"/instances/{item.sop_uid}"
+        location = (
+            f"{base_url(request)}/studies/{item.study_uid}/series/{item.series_uid}"
+            f"/instances/{item.sop_uid}"
+        )
         content_type = f"{DICOM}; transfer-syntax={syntax}"
         if syntax == item.transfer_syntax:
             parts.append(Part(content_type, path=path, location=location))
         else:
             parts.append(Part(content_type, produce=_transcoder(path), location=location))
     ctx.audit.record(
-        actor(request), audit.RETRIEVED, items[0].study_uid,
-        level="instance" if sop else "series" if series else "study", instances=len(items),
+        actor(request),
+        audit.RETRIEVED,
+        items[0].study_uid,
+        level="instance" if sop else "series" if series else "study",
+        instances=len(items),
     )
     return multipart_response(parts, DICOM)
 
@@ -416,8 +460,9 @@ def retrieve_instance(request: Request, study: str, series: str, sop: str) -> Re
     return _retrieve(request, study, series, sop)
 
 
-def _metadata(request: Request, study: str, series: str | None = None,
-              sop: str | None = None) -> Response:
+def _metadata(
+    request: Request, study: str, series: str | None = None, sop: str | None = None
+) -> Response:
     require_read(request)
     ctx = context(request)
     media = choose_media(request.headers.get("accept"), JSON_TYPES)
@@ -427,8 +472,9 @@ def _metadata(request: Request, study: str, series: str | None = None,
     for item in items:
         url = f"{base}/studies/{item.study_uid}/series/{item.series_uid}/instances/{item.sop_uid}"
         datasets.append(with_base(ctx.headers.get(item.rel_path), url))
-    ctx.audit.record(actor(request), audit.RETRIEVED, items[0].study_uid, level="metadata",
-                     instances=len(items))
+    ctx.audit.record(
+        actor(request), audit.RETRIEVED, items[0].study_uid, level="metadata", instances=len(items)
+    )
     return json_response(datasets, media)
 
 
@@ -464,13 +510,22 @@ def _render(request: Request, study: str, series: str, sop: str, frame: int) -> 
     item = _stored(ctx, study, series, sop)[0]
     try:
         data = render.render_file(
-            ctx.ingestor.store.path(item.rel_path), media, frame=frame, window=window,
-            viewport=viewport, quality=quality,
+            ctx.ingestor.store.path(item.rel_path),
+            media,
+            frame=frame,
+            window=window,
+            viewport=viewport,
+            quality=quality,
         )
     except PixelDataError as exc:
         raise DicomWebError(406, f"instance {sop} cannot be rendered as an image: {exc}") from exc
-    ctx.audit.record(actor(request), audit.RETRIEVED, item.study_uid, level="rendered",
-                     sop_instance_uid=item.sop_uid)
+    ctx.audit.record(
+        actor(request),
+        audit.RETRIEVED,
+        item.study_uid,
+        level="rendered",
+        sop_instance_uid=item.sop_uid,
+    )
     return Response(data, media_type=media)
 
 
@@ -505,8 +560,10 @@ def retrieve_frames(request: Request, study: str, series: str, sop: str, frames:
     numbers = _frame_numbers(frames)
     item = _stored(ctx, study, series, sop)[0]
     chunks = _native_frames(ctx.ingestor.store.path(item.rel_path), numbers)
-    parts = [Part(f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LE}",
-                  produce=(lambda c=c: c)) for c in chunks]
+    parts = [
+        Part(f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LE}", produce=(lambda c=c: c))
+        for c in chunks
+    ]
     return multipart_response(parts, "application/octet-stream")
 
 
@@ -527,8 +584,13 @@ def _native_frames(path: Path, numbers: list[int]) -> list[bytes]:
         stack = array[None] if frames == 1 else array
         return [stack[n - 1].tobytes() for n in numbers]
     raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
-    size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(
-        ds.BitsAllocated) // 8
+    size = (
+        int(ds.Rows)
+        * int(ds.Columns)
+        * int(ds.get("SamplesPerPixel", 1))
+        * int(ds.BitsAllocated)
+        // 8
+    )
     if isinstance(raw, RawDataElement) and raw.value is None:
         with path.open("rb") as fh:
             out = []
@@ -537,7 +599,7 @@ def _native_frames(path: Path, numbers: list[int]) -> list[bytes]:
                 out.append(fh.read(size))
             return out
     data = ds.PixelData
-    return [data[(n - 1) * size: n * size] for n in numbers]
+    return [data[(n - 1) * size : n * size] for n in numbers]
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/bulk/{tag}")
@@ -561,6 +623,6 @@ def retrieve_bulk(request: Request, study: str, series: str, sop: str, tag: str)
             raise DicomWebError(404, f"instance {sop} has no element {tag.upper()}")
         value = ds[number].value
         data = value if isinstance(value, bytes) else bytes(value or b"")
-    return multipart_response([Part("application/octet-stream", produce=lambda: data)],
-                              "application/octet-stream")
-
+    return multipart_response(
+        [Part("application/octet-stream", produce=lambda: data)], "application/octet-stream"
+    )

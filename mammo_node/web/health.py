@@ -57,5 +57,6 @@ def readyz(request: Request) -> JSONResponse:
     ready = all(c["ok"] for c in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks},
-        status_code=200 if ready else 503, headers={"Cache-Control": "no-store"},
+        status_code=200 if ready else 503,
+        headers={"Cache-Control": "no-store"},
     )

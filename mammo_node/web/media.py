@@ -181,8 +181,9 @@ def stream_multipart(parts: list[Part], boundary: str) -> Iterator[bytes]:
     yield f"--{boundary}--\r\n".encode("ascii")
 
 
-def multipart_response(parts: list[Part], part_type: str, *, in_memory_below: int = 2**21
-                       ) -> Response:
+def multipart_response(
+    parts: list[Part], part_type: str, *, in_memory_below: int = 2**21
+) -> Response:
     """A multipart/related answer: built in memory when the files are small (one write, no
     thread hop per chunk), streamed from disk in 1 MiB chunks otherwise."""
     boundary = new_boundary()

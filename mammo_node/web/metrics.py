@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from mammo_node import metrics
+from mammo_node.observe import metrics
 from mammo_node.web.deps import context
 
 router = APIRouter()

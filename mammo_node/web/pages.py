@@ -18,10 +18,10 @@ from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from mammo_node import audit
 from mammo_node.domain import ExamState
 from mammo_node.errors import PixelDataError
 from mammo_node.exams import ExamNotFoundError
+from mammo_node.observe import audit
 from mammo_node.web.auth import SESSION_COOKIE, Principal
 from mammo_node.web.deps import actor, client_host, context, current_principal
 from mammo_node.web.errors import WebError
@@ -92,7 +92,11 @@ def _page(request: Request, name: str, status: int = 200, **values: Any) -> HTML
 # --- worklist ---------------------------------------------------------------------------------
 @router.get("/", response_class=HTMLResponse)
 def worklist_page(
-    request: Request, state: str = "", sort: str = "newest", q: str = "", refresh: int = 30,
+    request: Request,
+    state: str = "",
+    sort: str = "newest",
+    q: str = "",
+    refresh: int = 30,
 ) -> HTMLResponse:
     ctx = context(request)
     principal = current_principal(request)
@@ -106,8 +110,16 @@ def worklist_page(
         return "/?" + urlencode({k: v for k, v in params.items() if v not in ("", None)})
 
     return _page(
-        request, "worklist.html", exams=rows, counts=state_counts(ctx.db), state=state,
-        sort=sort, q=search, refresh=refresh, link=link, states=[s.value for s in ExamState],
+        request,
+        "worklist.html",
+        exams=rows,
+        counts=state_counts(ctx.db),
+        state=state,
+        sort=sort,
+        q=search,
+        refresh=refresh,
+        link=link,
+        states=[s.value for s in ExamState],
     )
 
 
@@ -122,31 +134,55 @@ def exam_page(request: Request, study_uid: str, heat: int = 1, boxes: int = 1) -
     except ExamNotFoundError as exc:
         raise WebError(404, str(exc)) from exc
     cells = [_cell(ctx, study_uid, cell, principal) for cell in view.cells]
-    ctx.audit.record(actor(request), audit.VIEWED, study_uid, page="exam",
-                     identifiers=principal is not None, peer=client_host(request))
-    return _page(request, "exam.html", view=view, exam=view.detail, result=view.result,
-                 cells=cells, slot_names=SLOT_NAMES, heat_on=heat != 0, boxes_on=boxes != 0)
+    ctx.audit.record(
+        actor(request),
+        audit.VIEWED,
+        study_uid,
+        page="exam",
+        identifiers=principal is not None,
+        peer=client_host(request),
+    )
+    return _page(
+        request,
+        "exam.html",
+        view=view,
+        exam=view.detail,
+        result=view.result,
+        cells=cells,
+        slot_names=SLOT_NAMES,
+        heat_on=heat != 0,
+        boxes_on=boxes != 0,
+    )
 
 
 def _cell(ctx: Any, study_uid: str, cell: Any, principal: Principal | None) -> dict[str, Any]:
     """What the template needs to draw one view: image URLs, SVG geometry, scores."""
-    out: dict[str, Any] = {"slot": cell.slot, "name": SLOT_NAMES[cell.slot], "cell": cell,
-                           "side": "right" if cell.slot.startswith("R") else "left"}
+    out: dict[str, Any] = {
+        "slot": cell.slot,
+        "name": SLOT_NAMES[cell.slot],
+        "cell": cell,
+        "side": "right" if cell.slot.startswith("R") else "left",
+    }
     if cell.sop_instance_uid is None:
         return out
     base = f"/exams/{quote(study_uid)}/views"
     out["image_url"] = f"{base}/{cell.sop_instance_uid}.png"
     if cell.seg_sop_instance_uid:
-        out["heat_url"] = (f"/exams/{quote(study_uid)}/overlays/{cell.seg_sop_instance_uid}.png"
-                           f"?hang={cell.sop_instance_uid}")
+        out["heat_url"] = (
+            f"/exams/{quote(study_uid)}/overlays/{cell.seg_sop_instance_uid}.png"
+            f"?hang={cell.sop_instance_uid}"
+        )
     if cell.sc_sop_instance_uid:
         out["sc_url"] = f"{base}/{cell.sc_sop_instance_uid}.png?hang={cell.sop_instance_uid}"
     if cell.rows and cell.columns:
         flips = ctx.views.flips_for(study_uid, cell.sop_instance_uid)
         a, e = (-1, cell.columns) if flips.horizontal else (1, 0)
         d, f = (-1, cell.rows) if flips.vertical else (1, 0)
-        out["geometry"] = {"w": cell.columns, "h": cell.rows,
-                           "transform": f"matrix({a} 0 0 {d} {e} {f})"}
+        out["geometry"] = {
+            "w": cell.columns,
+            "h": cell.rows,
+            "transform": f"matrix({a} 0 0 {d} {e} {f})",
+        }
         out["mark"] = max(cell.columns, cell.rows) / 60.0
     out["visible"] = principal is not None
     return out
@@ -164,8 +200,9 @@ def view_image(request: Request, study_uid: str, sop_uid: str, hang: str = "") -
         raise WebError(404, str(exc)) from exc
     except PixelDataError as exc:
         raise WebError(422, f"image {sop_uid} cannot be displayed: {exc}") from exc
-    return FileResponse(path, media_type="image/png",
-                        headers={"Cache-Control": "private, no-store"})
+    return FileResponse(
+        path, media_type="image/png", headers={"Cache-Control": "private, no-store"}
+    )
 
 
 @router.get("/exams/{study_uid}/overlays/{seg_uid}.png")
@@ -180,8 +217,9 @@ def view_overlay(request: Request, study_uid: str, seg_uid: str, hang: str) -> R
         raise WebError(404, str(exc)) from exc
     except PixelDataError as exc:
         raise WebError(422, f"overlay {seg_uid} cannot be displayed: {exc}") from exc
-    return FileResponse(path, media_type="image/png",
-                        headers={"Cache-Control": "private, no-store"})
+    return FileResponse(
+        path, media_type="image/png", headers={"Cache-Control": "private, no-store"}
+    )
 
 
 # --- sign in / out ----------------------------------------------------------------------------
@@ -192,8 +230,9 @@ def _safe_next(target: str) -> str:
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str = "/") -> HTMLResponse:
     ctx = context(request)
-    return _page(request, "login.html", next=_safe_next(next), error="",
-                 tokens_configured=bool(ctx.tokens))
+    return _page(
+        request, "login.html", next=_safe_next(next), error="", tokens_configured=bool(ctx.tokens)
+    )
 
 
 @router.post("/login", response_model=None)
@@ -202,13 +241,24 @@ def login(request: Request, token: str = Form(""), next: str = Form("/")) -> Res
     entry = ctx.tokens.verify(token.strip()) if token.strip() else None
     if entry is None:
         ctx.audit.record_now(f"anonymous@{client_host(request)}", audit.LOGIN_FAILED)
-        return _page(request, "login.html", 401, next=_safe_next(next),
-                     error="That token is not valid.", tokens_configured=bool(ctx.tokens))
+        return _page(
+            request,
+            "login.html",
+            401,
+            next=_safe_next(next),
+            error="That token is not valid.",
+            tokens_configured=bool(ctx.tokens),
+        )
     ctx.audit.record_now(entry.name, audit.LOGIN, peer=client_host(request))
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
-        SESSION_COOKIE, ctx.signer.issue(entry), max_age=ctx.signer.lifetime, path="/",
-        httponly=True, samesite="strict", secure=request.url.scheme == "https",
+        SESSION_COOKIE,
+        ctx.signer.issue(entry),
+        max_age=ctx.signer.lifetime,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
     )
     return response
 

@@ -78,17 +78,35 @@ HEADER_DEFAULTS: dict[str, tuple[str, ...]] = {
 # what includefield=all adds at the study and series levels (a header holds every level)
 ALL_FIELDS: dict[str, tuple[str, ...]] = {
     STUDY: (
-        "SpecificCharacterSet", "StudyID", "ReferringPhysicianName", "StudyDescription",
-        "PatientAge", "PatientSize", "PatientWeight", "OtherPatientIDsSequence",
-        "PatientComments", "AdmittingDiagnosesDescription", "NameOfPhysiciansReadingStudy",
-        "ProcedureCodeSequence", "IssuerOfAccessionNumberSequence", "InstitutionName",
+        "SpecificCharacterSet",
+        "StudyID",
+        "ReferringPhysicianName",
+        "StudyDescription",
+        "PatientAge",
+        "PatientSize",
+        "PatientWeight",
+        "OtherPatientIDsSequence",
+        "PatientComments",
+        "AdmittingDiagnosesDescription",
+        "NameOfPhysiciansReadingStudy",
+        "ProcedureCodeSequence",
+        "IssuerOfAccessionNumberSequence",
+        "InstitutionName",
         "TimezoneOffsetFromUTC",
     ),
     SERIES: (
-        "BodyPartExamined", "Laterality", "ProtocolName", "OperatorsName",
-        "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
-        "RequestAttributesSequence", "SeriesDate", "SeriesTime", "Manufacturer",
-        "ManufacturerModelName", "StationName",
+        "BodyPartExamined",
+        "Laterality",
+        "ProtocolName",
+        "OperatorsName",
+        "PerformedProcedureStepStartDate",
+        "PerformedProcedureStepStartTime",
+        "RequestAttributesSequence",
+        "SeriesDate",
+        "SeriesTime",
+        "Manufacturer",
+        "ManufacturerModelName",
+        "StationName",
     ),
 }
 LEVEL_OF = {STUDY: 0, SERIES: 1, INSTANCE: 2}
@@ -132,7 +150,9 @@ def _int_param(name: str, value: str, low: int) -> int:
 
 
 def parse_query(
-    params: Sequence[tuple[str, str]], level: str, study_uid: str | None = None,
+    params: Sequence[tuple[str, str]],
+    level: str,
+    study_uid: str | None = None,
     series_uid: str | None = None,
 ) -> Query:
     query = Query(level, study_uid, series_uid)
@@ -186,8 +206,9 @@ def _check_value(attribute: Attribute, value: str) -> None:
         for part in (low, high) if dash else (low,):
             if part and not pattern.match(part):
                 raise DicomWebError(
-                    400, f"{attribute.keyword}={value!r}: expected "
-                    f"{'YYYYMMDD' if attribute.vr == 'DA' else 'HHMMSS'} or a range a-b"
+                    400,
+                    f"{attribute.keyword}={value!r}: expected "
+                    f"{'YYYYMMDD' if attribute.vr == 'DA' else 'HHMMSS'} or a range a-b",
                 )
         if dash and not low and not high:
             raise DicomWebError(400, f"{attribute.keyword}={value!r}: empty range")
@@ -280,7 +301,9 @@ class Searcher:
 
     def search(self, session: Session, query: Query, base_url: str) -> SearchResult:
         run: dict[str, Callable[[Session, Query, str], list[Found]]] = {
-            STUDY: self._studies, SERIES: self._series, INSTANCE: self._instances,
+            STUDY: self._studies,
+            SERIES: self._series,
+            INSTANCE: self._instances,
         }
         found = run[query.level](session, query, base_url)
         more = len(found) > query.limit
@@ -375,17 +398,19 @@ class Searcher:
             if not query.series_uid:
                 values.update(_series_values(series, exam, base))
             series_url = f"{base}/studies/{exam.study_uid}/series/{series.series_uid}"
-            values.update({
-                tag_key(0x00080016): element("UI", instance.sop_class_uid),
-                tag_key(0x00080018): element("UI", instance.sop_instance_uid),
-                tag_key(0x00080056): element("CS", "ONLINE"),
-                tag_key(0x00081190): element(
-                    "UR", f"{series_url}/instances/{instance.sop_instance_uid}"
-                ),
-                tag_key(0x00200013): element("IS", instance.instance_number),
-                tag_key(0x00280010): element("US", instance.rows),
-                tag_key(0x00280011): element("US", instance.columns),
-            })
+            values.update(
+                {
+                    tag_key(0x00080016): element("UI", instance.sop_class_uid),
+                    tag_key(0x00080018): element("UI", instance.sop_instance_uid),
+                    tag_key(0x00080056): element("CS", "ONLINE"),
+                    tag_key(0x00081190): element(
+                        "UR", f"{series_url}/instances/{instance.sop_instance_uid}"
+                    ),
+                    tag_key(0x00200013): element("IS", instance.instance_number),
+                    tag_key(0x00280010): element("US", instance.rows),
+                    tag_key(0x00280011): element("US", instance.columns),
+                }
+            )
             found.append(Found(values, instance.rel_path))
         return found
 

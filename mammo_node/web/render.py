@@ -175,8 +175,9 @@ def fit(image: Image.Image, box: tuple[int, int]) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
-def mask_overlay(mask: np.ndarray, size: tuple[int, int],
-                 colour: tuple[int, int, int] = (255, 128, 32)) -> Image.Image:
+def mask_overlay(
+    mask: np.ndarray, size: tuple[int, int], colour: tuple[int, int, int] = (255, 128, 32)
+) -> Image.Image:
     """RGBA picture of a binary mask at ``size``: translucent fill, opaque outline."""
     scaled = Image.fromarray((mask > 0).astype(np.uint8) * 255, "L").resize(
         size, Image.Resampling.BILINEAR
@@ -207,8 +208,13 @@ def encode_image(image: Image.Image, media_type: str, *, quality: int = 90) -> b
 
 
 def render_file(
-    path: Path, media_type: str, *, frame: int = 1, window: Window | None = None,
-    viewport: tuple[int, int] | None = None, quality: int = 90,
+    path: Path,
+    media_type: str,
+    *,
+    frame: int = 1,
+    window: Window | None = None,
+    viewport: tuple[int, int] | None = None,
+    quality: int = 90,
 ) -> bytes:
     """A PS3.18 rendered frame of a stored file."""
     try:
@@ -223,7 +229,9 @@ def render_file(
 
 # --- hanging protocol ------------------------------------------------------------------------
 def hanging_flips(
-    laterality: str | None, view: str | None, orientation: list[str] | None,
+    laterality: str | None,
+    view: str | None,
+    orientation: list[str] | None,
     pixels: np.ndarray | None = None,
 ) -> Flips:
     """Flips that hang an image as described in the module docstring."""

@@ -15,11 +15,11 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
-from mammo_node.audit import AuditLog
 from mammo_node.config import Settings
 from mammo_node.db.session import Database
 from mammo_node.errors import ConfigError
-from mammo_node.ingest import Ingestor
+from mammo_node.filing.ingest import Ingestor
+from mammo_node.observe.audit import AuditLog
 from mammo_node.web.app import DEFAULT_MAX_STOW_BYTES, create_app
 from mammo_node.web.deps import ModelReady
 
@@ -41,8 +41,13 @@ class WebServer:
     ) -> None:
         self.settings = settings
         self.app: FastAPI = create_app(
-            settings, db, ingestor, model_ready=model_ready, audit_log=audit_log,
-            max_stow_bytes=max_stow_bytes, public_url=public_url,
+            settings,
+            db,
+            ingestor,
+            model_ready=model_ready,
+            audit_log=audit_log,
+            max_stow_bytes=max_stow_bytes,
+            public_url=public_url,
         )
         self.grace = grace
         self.port: int = settings.http_port
@@ -72,8 +77,14 @@ class WebServer:
         sock = self._bind()
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="on", server_header=False,
-            timeout_graceful_shutdown=int(self.grace), proxy_headers=True, backlog=2048,
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            server_header=False,
+            timeout_graceful_shutdown=int(self.grace),
+            proxy_headers=True,
+            backlog=2048,
         )
         server = uvicorn.Server(config)
         self._server = server

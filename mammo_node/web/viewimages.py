@@ -22,7 +22,7 @@ from sqlalchemy import select
 from mammo_node.db.models import Exam, Instance
 from mammo_node.db.session import Database
 from mammo_node.errors import MammoNodeError, PixelDataError
-from mammo_node.storage import InstanceStore
+from mammo_node.filing.storage import InstanceStore
 from mammo_node.web import render
 from mammo_node.web.dicomjson import HeaderCache
 

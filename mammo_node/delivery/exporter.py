@@ -19,14 +19,14 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from mammo_node import audit, metrics
 from mammo_node.config import Settings
 from mammo_node.db.models import Destination, Instance, OutboxItem, utcnow
 from mammo_node.db.session import Database
-from mammo_node.dimse.scp import build_client_ssl_context
-from mammo_node.dimse.scu import Peer, SendReport, send_files
+from mammo_node.delivery.scu import Peer, SendReport, send_files
 from mammo_node.errors import DeliveryError, MammoNodeError
-from mammo_node.storage import InstanceStore
+from mammo_node.filing.storage import InstanceStore
+from mammo_node.observe import audit, metrics
+from mammo_node.receive.scp import build_client_ssl_context
 
 logger = logging.getLogger(__name__)
 

@@ -21,20 +21,20 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from mammo_node import audit
 from mammo_node.config import Settings
 from mammo_node.db.models import Association, utcnow
 from mammo_node.db.session import Database
-from mammo_node.dimse import receive
-from mammo_node.dimse.peers import AllowList
 from mammo_node.errors import (
     DatabaseError,
     InvalidInstanceError,
     MammoNodeError,
     StorageError,
 )
-from mammo_node.grouping import ACCEPTED_SOP_CLASSES
-from mammo_node.ingest import Ingestor, IngestResult
+from mammo_node.filing.ingest import Ingestor, IngestResult
+from mammo_node.observe import audit
+from mammo_node.receive import chunked as receive
+from mammo_node.receive.peers import AllowList
+from mammo_node.sop_classes import ACCEPTED_SOP_CLASSES
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 decided. ``resolve`` looks at all images of an exam together (For Processing twins, more than
 one candidate per slot, undecodable pixels) and says which image fills each slot and why the
 others are kept out. ``decide`` turns that and the arrival times into the exam's next state.
-All three are pure; ``mammo_node.ingest`` and the grouping service store what they return.
+All three are pure; ``mammo_node.filing.ingest`` and the grouping service store what they return.
 """
 
 from __future__ import annotations
@@ -17,30 +17,16 @@ from dataclasses import dataclass, field
 from pydicom import Dataset
 
 from mammo_node.domain import SLOTS, ExamState, Laterality, NotScoredReason, Slot, View
+from mammo_node.sop_classes import (
+    ACCEPTED_SOP_CLASSES,
+    BREAST_PROJECTION_PRESENTATION,
+    BREAST_PROJECTION_PROCESSING,
+    BREAST_TOMOSYNTHESIS,
+    DX_PROCESSING,
+    MG_PROCESSING,
+    SECONDARY_CAPTURE,
+)
 
-# --- SOP classes ------------------------------------------------------------------------
-MG_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
-MG_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
-DX_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
-CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
-SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-BREAST_TOMOSYNTHESIS = "1.2.840.10008.5.1.4.1.1.13.1.3"
-BREAST_PROJECTION_PRESENTATION = "1.2.840.10008.5.1.4.1.1.13.1.4"
-BREAST_PROJECTION_PROCESSING = "1.2.840.10008.5.1.4.1.1.13.1.5"
-
-#: SOP classes the node accepts from outside, with a short name for logs and tables.
-ACCEPTED_SOP_CLASSES: dict[str, str] = {
-    MG_PRESENTATION: "MG For Presentation",
-    MG_PROCESSING: "MG For Processing",
-    DX_PRESENTATION: "DX For Presentation",
-    DX_PROCESSING: "DX For Processing",
-    CR_IMAGE: "CR",
-    SECONDARY_CAPTURE: "Secondary Capture",
-    BREAST_TOMOSYNTHESIS: "Breast Tomosynthesis",
-    BREAST_PROJECTION_PRESENTATION: "Breast Projection For Presentation",
-    BREAST_PROJECTION_PROCESSING: "Breast Projection For Processing",
-}
 _PROCESSING_CLASSES = {MG_PROCESSING, DX_PROCESSING, BREAST_PROJECTION_PROCESSING}
 _TOMO_CLASSES = {
     BREAST_TOMOSYNTHESIS,

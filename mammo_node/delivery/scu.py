@@ -159,8 +159,7 @@ def send_files(paths: Iterable[Path], peer: Peer) -> SendReport:
         raise DeliveryError(why)
     try:
         accepted = {
-            (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-            for cx in assoc.accepted_contexts
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts
         }
         for path, (sop_class, syntax) in zip(paths, metas, strict=True):
             sop_uid = str(read_file_meta_info(path).MediaStorageSOPInstanceUID)

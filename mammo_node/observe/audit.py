@@ -65,8 +65,11 @@ class AuditRecord:
 
     def row(self) -> AuditEvent:
         return AuditEvent(
-            at=self.at, actor=self.actor[:_MAX_ACTOR] or "-", action=self.action[:64],
-            target=self.target[:_MAX_TARGET], detail=self.detail,
+            at=self.at,
+            actor=self.actor[:_MAX_ACTOR] or "-",
+            action=self.action[:64],
+            target=self.target[:_MAX_TARGET],
+            detail=self.detail,
         )
 
 

@@ -50,13 +50,27 @@ MALIGNANT_KINDS: frozenset[str] = frozenset(
     {"mass", "spiculated_mass", "calcification_cluster", "subtle_mass"}
 )
 LABEL_COLUMNS: tuple[str, ...] = (
-    "patient_id", "study_uid", "outcome", "cancer_laterality",
-    "reader1_L", "reader1_R", "reader2_L", "reader2_R", "study_date", "density",
+    "patient_id",
+    "study_uid",
+    "outcome",
+    "cancer_laterality",
+    "reader1_L",
+    "reader1_R",
+    "reader2_L",
+    "reader2_R",
+    "study_date",
+    "density",
 )
 TRUTH_COLUMNS: tuple[str, ...] = (
-    "sop_instance_uid", "study_uid", "patient_id", "slot", "x", "y", "radius", "kind",
+    "sop_instance_uid",
+    "study_uid",
+    "patient_id",
+    "slot",
+    "x",
+    "y",
+    "radius",
+    "kind",
 )
-
 
 
 def patient_orientation(
@@ -148,9 +162,14 @@ class SynthOptions:
         if self.exams < 0:
             raise SynthError(f'Argument "exams" should be >= 0; got {self.exams}.')
         for name in (
-            "screening_fraction", "interval_fraction", "monochrome1_fraction",
-            "interval_visible_fraction", "spiculated_fraction", "calcification_only_fraction",
-            "benign_fraction", "repeat_patient_fraction",
+            "screening_fraction",
+            "interval_fraction",
+            "monochrome1_fraction",
+            "interval_visible_fraction",
+            "spiculated_fraction",
+            "calcification_only_fraction",
+            "benign_fraction",
+            "repeat_patient_fraction",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -414,9 +433,10 @@ class _Geometry:
             s = np.clip(np.abs(y - cy) / half, 0.0, 1.0)
             return self.depth * (1.0 - s**a.roundness) ** (1.0 / a.roundness)
         yn, yf = self.nipple[1], a.fold_mlo * self.rows
-        upper = a.top_width_mlo + (1 - a.top_width_mlo) * np.sin(
-            0.5 * np.pi * np.clip(y / yn, 0, 1)
-        ) ** 0.8
+        upper = (
+            a.top_width_mlo
+            + (1 - a.top_width_mlo) * np.sin(0.5 * np.pi * np.clip(y / yn, 0, 1)) ** 0.8
+        )
         lower = np.sqrt(np.clip(1.0 - ((y - yn) / (yf - yn)) ** 2, 0.0, 1.0))
         return self.depth * np.where(y <= yn, upper, lower)
 
@@ -507,8 +527,13 @@ def _random_row_inside(
 
 
 def _fft_noise(
-    rng: np.random.Generator, shape: tuple[int, int], *, exponent: float,
-    f_low: float, f_high: float, stretch: float = 1.0,
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    *,
+    exponent: float,
+    f_low: float,
+    f_high: float,
+    stretch: float = 1.0,
 ) -> np.ndarray:
     """Periodic power-law noise (std 1). ``stretch`` > 1 elongates structures along axis 0."""
     white = rng.standard_normal(shape, dtype=np.float32)
@@ -586,8 +611,9 @@ def _breast_textures(texture_seed: int) -> _Textures:
     return _Textures(
         cloud=_fft_noise(rng, shape, exponent=1.7, f_low=2 / _TEXTURE, f_high=0.10, stretch=2.0),
         wobble=_fft_noise(rng, shape, exponent=1.5, f_low=2 / _TEXTURE, f_high=0.08),
-        fragments=_fft_noise(rng, shape, exponent=1.2, f_low=8 / _TEXTURE, f_high=0.06,
-                             stretch=1.5),
+        fragments=_fft_noise(
+            rng, shape, exponent=1.2, f_low=8 / _TEXTURE, f_high=0.06, stretch=1.5
+        ),
         big_cells=_CellTable.random(rng),
         small_cells=_CellTable.random(rng),
     )
@@ -754,8 +780,12 @@ def _draw_finding(att: np.ndarray, finding: _Finding, pixel_mm: float) -> None:
 
 
 def _calcifications(
-    rng: np.random.Generator, dx: np.ndarray, dy: np.ndarray, spread: float,
-    strength: float, pixel_mm: float,
+    rng: np.random.Generator,
+    dx: np.ndarray,
+    dy: np.ndarray,
+    spread: float,
+    strength: float,
+    pixel_mm: float,
 ) -> np.ndarray:
     """5-15 specks of 0.1-0.35 mm; sub-pixel specks fade as real ones do at low resolution."""
     out = np.zeros(np.broadcast_shapes(dx.shape, dy.shape), dtype=np.float32)
@@ -925,10 +955,14 @@ def mg_for_presentation_dataset(
 
 
 def patient_study_series(
-    ds: Dataset, patient: PatientIdentity, study: StudyIdentity, series_uid: str,
-    series_number: int, modality: str,
+    ds: Dataset,
+    patient: PatientIdentity,
+    study: StudyIdentity,
+    series_uid: str,
+    series_number: int,
+    modality: str,
 ) -> None:
-    """Patient, General Study and General Series attributes (shared with mammo_node.wrap)."""
+    """Patient, General Study and General Series attributes (shared with mammo_node.synth.wrap)."""
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.PatientName = patient.name
     ds.PatientID = patient.patient_id
@@ -1057,15 +1091,23 @@ def generate_exam(
     thickness_mm = {side: float(rng.uniform(35, 75)) for side in Laterality}
     for number, slot in enumerate(SLOTS, start=1):
         view_findings = tuple(f[slot.view] for f in findings[slot.laterality])
-        pixels, window = _render_slot(rng, options, slot, anatomy[slot.laterality],
-                                      view_findings, bits_stored, photometric)
+        pixels, window = _render_slot(
+            rng, options, slot, anatomy[slot.laterality], view_findings, bits_stored, photometric
+        )
         sop_uid = make_uid("image", study.study_uid, slot)
         compressed = thickness_mm[slot.laterality] * (1.08 if slot.view is View.MLO else 1.0)
         datasets[slot] = mg_for_presentation_dataset(
-            pixels, slot=slot, patient=patient, study=study,
-            series_uid=make_uid("series", study.study_uid, slot), sop_instance_uid=sop_uid,
-            series_number=number, bits_stored=bits_stored, photometric=photometric,
-            pixel_spacing_mm=options.pixel_spacing_mm, window=window,
+            pixels,
+            slot=slot,
+            patient=patient,
+            study=study,
+            series_uid=make_uid("series", study.study_uid, slot),
+            sop_instance_uid=sop_uid,
+            series_number=number,
+            bits_stored=bits_stored,
+            photometric=photometric,
+            pixel_spacing_mm=options.pixel_spacing_mm,
+            window=window,
             extra={
                 **_acquisition(rng, slot, compressed),
                 "SeriesDescription": f"{slot.laterality.value} {slot.view.value}",
@@ -1074,15 +1116,28 @@ def generate_exam(
         for f in view_findings:
             x = options.columns - 1 - f.x if slot.laterality is Laterality.R else f.x
             truth.append(
-                LesionTruth(sop_uid, study.study_uid, patient_id, str(slot),
-                            round(x, 2), round(f.y, 2), round(f.radius, 2), f.kind)
+                LesionTruth(
+                    sop_uid,
+                    study.study_uid,
+                    patient_id,
+                    str(slot),
+                    round(x, 2),
+                    round(f.y, 2),
+                    round(f.radius, 2),
+                    f.kind,
+                )
             )
     scores = _reader_scores(rng, outcome, cancer_laterality, findings)
     logger.debug("synthetic exam %s: %s, %d findings", study.study_uid, outcome, len(truth))
     return SynthExam(
-        patient_id=patient_id, study_uid=study.study_uid, outcome=outcome,
-        cancer_laterality=cancer_laterality, datasets=datasets, truth=truth,
-        study_date=study.date, reader_scores=scores,
+        patient_id=patient_id,
+        study_uid=study.study_uid,
+        outcome=outcome,
+        cancer_laterality=cancer_laterality,
+        datasets=datasets,
+        truth=truth,
+        study_date=study.date,
+        reader_scores=scores,
         density=density_category(anatomy[Laterality.L].density),
     )
 
@@ -1097,8 +1152,14 @@ def _render_slot(
     photometric: str,
 ) -> tuple[np.ndarray, tuple[float, float]]:
     """Stored pixels and window of one view; right breasts mirrored as a detector stores them."""
-    att = render_view(anatomy, slot.view, options.rows, options.columns, findings=findings,
-                      pixel_mm=options.pixel_spacing_mm)
+    att = render_view(
+        anatomy,
+        slot.view,
+        options.rows,
+        options.columns,
+        findings=findings,
+        pixel_mm=options.pixel_spacing_mm,
+    )
     if slot.laterality is Laterality.R:
         att = att[:, ::-1]
     return encode_pixels(att, rng=rng, bits_stored=bits_stored, photometric=photometric)
@@ -1141,16 +1202,21 @@ def _exam_findings(
         else:
             kind = "mass"
         found[side].append(
-            _place_findings(rng, geometries(side), kind=kind, radius_px=radius_mm / pixel_mm,
-                            contrast=contrast)
+            _place_findings(
+                rng, geometries(side), kind=kind, radius_px=radius_mm / pixel_mm, contrast=contrast
+            )
         )
     for side in Laterality:
         if side.value != cancer_laterality and rng.uniform() < options.benign_fraction:
             benign_mm = float(rng.uniform(3.0, 6.0))
             found[side].append(
-                _place_findings(rng, geometries(side), kind="benign_nodule",
-                                radius_px=benign_mm / pixel_mm,
-                                contrast=0.5 * options.lesion_contrast)
+                _place_findings(
+                    rng,
+                    geometries(side),
+                    kind="benign_nodule",
+                    radius_px=benign_mm / pixel_mm,
+                    contrast=0.5 * options.lesion_contrast,
+                )
             )
     return found
 
@@ -1210,10 +1276,20 @@ def write_synthetic_dataset(out_dir: Path, options: SynthOptions) -> SynthSummar
             patients.add(exam.patient_id)
             outcomes[exam.outcome] += 1
     seconds = time.perf_counter() - started
-    logger.info("wrote %d synthetic exams (%d images) in %.1f s", options.exams, len(files),
-                seconds)
-    return SynthSummary(out_dir, options.exams, len(files), len(patients), outcomes,
-                        labels_csv, truth_csv, files, seconds)
+    logger.info(
+        "wrote %d synthetic exams (%d images) in %.1f s", options.exams, len(files), seconds
+    )
+    return SynthSummary(
+        out_dir,
+        options.exams,
+        len(files),
+        len(patients),
+        outcomes,
+        labels_csv,
+        truth_csv,
+        files,
+        seconds,
+    )
 
 
 def _label_row(exam: SynthExam) -> dict[str, object]:

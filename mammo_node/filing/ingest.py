@@ -20,15 +20,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from mammo_node import metrics
 from mammo_node.config import Settings
 from mammo_node.db import repo
 from mammo_node.db.models import Exam, Instance, utcnow
 from mammo_node.db.session import Database
 from mammo_node.domain import ExamState, Origin
 from mammo_node.errors import DatabaseError, InvalidInstanceError, StorageError
-from mammo_node.grouping import classify
-from mammo_node.storage import InstanceStore, StoredFile, file_sha256, validate_uid
+from mammo_node.filing.storage import InstanceStore, StoredFile, file_sha256, validate_uid
+from mammo_node.grouping.rules import classify
+from mammo_node.observe import metrics
 
 logger = logging.getLogger(__name__)
 _UNDEFINED = 0xFFFFFFFF

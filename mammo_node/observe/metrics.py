@@ -127,7 +127,8 @@ class DatabaseCollector(Collector):
             "mammo_scoring_queue_depth", "Exams READY and waiting for a worker"
         )
         outbox = GaugeMetricFamily(
-            "mammo_outbox_items", "Outbox rows by state (pending, delivered, dead)",
+            "mammo_outbox_items",
+            "Outbox rows by state (pending, delivered, dead)",
             labels=["state"],
         )
         up = GaugeMetricFamily("mammo_database_up", "1 when the database answered this scrape")
@@ -151,8 +152,12 @@ class DatabaseCollector(Collector):
         for state, count in sorted(by_state.items()):  # states this version does not know
             exams.add_metric([state], count)
         queue.add_metric([], by_state_ready(exams))
-        for state in ("pending", "delivered", "dead", *sorted(set(by_outbox) - {
-            "pending", "delivered", "dead"})):
+        for state in (
+            "pending",
+            "delivered",
+            "dead",
+            *sorted(set(by_outbox) - {"pending", "delivered", "dead"}),
+        ):
             outbox.add_metric([state], by_outbox.get(state, 0))
         up.add_metric([], 1)
         yield from (exams, queue, outbox, up)

@@ -22,8 +22,8 @@ from mammo_node.db.models import Exam, Instance, utcnow
 from mammo_node.db.session import Database
 from mammo_node.domain import ExamState
 from mammo_node.errors import MammoNodeError
-from mammo_node.grouping import decide
-from mammo_node.storage import InstanceStore, file_sha256
+from mammo_node.filing.storage import InstanceStore, file_sha256
+from mammo_node.grouping.rules import decide
 
 logger = logging.getLogger(__name__)
 

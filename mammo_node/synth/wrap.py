@@ -74,14 +74,14 @@ def chest_wall_side(pixels: np.ndarray, photometric: str = "MONOCHROME2") -> str
         values = values.max() - values
     top = float(np.percentile(values, 99))
     if top <= 0:
-        raise WrapError("Argument \"pixels\" holds no tissue: every value is 0.")
+        raise WrapError('Argument "pixels" holds no tissue: every value is 0.')
     rows, cols = values.shape
     mr, mc = max(1, rows * 3 // 100), max(1, cols * 3 // 100)
     tissue = values[mr : rows - mr, mc : cols - mc] > 0.25 * top
     height = tissue.mean(axis=0)
     present = np.flatnonzero(height > 0.05)
     if present.size < 2:
-        raise WrapError("Argument \"pixels\" holds too little tissue to find the chest wall.")
+        raise WrapError('Argument "pixels" holds too little tissue to find the chest wall.')
     x0, x1 = present[0], present[-1]
     centroid = float((np.arange(height.size) * height).sum() / height.sum())
     return "left" if centroid - x0 < x1 - centroid else "right"
@@ -136,26 +136,49 @@ def wrap_image(
     series_uid = series_uid or make_uid("wrap-series", study_uid, digest, sop_class)
     sop_uid = sop_instance_uid or make_uid("wrap-image", study_uid, digest, sop_class)
     patient = PatientIdentity(patient_id, patient_name, patient_birth_date)
-    study = StudyIdentity(study_uid, study_date, study_time, accession,
-                          description="Mammography (wrapped from a research data set)")
+    study = StudyIdentity(
+        study_uid,
+        study_date,
+        study_time,
+        accession,
+        description="Mammography (wrapped from a research data set)",
+    )
     if sop_class == "mg" and side is not None:
         if pixels.dtype != np.uint16:
             pixels = pixels.astype(np.uint16)
         ds = mg_for_presentation_dataset(
-            pixels, slot=Slot(side, view_), patient=patient, study=study, series_uid=series_uid,
-            sop_instance_uid=sop_uid, series_number=series_number, bits_stored=bits_stored,
-            photometric=photometric, pixel_spacing_mm=pixel_spacing_mm,
+            pixels,
+            slot=Slot(side, view_),
+            patient=patient,
+            study=study,
+            series_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            series_number=series_number,
+            bits_stored=bits_stored,
+            photometric=photometric,
+            pixel_spacing_mm=pixel_spacing_mm,
             patient_orientation=tuple(patient_orientation) if patient_orientation else None,
-            window=_window(pixels, bits_stored, photometric), manufacturer=_WRAP_MANUFACTURER,
-            model_name="", extra={"SeriesDescription": description} if description else None,
+            window=_window(pixels, bits_stored, photometric),
+            manufacturer=_WRAP_MANUFACTURER,
+            model_name="",
+            extra={"SeriesDescription": description} if description else None,
         )
         ds.SoftwareVersions = f"mammo-node {__version__}"
         return ds
     return _secondary_capture(
-        pixels, laterality=side, view=view_, patient=patient, study=study,
-        series_uid=series_uid, sop_uid=sop_uid, series_number=series_number,
-        bits_stored=bits_stored, photometric=photometric, pixel_spacing_mm=pixel_spacing_mm,
-        patient_orientation=patient_orientation, description=description,
+        pixels,
+        laterality=side,
+        view=view_,
+        patient=patient,
+        study=study,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        series_number=series_number,
+        bits_stored=bits_stored,
+        photometric=photometric,
+        pixel_spacing_mm=pixel_spacing_mm,
+        patient_orientation=patient_orientation,
+        description=description,
     )
 
 
@@ -282,11 +305,20 @@ def wrap_nyu_exam(
         bits = max(12, int(pixels.max()).bit_length())
         datasets.append(
             wrap_image(
-                pixels, laterality=slot.laterality, view=slot.view, sop_class="mg",
-                patient_id="NYU-GMIC-0", study_uid=study_uid, bits_stored=bits,
-                pixel_spacing_mm=pixel_spacing_mm, patient_name="NYU^GMIC SAMPLE 0",
-                study_date="20100101", study_time="090000", accession="GMIC0",
-                series_number=number, description=f"{slot.laterality.value} {slot.view.value}",
+                pixels,
+                laterality=slot.laterality,
+                view=slot.view,
+                sop_class="mg",
+                patient_id="NYU-GMIC-0",
+                study_uid=study_uid,
+                bits_stored=bits,
+                pixel_spacing_mm=pixel_spacing_mm,
+                patient_name="NYU^GMIC SAMPLE 0",
+                study_date="20100101",
+                study_time="090000",
+                accession="GMIC0",
+                series_number=number,
+                description=f"{slot.laterality.value} {slot.view.value}",
             )
         )
     return datasets
@@ -317,9 +349,7 @@ def nyu_crop_mapping(src_dir: Path, slot: Slot) -> CropMapping:
     """
     root = _nyu_root(src_dir)
     original = _read_png(root / "sample_data" / "images" / f"0_{slot}.png").astype(np.int64)
-    cropped = _read_png(root / "sample_data" / "cropped_images" / f"0_{slot}.png").astype(
-        np.int64
-    )
+    cropped = _read_png(root / "sample_data" / "cropped_images" / f"0_{slot}.png").astype(np.int64)
     flipped = slot.laterality is Laterality.R
     oriented = original[:, ::-1] if flipped else original
     scale = 65535.0 / 4095.0 if cropped.max() > 4095 else 1.0
@@ -361,8 +391,16 @@ def nyu_lesion_truth(src_dir: Path, datasets: Sequence[Dataset]) -> list[LesionT
         radius = (max(cols.max() - cols.min(), rows.max() - rows.min()) + 1) / 2.0
         ds = by_slot[slot]
         truth.append(
-            LesionTruth(ds.SOPInstanceUID, ds.StudyInstanceUID, ds.PatientID, str(slot),
-                        round(x, 2), round(y, 2), float(radius), "benign_lesion")
+            LesionTruth(
+                ds.SOPInstanceUID,
+                ds.StudyInstanceUID,
+                ds.PatientID,
+                str(slot),
+                round(x, 2),
+                round(y, 2),
+                float(radius),
+                "benign_lesion",
+            )
         )
     return truth
 
@@ -430,11 +468,20 @@ def wrap_mias(
         laterality = Laterality.L if number % 2 == 0 else Laterality.R  # unreliable, see above
         patient = f"MIAS-{(number + 1) // 2:03d}"
         ds = wrap_image(
-            pixels, laterality=laterality, view=View.MLO, sop_class="sc", patient_id=patient,
-            study_uid=make_uid("mias-study", patient), bits_stored=8,
-            pixel_spacing_mm=MIAS_PIXEL_MM, patient_name=f"MIAS^{patient}",
-            study_date="19940101", study_time="000000", accession=patient,
-            series_number=1 + (number + 1) % 2, description=f"mini-MIAS {name}",
+            pixels,
+            laterality=laterality,
+            view=View.MLO,
+            sop_class="sc",
+            patient_id=patient,
+            study_uid=make_uid("mias-study", patient),
+            bits_stored=8,
+            pixel_spacing_mm=MIAS_PIXEL_MM,
+            patient_name=f"MIAS^{patient}",
+            study_date="19940101",
+            study_time="000000",
+            accession=patient,
+            series_number=1 + (number + 1) % 2,
+            description=f"mini-MIAS {name}",
         )
         truth = []
         for record in info.get(name, []):
@@ -443,7 +490,17 @@ def wrap_mias(
             x, y = mias_to_stored(record.x, record.y, pixels.shape[0])
             severity = "malignant" if record.severity == "M" else "benign"
             kind = f"{record.abnormality.lower()}_{severity}"
-            truth.append(LesionTruth(ds.SOPInstanceUID, ds.StudyInstanceUID, patient,
-                                     f"{laterality.value}-MLO", x, y, float(record.radius), kind))
+            truth.append(
+                LesionTruth(
+                    ds.SOPInstanceUID,
+                    ds.StudyInstanceUID,
+                    patient,
+                    f"{laterality.value}-MLO",
+                    x,
+                    y,
+                    float(record.radius),
+                    kind,
+                )
+            )
         wrapped.append((ds, truth))
     return wrapped

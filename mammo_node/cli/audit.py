@@ -1,4 +1,4 @@
-"""`mammo-node audit ...`: the audit trail as JSON lines (mounted by mammo_node.cli)."""
+"""`mammo-node audit export`: the audit trail as JSON lines."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from typing import Annotated
 
 import typer
 
+from mammo_node.cli.app import audit_app
 from mammo_node.errors import MammoNodeError
-
-audit_app = typer.Typer(no_args_is_help=True, help="The audit trail (who sent, sent, looked).")
 
 
 @audit_app.callback()
@@ -50,13 +49,15 @@ def export(
 ) -> None:
     """Audit events as JSON lines (id, at, actor, action, target, detail), oldest first."""
     from mammo_node import logs
-    from mammo_node.audit import export_jsonl
     from mammo_node.config import load_settings
     from mammo_node.db.session import Database
+    from mammo_node.observe.audit import export_jsonl
 
     filters = {
-        "since": _when(since, "--since"), "until": _when(until, "--until"),
-        "action": action, "actor": actor,
+        "since": _when(since, "--since"),
+        "until": _when(until, "--until"),
+        "action": action,
+        "actor": actor,
     }
     try:
         settings = load_settings(data_dir=data_dir, db_url=db_url)

@@ -1,0 +1,16 @@
+"""`mammo-node`: run the node and look after it.
+
+One module per command group, all adding to :data:`mammo_node.cli.app.app`.
+"""
+
+from __future__ import annotations
+
+from mammo_node.cli import audit, data, delivery, exams, network, run  # noqa: F401  (registers)
+from mammo_node.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,1 +1,0 @@
-"""mammo_node.dimse."""
