@@ -70,6 +70,31 @@ class Origin(enum.StrEnum):
     GENERATED = "generated"  # written by this node (SR, SC, SEG)
 
 
+class IngestOutcome(enum.StrEnum):
+    """What filing an instance did."""
+
+    STORED = "stored"  # a new SOP instance
+    DUPLICATE = "duplicate"  # the same UID with the same bytes: nothing changed
+    REPLACED = "replaced"  # the same UID with other bytes: the new file replaced the old
+
+
+class PixelCheck(enum.StrEnum):
+    """Whether an instance's pixels were found readable (uncompressed: length; else decoded)."""
+
+    PENDING = "pending"
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # not a candidate for scoring: nothing to check
+
+
+class OutboxState(enum.StrEnum):
+    """A delivery of one output object to one destination."""
+
+    PENDING = "pending"  # due now or after its backoff
+    DELIVERED = "delivered"  # the peer stored it (success or a storage warning)
+    DEAD = "dead"  # given up after the attempts; `mammo-node outbox retry` re-queues it
+
+
 class NotScoredReason(enum.StrEnum):
     """Rules that keep an acknowledged image out of scoring. Each image records one."""
 

@@ -5,6 +5,8 @@ Errors a user can act on say what was wrong, where, and what to do.
 
 from __future__ import annotations
 
+from mammo_node.status import Status
+
 
 class MammoNodeError(Exception):
     """Root of every error raised on purpose by mammo_node."""
@@ -25,7 +27,9 @@ class InvalidInstanceError(MammoNodeError):
     DICOMweb equivalent.
     """
 
-    def __init__(self, message: str, *, status: int = 0xC210, http_status: int = 400) -> None:
+    def __init__(
+        self, message: str, *, status: int = Status.CANNOT_DECODE_DATA_SET, http_status: int = 400
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.http_status = http_status

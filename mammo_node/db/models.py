@@ -26,6 +26,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from mammo_node.domain import OutboxState, PixelCheck
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -176,8 +178,8 @@ class Instance(Base):
     # a rule that keeps this image out of scoring on its own tags (domain.NotScoredReason)
     rule: Mapped[str | None] = mapped_column(String(32), default=None)
     rule_detail: Mapped[str] = mapped_column(Text, default="")
-    # pixel decodability: pending (not yet checked), ok, failed
-    pixel_check: Mapped[str] = mapped_column(String(16), default="pending")
+    # pixel decodability (domain.PixelCheck): pending, ok, failed, skipped
+    pixel_check: Mapped[str] = mapped_column(String(16), default=PixelCheck.PENDING.value)
     pixel_detail: Mapped[str] = mapped_column(Text, default="")
     # outputs written by the node: which result and what kind (sr, sr_view, sc, seg)
     result_fk: Mapped[int | None] = mapped_column(
@@ -283,7 +285,7 @@ class OutboxItem(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     instance_fk: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
     destination_fk: Mapped[int] = mapped_column(ForeignKey("destinations.id"), index=True)
-    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING.value, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from mammo_node.db.models import Base, Exam, ExamEvent, Instance, Patient, Series, utcnow
-from mammo_node.domain import ExamState, NotScoredReason, Origin, Slot
+from mammo_node.domain import ExamState, NotScoredReason, Origin, PixelCheck, Slot
 from mammo_node.grouping.rules import ImageFacts, Resolution, resolve
 
 M = TypeVar("M", bound=Base)
@@ -70,7 +70,7 @@ def image_facts(instance: Instance) -> ImageFacts:
         for_processing=instance.presentation_intent == "FOR PROCESSING",
         rule=NotScoredReason(instance.rule) if instance.rule else None,
         rule_detail=instance.rule_detail,
-        pixel_check=instance.pixel_check,
+        pixel_check=PixelCheck(instance.pixel_check),
         pixel_detail=instance.pixel_detail,
     )
 

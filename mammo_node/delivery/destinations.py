@@ -8,6 +8,7 @@ from sqlalchemy import delete, func, select
 
 from mammo_node.db.models import Destination, Instance, OutboxItem
 from mammo_node.db.session import Database
+from mammo_node.domain import OutboxState
 from mammo_node.errors import MammoNodeError
 from mammo_node.exams import delivery_json
 
@@ -46,12 +47,12 @@ def remove_destination(db: Database, name: str) -> None:
             raise MammoNodeError(f"no destination named {name!r}")
         delivered = session.scalar(
             select(func.count()).where(
-                OutboxItem.destination_fk == row.id, OutboxItem.state == "delivered"
+                OutboxItem.destination_fk == row.id, OutboxItem.state == OutboxState.DELIVERED
             )
         )
         session.execute(
             delete(OutboxItem).where(
-                OutboxItem.destination_fk == row.id, OutboxItem.state != "delivered"
+                OutboxItem.destination_fk == row.id, OutboxItem.state != OutboxState.DELIVERED
             )
         )
         if delivered:
@@ -66,14 +67,14 @@ def list_destinations(db: Database) -> list[dict[str, Any]]:
         counts = dict(
             session.execute(
                 select(OutboxItem.destination_fk, func.count())
-                .where(OutboxItem.state == "pending")
+                .where(OutboxItem.state == OutboxState.PENDING)
                 .group_by(OutboxItem.destination_fk)
             ).all()
         )
         dead = dict(
             session.execute(
                 select(OutboxItem.destination_fk, func.count())
-                .where(OutboxItem.state == "dead")
+                .where(OutboxItem.state == OutboxState.DEAD)
                 .group_by(OutboxItem.destination_fk)
             ).all()
         )

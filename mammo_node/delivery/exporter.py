@@ -23,14 +23,13 @@ from mammo_node.config import Settings
 from mammo_node.db.models import Destination, Instance, OutboxItem, utcnow
 from mammo_node.db.session import Database
 from mammo_node.delivery.scu import Peer, SendReport, send_files
+from mammo_node.domain import OutboxState
 from mammo_node.errors import DeliveryError, MammoNodeError
 from mammo_node.filing.storage import InstanceStore
 from mammo_node.observe import audit, metrics
 from mammo_node.receive.scp import build_client_ssl_context
 
 logger = logging.getLogger(__name__)
-
-PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class Exporter:
                 .join(Instance, OutboxItem.instance_fk == Instance.id)
                 .join(Destination, OutboxItem.destination_fk == Destination.id)
                 .where(
-                    OutboxItem.state == PENDING,
+                    OutboxItem.state == OutboxState.PENDING,
                     OutboxItem.next_attempt_at <= now,
                     Destination.enabled,
                     Destination.config_error == "",
@@ -126,7 +125,7 @@ class Exporter:
                 row = session.get(OutboxItem, item.item_id)
                 if row is None:
                     continue
-                row.state = DELIVERED
+                row.state = OutboxState.DELIVERED
                 row.delivered_at = now
                 row.attempts += 1
                 row.last_status = status
@@ -161,7 +160,7 @@ class Exporter:
                 row.last_status = status
                 row.last_error = error[:2000]
                 if now - row.created_at >= max_age:
-                    row.state = DEAD
+                    row.state = OutboxState.DEAD
                     audit.record_in(
                         session,
                         "node",
@@ -206,10 +205,10 @@ def retry(db: Database, *, destination: str | None = None, item_id: int | None =
     """Re-queue dead letters (and clear a destination's configuration error)."""
     now = utcnow()
     with db.session() as session:
-        query = select(OutboxItem).where(OutboxItem.state == DEAD)
+        query = select(OutboxItem).where(OutboxItem.state == OutboxState.DEAD)
         if item_id is not None:
             query = select(OutboxItem).where(
-                OutboxItem.id == item_id, OutboxItem.state != DELIVERED
+                OutboxItem.id == item_id, OutboxItem.state != OutboxState.DELIVERED
             )
         if destination is not None:
             target = session.scalars(
@@ -221,7 +220,7 @@ def retry(db: Database, *, destination: str | None = None, item_id: int | None =
             query = query.where(OutboxItem.destination_fk == target.id)
         rows = session.scalars(query).all()
         for row in rows:
-            row.state = PENDING
+            row.state = OutboxState.PENDING
             row.created_at = now  # a fresh maximum age
             row.next_attempt_at = now
         return len(rows)

@@ -22,12 +22,12 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import Verification
 
 from mammo_node.errors import DeliveryError
+from mammo_node.status import STORED_STATUSES
 
 logger = logging.getLogger(__name__)
 
 #: C-STORE statuses that mean "stored" although with a warning (coercion, elements discarded,
 #: dataset does not match SOP class): delivered, and the warning is kept.
-WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
 MAX_CONTEXTS = 128
 
 
@@ -49,7 +49,7 @@ class StoreOutcome:
 
     @property
     def delivered(self) -> bool:
-        return self.status == 0x0000 or self.status in WARNING_STATUSES
+        return self.status in STORED_STATUSES
 
 
 @dataclass

@@ -24,11 +24,12 @@ from mammo_node.config import Settings
 from mammo_node.db import repo
 from mammo_node.db.models import Exam, Instance, utcnow
 from mammo_node.db.session import Database
-from mammo_node.domain import ExamState, Origin
+from mammo_node.domain import ExamState, IngestOutcome, Origin, PixelCheck
 from mammo_node.errors import DatabaseError, InvalidInstanceError, StorageError
 from mammo_node.filing.storage import InstanceStore, StoredFile, file_sha256, validate_uid
 from mammo_node.grouping.rules import classify
 from mammo_node.observe import metrics
+from mammo_node.status import Status
 
 logger = logging.getLogger(__name__)
 _UNDEFINED = 0xFFFFFFFF
@@ -40,7 +41,7 @@ class IngestResult:
     sop_class_uid: str
     study_uid: str
     series_uid: str
-    outcome: str  # stored, duplicate, replaced
+    outcome: IngestOutcome
     reopened: bool = False
 
 
@@ -62,13 +63,14 @@ def read_header(path: Path) -> Dataset:
                 raise InvalidInstanceError(
                     f"dataset truncated: {element.tag} declares {element.length} bytes, "
                     f"{max(present, 0)} present",
-                    status=0xC210,
+                    status=Status.CANNOT_DECODE_DATA_SET,
                 )
     except InvalidInstanceError:
         raise
     except Exception as exc:  # pydicom raises many types on malformed input
         raise InvalidInstanceError(
-            f"cannot parse the dataset ({type(exc).__name__}): {exc}", status=0xC210
+            f"cannot parse the dataset ({type(exc).__name__}): {exc}",
+            status=Status.CANNOT_DECODE_DATA_SET,
         ) from exc
     return ds
 
@@ -157,7 +159,8 @@ def read_facts(ds: Dataset) -> HeaderFacts:
         )
     except Exception as exc:  # a malformed value anywhere in the header
         raise InvalidInstanceError(
-            f"cannot read the dataset's attributes ({type(exc).__name__}): {exc}", status=0xC210
+            f"cannot read the dataset's attributes ({type(exc).__name__}): {exc}",
+            status=Status.CANNOT_DECODE_DATA_SET,
         ) from exc
 
 
@@ -231,13 +234,13 @@ class Ingestor:
                 raise InvalidInstanceError(
                     f"SOPClassUID {facts.sop_class} in the dataset differs from the request's "
                     f"{expected_sop_class}",
-                    status=0xA900,
+                    status=Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
                 )
             if expected_sop_instance and expected_sop_instance != facts.sop_uid:
                 raise InvalidInstanceError(
                     f"SOPInstanceUID {facts.sop_uid} in the dataset differs from the request's "
                     f"{expected_sop_instance}",
-                    status=0xC222,
+                    status=Status.SOP_INSTANCE_MISMATCH,
                 )
             sha256: str | None = None
             previous = self._stored_version(facts.sop_uid)
@@ -304,21 +307,21 @@ class Ingestor:
             instance = session.scalars(
                 select(Instance).where(Instance.sop_instance_uid == facts.sop_uid).with_for_update()
             ).first()
-            outcome = "stored"
+            outcome = IngestOutcome.STORED
             if instance is None:
                 instance = Instance(sop_instance_uid=facts.sop_uid, replaced_count=0)
                 session.add(instance)
             elif self._same_bytes(instance, stored, sha256):
-                outcome = "duplicate"  # another association stored these bytes meanwhile
+                outcome = IngestOutcome.DUPLICATE  # stored by another association meanwhile
             else:
-                outcome = "replaced"
+                outcome = IngestOutcome.REPLACED
                 old_path = instance.rel_path
                 instance.replaced_count += 1
-            if outcome != "duplicate":
+            if outcome is not IngestOutcome.DUPLICATE:
                 self._fill(instance, facts, stored, arrival, sha256, now, series.id, exam.id)
-            if arrival.origin is Origin.RECEIVED and outcome != "duplicate":
+            if arrival.origin is Origin.RECEIVED and outcome is not IngestOutcome.DUPLICATE:
                 reopened = _note_arrival(session, exam, facts.sop_uid, outcome, now, arrival)
-        for obsolete in (old_path, stored.rel_path if outcome == "duplicate" else None):
+        for obsolete in (old_path, stored.rel_path if outcome is IngestOutcome.DUPLICATE else None):
             if obsolete:
                 try:
                     self.store.remove(obsolete)
@@ -374,7 +377,7 @@ class Ingestor:
         instance.source = arrival.source
         instance.calling_ae = arrival.calling_ae
         instance.peer_host = arrival.peer_host
-        instance.pixel_check = "pending" if needs_check else "skipped"
+        instance.pixel_check = PixelCheck.PENDING if needs_check else PixelCheck.SKIPPED
         instance.pixel_detail = ""
 
 
@@ -399,13 +402,13 @@ def _note_arrival(
     exam.last_received_at = now
     exam.source_ae = arrival.calling_ae
     exam.source_host = arrival.peer_host
-    if outcome == "replaced":
+    if outcome is IngestOutcome.REPLACED:
         exam.changed_at = now
         exam.revision += 1
     if exam.state == ExamState.RECEIVING.value:
         return False
-    why = "image replaced" if outcome == "replaced" else "late image"
-    if outcome != "replaced":
+    why = "image replaced" if outcome is IngestOutcome.REPLACED else "late image"
+    if outcome is not IngestOutcome.REPLACED:
         exam.revision += 1
     repo.set_exam_state(
         session, exam, ExamState.RECEIVING, f"re-opened: {why} {sop_uid} after {exam.state}"

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mammo_node.errors import InvalidInstanceError, StorageError
+from mammo_node.status import Status
 
 _UID_RE = re.compile(r"^[0-9][0-9.]{0,63}$")
 _HASH_CHUNK = 4 * 1024 * 1024
@@ -31,13 +32,15 @@ _HASH_CHUNK = 4 * 1024 * 1024
 def validate_uid(value: object, name: str) -> str:
     """Return ``value`` as a UID string or raise InvalidInstanceError naming the attribute."""
     if value is None or str(value).strip() == "":
-        raise InvalidInstanceError(f"{name} is missing", status=0xC220, http_status=400)
+        raise InvalidInstanceError(
+            f"{name} is missing", status=Status.MISSING_ATTRIBUTE, http_status=400
+        )
     uid = str(value).strip().rstrip("\x00")
     if not _UID_RE.match(uid) or ".." in uid or uid.endswith("."):
         shown = uid if len(uid) <= 70 else uid[:67] + "..."
         raise InvalidInstanceError(
             f"{name} {shown!r} is not a valid DICOM UID (digits and dots, at most 64 chars)",
-            status=0xC221,
+            status=Status.INVALID_UID,
             http_status=400,
         )
     return uid

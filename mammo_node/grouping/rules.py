@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 
 from pydicom import Dataset
 
-from mammo_node.domain import SLOTS, ExamState, Laterality, NotScoredReason, Slot, View
+from mammo_node.domain import (
+    SLOTS,
+    ExamState,
+    Laterality,
+    NotScoredReason,
+    PixelCheck,
+    Slot,
+    View,
+)
 from mammo_node.sop_classes import (
     ACCEPTED_SOP_CLASSES,
     BREAST_PROJECTION_PRESENTATION,
@@ -210,7 +218,7 @@ class ImageFacts:
     for_processing: bool
     rule: NotScoredReason | None
     rule_detail: str
-    pixel_check: str  # pending, ok, failed
+    pixel_check: PixelCheck
     pixel_detail: str = ""
 
 
@@ -258,13 +266,13 @@ def resolve(images: Iterable[ImageFacts]) -> Resolution:
                     else "For Processing (raw) image; the model reads For Presentation images",
                 )
             )
-        elif image.pixel_check == "failed":
+        elif image.pixel_check == PixelCheck.FAILED:
             resolution.not_scored.append(
                 NotScored(image.sop_instance_uid, NotScoredReason.UNDECODABLE, image.pixel_detail)
             )
         elif image.slot is not None:
             candidates[image.slot].append(image)
-            if image.pixel_check != "ok":
+            if image.pixel_check != PixelCheck.OK:
                 resolution.pending.append(image.sop_instance_uid)
     for slot, found in candidates.items():
         if len(found) == 1:

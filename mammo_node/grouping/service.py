@@ -20,7 +20,7 @@ from mammo_node.config import Settings
 from mammo_node.db import repo
 from mammo_node.db.models import Exam, Instance, utcnow
 from mammo_node.db.session import Database
-from mammo_node.domain import ExamState
+from mammo_node.domain import ExamState, PixelCheck
 from mammo_node.errors import MammoNodeError
 from mammo_node.filing.storage import InstanceStore, file_sha256
 from mammo_node.grouping.rules import decide
@@ -29,12 +29,12 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PixelCheck:
+class PixelReport:
     ok: bool
     detail: str
 
 
-def _native_length_check(path: str) -> PixelCheck | None:
+def _native_length_check(path: str) -> PixelReport | None:
     """For uncompressed pixel data the check is arithmetic: the value must hold every pixel.
 
     Returns None when the data is encapsulated (compressed) and must really be decoded.
@@ -45,7 +45,7 @@ def _native_length_check(path: str) -> PixelCheck | None:
         return None
     element = ds.get_item(0x7FE00010, keep_deferred=True)
     if element is None:
-        return PixelCheck(False, "no pixel data")
+        return PixelReport(False, "no pixel data")
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     bits = int(ds.get("BitsAllocated", 0) or 0)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -55,15 +55,15 @@ def _native_length_check(path: str) -> PixelCheck | None:
     if length is None:
         length = len(element.value or b"")
     if not rows or not columns or bits not in (8, 16, 32) or length < expected:
-        return PixelCheck(
+        return PixelReport(
             False,
             f"pixel data holds {length} bytes; {rows}x{columns}x{samples} samples of {bits} bits"
             f" x {frames} frame(s) need {expected}",
         )
-    return PixelCheck(True, f"{columns}x{rows} uncompressed, {length} bytes")
+    return PixelReport(True, f"{columns}x{rows} uncompressed, {length} bytes")
 
 
-def check_pixels(path: str) -> PixelCheck:
+def check_pixels(path: str) -> PixelReport:
     """Can the pixels be read? Uncompressed: the length adds up; compressed: decode once.
 
     Any decoder failure is a reason for not scoring, not a crash.
@@ -83,10 +83,10 @@ def check_pixels(path: str) -> PixelCheck:
             ts = dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID.name
         except Exception:  # the header itself may be the problem
             logger.debug("cannot read transfer syntax of %s", path, exc_info=True)
-        return PixelCheck(False, f"pixel data cannot be decoded ({ts}): {exc}"[:1000])
+        return PixelReport(False, f"pixel data cannot be decoded ({ts}): {exc}"[:1000])
     if pixels.ndim != 2:
-        return PixelCheck(False, f"pixel array has shape {pixels.shape}; one 2D frame expected")
-    return PixelCheck(True, f"{pixels.shape[1]}x{pixels.shape[0]} decoded")
+        return PixelReport(False, f"pixel array has shape {pixels.shape}; one 2D frame expected")
+    return PixelReport(True, f"{pixels.shape[1]}x{pixels.shape[0]} decoded")
 
 
 class Grouper:
@@ -135,7 +135,7 @@ class Grouper:
         with self.db.read() as session:
             pending = session.execute(
                 select(Instance.id, Instance.rel_path)
-                .where(Instance.pixel_check == "pending")
+                .where(Instance.pixel_check == PixelCheck.PENDING)
                 .order_by(Instance.id)
                 .limit(limit)
             ).all()
@@ -145,7 +145,7 @@ class Grouper:
                 instance = session.get(Instance, instance_id)
                 if instance is None or instance.rel_path != rel_path:
                     continue  # replaced meanwhile: the new file gets its own check
-                instance.pixel_check = "ok" if result.ok else "failed"
+                instance.pixel_check = PixelCheck.OK if result.ok else PixelCheck.FAILED
                 instance.pixel_detail = result.detail
                 if not result.ok:
                     logger.warning("undecodable %s: %s", instance.sop_instance_uid, result.detail)

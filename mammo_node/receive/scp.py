@@ -35,6 +35,7 @@ from mammo_node.observe import audit
 from mammo_node.receive import chunked as receive
 from mammo_node.receive.peers import AllowList
 from mammo_node.sop_classes import ACCEPTED_SOP_CLASSES
+from mammo_node.status import Status
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class StorageSCP:
 
     # --- DIMSE -----------------------------------------------------------------------
     def _on_echo(self, event: evt.Event) -> int:
-        return 0x0000
+        return Status.SUCCESS
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
         """Persist and index; never raise (the status says what went wrong)."""
@@ -295,14 +296,14 @@ class StorageSCP:
         except (StorageError, DatabaseError) as exc:
             logger.exception("cannot store %s from %s", request.AffectedSOPInstanceUID, calling)
             self._count(event, ok=False)
-            return _status(0xA700, f"out of resources: {type(exc).__name__}")
+            return _status(Status.OUT_OF_RESOURCES, f"out of resources: {type(exc).__name__}")
         except MammoNodeError as exc:
             logger.exception("cannot store %s", request.AffectedSOPInstanceUID)
             self._count(event, ok=False)
-            return _status(0xC211, str(exc))
+            return _status(Status.HANDLER_ERROR, str(exc))
         except Exception:
             logger.exception("unexpected error storing %s", request.AffectedSOPInstanceUID)
             self._count(event, ok=False)
-            return _status(0xC211, "internal error; see the node's log")
+            return _status(Status.HANDLER_ERROR, "internal error; see the node's log")
         self._count(event, ok=True, result=result)
-        return 0x0000
+        return Status.SUCCESS

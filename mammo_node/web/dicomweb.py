@@ -36,6 +36,7 @@ from mammo_node.filing.ingest import read_header
 from mammo_node.filing.storage import validate_uid
 from mammo_node.observe import audit, metrics
 from mammo_node.sop_classes import ACCEPTED_SOP_CLASSES
+from mammo_node.status import Status
 from mammo_node.web import render
 from mammo_node.web.deps import (
     WebContext,
@@ -66,10 +67,6 @@ from mammo_node.web.qido import INSTANCE, SERIES, STUDY, parse_query
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb")
 
-PROCESSING_FAILURE = 0x0110
-SOP_CLASS_NOT_SUPPORTED = 0x0122
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
 JSON_TYPES = [DICOM_JSON, "application/json"]
 
 
@@ -199,7 +196,7 @@ def _file_part(
         ds = read_header(part.path)
     except InvalidInstanceError as exc:
         metrics.instance_rejected("stow", "invalid")
-        return PartOutcome("", "", "", "", exc.status or CANNOT_UNDERSTAND, str(exc))
+        return PartOutcome("", "", "", "", exc.status or Status.CANNOT_UNDERSTAND, str(exc))
     outcome = PartOutcome(
         str(ds.get("SOPClassUID", "")),
         str(ds.get("SOPInstanceUID", "")),
@@ -209,14 +206,14 @@ def _file_part(
     if outcome.sop_class not in ACCEPTED_SOP_CLASSES:
         metrics.instance_rejected("stow", "sop_class")
         outcome.failure, outcome.reason = (
-            SOP_CLASS_NOT_SUPPORTED,
+            Status.SOP_CLASS_NOT_SUPPORTED,
             (f"SOP class {outcome.sop_class or 'absent'} is not one the node accepts"),
         )
         return outcome
     if study_uid and outcome.study_uid != study_uid:
         metrics.instance_rejected("stow", "study_mismatch")
         outcome.failure, outcome.reason = (
-            PROCESSING_FAILURE,
+            Status.PROCESSING_FAILURE,
             (
                 f"instance {outcome.sop_instance} belongs to study {outcome.study_uid}, "
                 f"not to {study_uid} named in the URL"
@@ -228,10 +225,10 @@ def _file_part(
     except InvalidInstanceError as exc:
         outcome.failure, outcome.reason = exc.status, str(exc)
     except StorageError as exc:
-        outcome.failure, outcome.reason = OUT_OF_RESOURCES, str(exc)
+        outcome.failure, outcome.reason = Status.OUT_OF_RESOURCES, str(exc)
     except DatabaseError as exc:
         logger.exception("STOW-RS: indexing %s failed", outcome.sop_instance)
-        outcome.failure, outcome.reason = PROCESSING_FAILURE, f"database error: {exc}"[:300]
+        outcome.failure, outcome.reason = Status.PROCESSING_FAILURE, f"database error: {exc}"[:300]
     return outcome
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from mammo_node.db.models import Destination, Exam, Instance, OutboxItem, Patient, Result
 from mammo_node.db.session import Database
-from mammo_node.domain import ExamState, Origin
+from mammo_node.domain import ExamState, Origin, OutboxState
 from mammo_node.exams import ExamNotFoundError, exam_detail, image_counts
 from mammo_node.web.dicomjson import HeaderCache, first_value
 from mammo_node.web.errors import WebError
@@ -346,9 +346,9 @@ def _deliveries(session: Session, result: Result) -> list[dict[str, Any]]:
         states = entry["states"]
         entry["summary"] = (
             "delivered"
-            if set(states) == {"delivered"}
+            if set(states) == {OutboxState.DELIVERED}
             else "failed"
-            if "dead" in states
+            if OutboxState.DEAD in states
             else "pending"
         )
     return list(by_destination.values())
