@@ -12,11 +12,11 @@ import typer
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from mammo_node.cli.audit import audit_app
 from mammo_node.db.models import AuditEvent
 from mammo_node.db.session import Database, upgrade
 from mammo_node.observe import audit
 from mammo_node.observe.audit import AuditError, AuditLog, export_jsonl, iter_events, record_in
-from mammo_node.cli.audit import audit_app
 
 
 @pytest.fixture
