@@ -53,3 +53,8 @@ class OutputError(MammoNodeError):
 
 class DeliveryError(MammoNodeError):
     """A result could not be delivered to a destination."""
+
+
+class NotFoundError(MammoNodeError):
+    """What was asked for does not exist (an exam, an image of an exam): 404 at the web edge,
+    exit status 1 with the message on the command line."""

@@ -109,17 +109,17 @@ def outbox_list(
     except MammoNodeError as exc:
         raise _fail(exc) from exc
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps([r.to_json() for r in rows], indent=2))
         return
     table = Table("id", "destination", "output", "state", "attempts", "last error")
     for r in rows:
         table.add_row(
-            str(r["id"]),
-            r["destination"],
-            f"{r['output']} {r['sop_instance_uid']}",
-            r["state"],
-            str(r["attempts"]),
-            r["last_error"],
+            str(r.id),
+            r.destination,
+            f"{r.output} {r.sop_instance_uid}",
+            r.state,
+            str(r.attempts),
+            r.last_error,
         )
     out.print(table)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -11,7 +11,7 @@ from rich.table import Table
 from mammo_node.errors import MammoNodeError
 
 if TYPE_CHECKING:
-    pass
+    from mammo_node.responses import ResultDetail
 from mammo_node.cli.app import exams_app
 from mammo_node.cli.common import DataDir, DbUrl, JsonFlag, _database, _fail, out
 
@@ -33,16 +33,16 @@ def exams_list(
     except MammoNodeError as exc:
         raise _fail(exc) from exc
     if as_json:
-        typer.echo(json.dumps(exams, indent=2))
+        typer.echo(json.dumps([exam.to_json() for exam in exams], indent=2))
         return
     table = Table("study", "state", "images", "last image", "reason")
     for exam in exams:
         table.add_row(
-            exam["study_uid"],
-            exam["state"],
-            str(exam["images"]),
-            (exam["last_received_at"] or "")[:19],
-            exam["reason"],
+            exam.study_uid,
+            exam.state,
+            str(exam.images),
+            (exam.last_received_at or "")[:19],
+            exam.reason,
         )
     out.print(table)
 
@@ -55,57 +55,56 @@ def exams_show(
     as_json: JsonFlag = False,
 ) -> None:
     """One exam: state, which image fills each view, images kept out and why."""
-    from mammo_node.exams import exam_detail
+    from mammo_node.exams import read_exam
 
     try:
-        detail = exam_detail(_database(data_dir, db_url), study_uid)
+        detail = read_exam(_database(data_dir, db_url), study_uid)
     except MammoNodeError as exc:
         raise _fail(exc) from exc
     if as_json:
-        typer.echo(json.dumps(detail, indent=2))
+        typer.echo(json.dumps(detail.to_json(), indent=2))
         return
-    out.print(f"[bold]{detail['study_uid']}[/bold]  {detail['state']}  {detail['reason']}")
+    out.print(f"[bold]{detail.study_uid}[/bold]  {detail.state}  {detail.reason}")
     slots = Table("view", "SOP Instance UID")
-    for slot, uid in detail["slots"].items():
+    for slot, uid in detail.slots.items():
         slots.add_row(slot, uid or "[red]missing[/red]")
     out.print(slots)
-    if detail["not_scored"]:
+    if detail.not_scored:
         kept = Table("not scored", "reason", "detail")
-        for item in detail["not_scored"]:
-            kept.add_row(item["sop_instance_uid"], item["reason"], item["detail"])
+        for item in detail.not_scored:
+            kept.add_row(item.sop_instance_uid, item.reason, item.detail)
         out.print(kept)
-    result = detail.get("result")
-    if result:
-        _print_result(result)
+    if detail.result:
+        _print_result(detail.result)
 
 
-def _print_result(result: dict[str, Any]) -> None:
-    model = result["model"]
-    demo = " (DEMO, not for clinical use)" if model["demo"] else ""
-    breasts = ", ".join(f"{lat} {score:.3f}" for lat, score in result["breast_scores"].items())
+def _print_result(result: ResultDetail) -> None:
+    model = result.model
+    demo = " (DEMO, not for clinical use)" if model.is_demo else ""
+    breasts = ", ".join(f"{lat} {score:.3f}" for lat, score in result.breast_scores.items())
     verdicts = ", ".join(
-        f"{name}: {'yes' if hit else 'no'}" for name, hit in result["verdicts"].items()
+        f"{name}: {'yes' if hit else 'no'}" for name, hit in result.verdicts.items()
     )
     out.print(
-        f"result {result['id']} by {model['name']} {model['version']}{demo}: exam score "
-        f"{result['exam_score']:.3f} ({result['score_kind']}); breasts {breasts}"
+        f"result {result.id} by {model.name} {model.version}{demo}: exam score "
+        f"{result.exam_score:.3f} ({result.score_kind}); breasts {breasts}"
         + (f"; recall at {verdicts}" if verdicts else "")
-        + ("" if result["current"] else "  [an image arrived since: a new result is due]")
+        + ("" if result.current else "  [an image arrived since: a new result is due]")
     )
     views = Table("view", "holistic", "attention", "ensemble", "COA (x, y)", "ROI x0,y0,x1,y1")
-    for image in sorted(result["images"].values(), key=lambda i: str(i["slot"])):
+    for image in sorted(result.images.values(), key=lambda i: i.slot):
         views.add_row(
-            image["slot"],
-            f"{image['holistic']:.3f}",
-            f"{image['attention']:.3f}",
-            f"{image['ensemble']:.3f}",
-            f"{image['coa'][0]:.0f}, {image['coa'][1]:.0f}",
-            ",".join(str(v) for v in image["roi"]),
+            image.slot,
+            f"{image.holistic:.3f}",
+            f"{image.attention:.3f}",
+            f"{image.ensemble:.3f}",
+            f"{image.coa[0]:.0f}, {image.coa[1]:.0f}",
+            ",".join(str(v) for v in image.roi),
         )
     out.print(views)
     states: dict[tuple[str, str], int] = {}
-    for delivery in result["deliveries"]:
-        key = (delivery["destination"], delivery["state"])
+    for delivery in result.deliveries:
+        key = (delivery.destination, delivery.state)
         states[key] = states.get(key, 0) + 1
     for (destination, state), count in sorted(states.items()):
         out.print(f"  {count} output(s) {state} to {destination}")

@@ -10,7 +10,7 @@ from mammo_node.db.models import Destination, Instance, OutboxItem
 from mammo_node.db.session import Database
 from mammo_node.domain import OutboxState
 from mammo_node.errors import MammoNodeError
-from mammo_node.exams import delivery_json
+from mammo_node.responses import Delivery
 
 
 def add_destination(
@@ -97,9 +97,7 @@ def list_destinations(db: Database) -> list[dict[str, Any]]:
         ]
 
 
-def list_outbox(
-    db: Database, *, state: str | None = None, limit: int = 200
-) -> list[dict[str, Any]]:
+def list_outbox(db: Database, *, state: str | None = None, limit: int = 200) -> list[Delivery]:
     with db.read() as session:
         query = (
             select(OutboxItem, Destination.name, Instance.sop_instance_uid, Instance.output_kind)
@@ -111,6 +109,6 @@ def list_outbox(
         if state:
             query = query.where(OutboxItem.state == state)
         return [
-            delivery_json(item, name, uid, kind)
+            Delivery.of(item, name, uid, kind)
             for item, name, uid, kind in session.execute(query).all()
         ]

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from mammo_node.exams import ExamNotFoundError
 from mammo_node.observe import audit
+from mammo_node.responses import ExamPage, WorklistRow
 from mammo_node.web.deps import actor, client_host, context, require_read
 from mammo_node.web.errors import WebError
 from mammo_node.web.worklist import check_filters, exam_view, state_counts, worklist
@@ -15,14 +15,14 @@ from mammo_node.web.worklist import check_filters, exam_view, state_counts, work
 router = APIRouter(prefix="/api")
 
 
-@router.get("/exams")
+@router.get("/exams", response_model=list[WorklistRow])
 def list_exams(
     request: Request,
     state: str = "",
     sort: str = "newest",
     limit: int = 200,
     q: str = "",
-) -> list[dict[str, Any]]:
+) -> list[WorklistRow]:
     """Exams with their latest result (patient identifiers included: role read or admin)."""
     require_read(request)
     check_filters(state, sort)
@@ -33,20 +33,14 @@ def list_exams(
     )
 
 
-@router.get("/exams/{study_uid}")
-def show_exam(request: Request, study_uid: str) -> dict[str, Any]:
+@router.get("/exams/{study_uid}", response_model=ExamPage)
+def show_exam(request: Request, study_uid: str) -> ExamPage:
     """One exam: slots, images kept out and why, result, outputs, deliveries."""
     require_read(request)
     ctx = context(request)
-    try:
-        view = exam_view(ctx.db, ctx.headers, study_uid)
-    except ExamNotFoundError as exc:
-        raise WebError(404, str(exc)) from exc
+    view = exam_view(ctx.db, ctx.headers, study_uid)
     ctx.audit.record(actor(request), audit.VIEWED, study_uid, page="api", peer=client_host(request))
-    payload = view.as_json()
-    for output in payload["outputs"]:
-        output.pop("rel_path", None)
-    return payload
+    return view  # outputs' rel_path stays on the server (excluded from the model's JSON)
 
 
 @router.get("/status")

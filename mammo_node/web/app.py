@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import mammo_node
 from mammo_node.config import Settings
 from mammo_node.db.session import Database
-from mammo_node.errors import DatabaseError, MammoNodeError
+from mammo_node.errors import DatabaseError, MammoNodeError, NotFoundError
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.observe import metrics
 from mammo_node.observe.audit import AuditLog
@@ -166,6 +166,10 @@ def _add_error_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         )
         return _error(request, 400, f"invalid request: {problems}")
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(request: Request, exc: NotFoundError) -> Response:
+        return _error(request, 404, str(exc))
 
     @app.exception_handler(DatabaseError)
     async def database_down(request: Request, exc: DatabaseError) -> Response:

@@ -20,12 +20,11 @@ from fastapi.templating import Jinja2Templates
 
 from mammo_node.domain import ExamState
 from mammo_node.errors import PixelDataError
-from mammo_node.exams import ExamNotFoundError
 from mammo_node.observe import audit
+from mammo_node.responses import ViewCell
 from mammo_node.web.auth import SESSION_COOKIE, Principal
 from mammo_node.web.deps import actor, client_host, context, current_principal
 from mammo_node.web.errors import WebError
-from mammo_node.web.viewimages import ViewNotFoundError
 from mammo_node.web.worklist import check_filters, exam_view, state_counts, worklist
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -129,11 +128,8 @@ def exam_page(request: Request, study_uid: str, heat: int = 1, boxes: int = 1) -
     """The exam; ``heat=0`` / ``boxes=0`` open it with the heat map / ROI boxes switched off."""
     ctx = context(request)
     principal = current_principal(request)
-    try:
-        view = exam_view(ctx.db, ctx.headers, study_uid)
-    except ExamNotFoundError as exc:
-        raise WebError(404, str(exc)) from exc
-    cells = [_cell(ctx, study_uid, cell, principal) for cell in view.cells]
+    view = exam_view(ctx.db, ctx.headers, study_uid)
+    cells = [_cell(ctx, study_uid, cell, principal) for cell in view.views]
     ctx.audit.record(
         actor(request),
         audit.VIEWED,
@@ -146,7 +142,7 @@ def exam_page(request: Request, study_uid: str, heat: int = 1, boxes: int = 1) -
         request,
         "exam.html",
         view=view,
-        exam=view.detail,
+        exam=view,
         result=view.result,
         cells=cells,
         slot_names=SLOT_NAMES,
@@ -155,7 +151,7 @@ def exam_page(request: Request, study_uid: str, heat: int = 1, boxes: int = 1) -
     )
 
 
-def _cell(ctx: Any, study_uid: str, cell: Any, principal: Principal | None) -> dict[str, Any]:
+def _cell(ctx: Any, study_uid: str, cell: ViewCell, principal: Principal | None) -> dict[str, Any]:
     """What the template needs to draw one view: image URLs, SVG geometry, scores."""
     out: dict[str, Any] = {
         "slot": cell.slot,
@@ -196,8 +192,6 @@ def view_image(request: Request, study_uid: str, sop_uid: str, hang: str = "") -
         raise WebError(401, "sign in to see images")
     try:
         path = ctx.views.png(study_uid, sop_uid, hung_like=hang or None)
-    except ViewNotFoundError as exc:
-        raise WebError(404, str(exc)) from exc
     except PixelDataError as exc:
         raise WebError(422, f"image {sop_uid} cannot be displayed: {exc}") from exc
     return FileResponse(
@@ -213,8 +207,6 @@ def view_overlay(request: Request, study_uid: str, seg_uid: str, hang: str) -> R
         raise WebError(401, "sign in to see images")
     try:
         path = ctx.views.overlay_png(study_uid, seg_uid, hung_like=hang)
-    except ViewNotFoundError as exc:
-        raise WebError(404, str(exc)) from exc
     except PixelDataError as exc:
         raise WebError(422, f"overlay {seg_uid} cannot be displayed: {exc}") from exc
     return FileResponse(

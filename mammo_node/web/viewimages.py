@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from mammo_node.db.models import Exam, Instance
 from mammo_node.db.session import Database
-from mammo_node.errors import MammoNodeError, PixelDataError
+from mammo_node.errors import NotFoundError, PixelDataError
 from mammo_node.filing.storage import InstanceStore
 from mammo_node.web import render
 from mammo_node.web.dicomjson import HeaderCache
@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 MAX_SIZE = (1024, 1280)  # width, height: about a reading-room tile on a 2-4 MP screen
 
 
-class ViewNotFoundError(MammoNodeError):
-    """The image does not exist or does not belong to the exam asked about."""
+# the image does not exist or does not belong to the exam asked about (the name before
+# NotFoundError was the one not-found error)
+ViewNotFoundError = NotFoundError
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class ViewImages:
                 .where(Exam.study_uid == study_uid, Instance.sop_instance_uid == sop_uid)
             ).first()
         if row is None:
-            raise ViewNotFoundError(f"no image {sop_uid} in exam {study_uid}")
+            raise NotFoundError(f"no image {sop_uid} in exam {study_uid}")
         return StoredImage(*row)
 
     @staticmethod
