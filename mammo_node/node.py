@@ -16,6 +16,7 @@ from mammo_node.filing.storage import InstanceStore
 from mammo_node.grouping.service import Grouper, GrouperThread
 from mammo_node.ml.loading import load_scorer
 from mammo_node.observe.audit import AuditLog
+from mammo_node.observe.loops import Loops
 from mammo_node.receive.scp import StorageSCP
 from mammo_node.web.server import WebServer
 from mammo_node.worker import Worker, WorkerThread
@@ -50,12 +51,17 @@ class Node:
             )
             self.worker = WorkerThread(worker)
         self.audit = AuditLog(self.db)
+        self.loops = Loops()
+        for thread in (self.grouper, self.worker, self.exporter):  # the web app adds audit
+            if thread is not None:
+                self.loops.add(thread.health)
         self.web = WebServer(
             settings,
             self.db,
             self.ingestor,
             audit_log=self.audit,
             model_ready=self._model_ready if self.worker is not None else None,
+            loops=self.loops,
             public_url=settings.public_url,
         )
         self._stop = threading.Event()

@@ -38,9 +38,10 @@ from mammo_node.db.models import (
 )
 from mammo_node.db.session import Database
 from mammo_node.domain import ExamInference, ExamState, Origin, Slot
-from mammo_node.errors import MammoNodeError, ModelError
+from mammo_node.errors import MammoNodeError, ModelError, NotFoundError
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.observe import metrics
+from mammo_node.observe.loops import LoopHealth
 from mammo_node.writers import OutputObject, build_outputs
 from mammo_node.writers.identity import OutputKind, ReferencedDocument
 
@@ -375,9 +376,7 @@ def rescore(db: Database, study_uid: str, reason: str = "rescore requested") -> 
     with db.session() as session:
         exam = repo.exam_by_uid(session, study_uid)
         if exam is None:
-            from mammo_node.exams import ExamNotFoundError
-
-            raise ExamNotFoundError(f"no exam with StudyInstanceUID {study_uid}")
+            raise NotFoundError(f"no exam with StudyInstanceUID {study_uid}")
         exam.revision += 1
         exam.attempts = 0
         exam.claimed_by = ""
@@ -392,6 +391,7 @@ class WorkerThread(threading.Thread):
         self.stopping = threading.Event()
         self.ready = threading.Event()
         self.model_error = ""
+        self.health = LoopHealth("worker", is_alive=self.is_alive)
 
     def run(self) -> None:
         try:
@@ -400,16 +400,19 @@ class WorkerThread(threading.Thread):
             self.ready.set()
         except Exception as exc:
             self.model_error = f"{type(exc).__name__}: {exc}"
-            logger.exception("the worker cannot load its model; exams stay READY")
+            self.health.failed(exc, "loading the model (exams stay READY)")
             return
         while not self.stopping.is_set():
             try:
                 busy = self.worker.run_once()
-            except Exception:
-                logger.exception("worker pass failed")
+            except Exception as exc:
+                self.health.failed(exc, "worker pass")
                 busy = False
+            else:
+                self.health.succeeded()
             if not busy:
                 self.stopping.wait(self.worker.settings.worker_poll_seconds)
 
     def stop(self) -> None:
+        self.health.stopped = True
         self.stopping.set()

@@ -27,6 +27,7 @@ from mammo_node.domain import OutboxState
 from mammo_node.errors import DeliveryError, MammoNodeError
 from mammo_node.filing.storage import InstanceStore
 from mammo_node.observe import audit, metrics
+from mammo_node.observe.loops import LoopHealth
 from mammo_node.receive.scp import build_client_ssl_context
 
 logger = logging.getLogger(__name__)
@@ -233,6 +234,7 @@ class ExporterThread(threading.Thread):
         self.interval = interval
         self.stopping = threading.Event()
         self._wakeup = threading.Event()
+        self.health = LoopHealth("exporter", is_alive=self.is_alive)
 
     def wake(self) -> None:
         """New deliveries are due: look now instead of at the next poll."""
@@ -243,12 +245,15 @@ class ExporterThread(threading.Thread):
             self._wakeup.clear()
             try:
                 busy = self.exporter.run_once()
-            except Exception:
-                logger.exception("export pass failed")
+            except Exception as exc:
+                self.health.failed(exc, "export pass")
                 busy = 0
+            else:
+                self.health.succeeded()
             if not busy:
                 self._wakeup.wait(self.interval)
 
     def stop(self) -> None:
+        self.health.stopped = True
         self.stopping.set()
         self._wakeup.set()

@@ -21,9 +21,9 @@ from mammo_node.db import repo
 from mammo_node.db.models import Exam, Instance, utcnow
 from mammo_node.db.session import Database
 from mammo_node.domain import ExamState, PixelCheck
-from mammo_node.errors import MammoNodeError
 from mammo_node.filing.storage import InstanceStore, file_sha256
 from mammo_node.grouping.rules import decide
+from mammo_node.observe.loops import LoopHealth
 
 logger = logging.getLogger(__name__)
 
@@ -198,17 +198,21 @@ class GrouperThread(threading.Thread):
         super().__init__(name="grouper", daemon=True)
         self.grouper = grouper
         self.stopping = threading.Event()
+        self.health = LoopHealth("grouper", is_alive=self.is_alive)
 
     def run(self) -> None:
         interval = self.grouper.settings.grouping_interval
         while not self.stopping.is_set():
             try:
                 busy = self.grouper.run_once()
-            except MammoNodeError:
-                logger.exception("grouping pass failed; retrying in %.1f s", interval)
+            except Exception as exc:  # an OSError hashing a file must not end grouping
+                self.health.failed(exc, f"grouping pass (retrying in {interval:.1f} s)")
                 busy = 0
+            else:
+                self.health.succeeded()
             if not busy:
                 self.stopping.wait(interval)
 
     def stop(self) -> None:
+        self.health.stopped = True
         self.stopping.set()

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from mammo_node.db.models import AuditEvent, utcnow
 from mammo_node.db.session import Database
 from mammo_node.errors import MammoNodeError
+from mammo_node.observe.loops import LoopHealth
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._flushed = threading.Condition(self._lock)
         self._pending = 0
+        self.health = LoopHealth("audit", is_alive=self._running, stopped=True)
 
     # --- writing --------------------------------------------------------------------------
     def record(self, actor: str, action: str, target: str = "", **detail: Any) -> None:
@@ -122,13 +124,19 @@ class AuditLog:
         if self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self.health.stopped = False
         self._thread.start()
+
+    def _running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued and stop the thread."""
         thread, self._thread = self._thread, None
         if thread is None:
             return
+        self.health.stopped = True
         self._queue.put(None)
         thread.join(timeout)
 
@@ -175,13 +183,15 @@ class AuditLog:
     def _write_batch(self, batch: list[AuditRecord]) -> None:
         try:
             self._write(batch)
-        except MammoNodeError:
-            # the database is down: keep the events for the next round, do not spin
-            logger.exception("audit: could not write %d event(s); retrying", len(batch))
+        except Exception as exc:
+            # the database is down (or a row cannot be written): keep the events for the
+            # next round, do not spin, and let /readyz and the metrics say so
+            self.health.failed(exc, f"writing {len(batch)} event(s) (kept, retrying)")
             threading.Event().wait(self.interval)
             for item in batch:
                 self._queue.put(item)
             return
+        self.health.succeeded()
         with self._flushed:
             self._pending -= len(batch)
             self._flushed.notify_all()

@@ -72,6 +72,12 @@ OUTBOX_FAILURES = Counter(
     ["destination"],
     registry=REGISTRY,
 )
+LOOP_FAILURES = Counter(
+    "mammo_loop_failures",
+    "Failed passes of a background loop (grouper, worker, exporter, audit), by exception type",
+    ["loop", "error"],
+    registry=REGISTRY,
+)
 HTTP_REQUESTS = Counter(
     "mammo_http_requests",
     "HTTP requests answered, by route group (dicomweb, pages, api, ops) and status class",
@@ -108,6 +114,11 @@ def delivery_succeeded(destination: str, count: int = 1) -> None:
 
 def delivery_failed(destination: str, count: int = 1) -> None:
     OUTBOX_FAILURES.labels(destination=destination).inc(count)
+
+
+def loop_failed(loop: str, error: str) -> None:
+    """A pass of a background loop raised ``error`` (an exception type name); it goes on."""
+    LOOP_FAILURES.labels(loop=loop, error=error).inc()
 
 
 def http_request(group: str, status_code: int) -> None:

@@ -30,6 +30,7 @@ from mammo_node.errors import DatabaseError, MammoNodeError, NotFoundError
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.observe import metrics
 from mammo_node.observe.audit import AuditLog
+from mammo_node.observe.loops import Loops
 from mammo_node.web import api, dicomweb, health, pages
 from mammo_node.web import metrics as metrics_route
 from mammo_node.web.auth import SessionSigner, TokenStore, load_or_create_secret
@@ -61,14 +62,18 @@ def create_app(
     ingestor: Ingestor,
     *,
     model_ready: ModelReady | None = None,
+    loops: Loops | None = None,
     audit_log: AuditLog | None = None,
     max_stow_bytes: int = DEFAULT_MAX_STOW_BYTES,
     public_url: str | None = None,
 ) -> FastAPI:
-    """The app. ``model_ready`` reports the scoring worker's model for /readyz;
+    """The app. ``model_ready`` reports the scoring worker's model and ``loops`` the
+    background loops for /readyz;
     ``public_url`` (e.g. https://pacs-ai.example.org) fixes the base of the URLs handed out."""
     headers = HeaderCache(ingestor.store)
     log = audit_log or AuditLog(db)
+    loops = Loops() if loops is None else loops
+    loops.add(log.health)  # the app starts and stops the audit writer
     ctx = WebContext(
         settings=settings,
         db=db,
@@ -80,6 +85,7 @@ def create_app(
         views=ViewImages(db, ingestor.store, headers, settings.data_dir / "cache" / "views"),
         audit=log,
         model_ready=model_ready,
+        loops=loops,
         max_stow_bytes=max_stow_bytes,
         public_url=public_url,
     )

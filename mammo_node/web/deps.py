@@ -11,6 +11,7 @@ from mammo_node.config import Settings
 from mammo_node.db.session import Database
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.observe.audit import AuditLog
+from mammo_node.observe.loops import Loops
 from mammo_node.web.auth import (
     SESSION_COOKIE,
     Principal,
@@ -41,6 +42,7 @@ class WebContext:
     views: ViewImages
     audit: AuditLog
     model_ready: ModelReady | None
+    loops: Loops
     max_stow_bytes: int
     public_url: str | None = None
 

@@ -47,11 +47,20 @@ def _model(ctx: WebContext) -> tuple[bool, str]:
         return False, str(exc)[:300]
 
 
+def _loops(ctx: WebContext) -> tuple[bool, str]:
+    return ctx.loops.readiness()
+
+
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
     ctx = context(request)
     checks: dict[str, Any] = {}
-    for name, check in (("database", _database), ("storage", _storage), ("model", _model)):
+    for name, check in (
+        ("database", _database),
+        ("storage", _storage),
+        ("model", _model),
+        ("loops", _loops),
+    ):
         ok, detail = check(ctx)
         checks[name] = {"ok": ok, "detail": detail}
     ready = all(c["ok"] for c in checks.values())

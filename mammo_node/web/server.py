@@ -20,6 +20,7 @@ from mammo_node.db.session import Database
 from mammo_node.errors import ConfigError
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.observe.audit import AuditLog
+from mammo_node.observe.loops import Loops
 from mammo_node.web.app import DEFAULT_MAX_STOW_BYTES, create_app
 from mammo_node.web.deps import ModelReady
 
@@ -34,6 +35,7 @@ class WebServer:
         ingestor: Ingestor,
         *,
         model_ready: ModelReady | None = None,
+        loops: Loops | None = None,
         audit_log: AuditLog | None = None,
         max_stow_bytes: int = DEFAULT_MAX_STOW_BYTES,
         public_url: str | None = None,
@@ -45,6 +47,7 @@ class WebServer:
             db,
             ingestor,
             model_ready=model_ready,
+            loops=loops,
             audit_log=audit_log,
             max_stow_bytes=max_stow_bytes,
             public_url=public_url,
