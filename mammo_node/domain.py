@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -176,24 +175,3 @@ class ExamInference:
     bundle: BundleInfo
     timings: dict[str, float] = field(default_factory=dict)
     verdicts: dict[str, bool] = field(default_factory=dict)  # operating point name -> at/above
-
-    def to_json(self) -> dict[str, Any]:
-        """The result as ``exams show --json`` prints it (without saliency maps)."""
-        return {
-            "exam_score": self.scores.exam_score,
-            "breast_scores": {lat.value: s for lat, s in self.scores.breast_scores.items()},
-            "images": {
-                v.sop_instance_uid: {
-                    "slot": str(v.slot),
-                    "holistic": v.holistic,
-                    "attention": v.attention,
-                    "ensemble": v.ensemble,
-                    "coa": [v.coa[0], v.coa[1]],
-                    "roi": list(v.roi),
-                }
-                for v in self.views.values()
-            },
-            "model": {"name": self.bundle.name, "version": self.bundle.version},
-            "verdicts": dict(self.verdicts),
-            "timings": dict(self.timings),
-        }

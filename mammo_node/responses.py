@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mammo_node.db.models import Destination, Exam, ExamEvent, Instance, OutboxItem, Patient
 from mammo_node.db.models import Result as ResultRow
-from mammo_node.domain import ExamState, OutboxState
+from mammo_node.domain import ExamInference, ExamState, OutboxState, ViewInference
 
 
 def iso(value: dt.datetime | None) -> str | None:
@@ -124,6 +124,45 @@ class ViewScore(Answer):
     ensemble: float
     coa: list[float]
     roi: list[int]
+
+    @classmethod
+    def of(cls, view: ViewInference) -> ViewScore:
+        return cls(
+            slot=str(view.slot),
+            holistic=view.holistic,
+            attention=view.attention,
+            ensemble=view.ensemble,
+            coa=[view.coa[0], view.coa[1]],
+            roi=list(view.roi),
+        )
+
+
+class ModelName(Answer):
+    name: str
+    version: str
+
+
+class ScoredExam(Answer):
+    """What a result row keeps of the worker's inference (no saliency maps): its
+    ``breast_scores``, ``images`` and ``verdicts`` are what the answers above read back."""
+
+    exam_score: float
+    breast_scores: dict[str, float]
+    images: dict[str, ViewScore]  # SOP Instance UID -> scores
+    model: ModelName
+    verdicts: dict[str, bool]
+    timings: dict[str, float]
+
+    @classmethod
+    def of(cls, inference: ExamInference) -> ScoredExam:
+        return cls(
+            exam_score=inference.scores.exam_score,
+            breast_scores={lat.value: s for lat, s in inference.scores.breast_scores.items()},
+            images={v.sop_instance_uid: ViewScore.of(v) for v in inference.views.values()},
+            model=ModelName(name=inference.bundle.name, version=inference.bundle.version),
+            verdicts=dict(inference.verdicts),
+            timings=dict(inference.timings),
+        )
 
 
 class OutputRef(Answer):

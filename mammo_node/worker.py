@@ -42,6 +42,7 @@ from mammo_node.errors import MammoNodeError, ModelError, NotFoundError
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.observe import metrics
 from mammo_node.observe.loops import LoopHealth
+from mammo_node.responses import ScoredExam
 from mammo_node.writers import OutputObject, build_outputs
 from mammo_node.writers.identity import OutputKind, ReferencedDocument
 
@@ -259,7 +260,7 @@ class Worker:
         previous: tuple[int, list[ReferencedDocument]] | None,
         timings: dict[str, float],
     ) -> int | None:
-        summary = inference.to_json()
+        summary = ScoredExam.of(inference).to_json()
         sr_uid = next(o.sop_instance_uid for o in outputs if o.kind is OutputKind.SR)
         with self.db.session() as session:
             exam = session.get(Exam, claim.exam_id, with_for_update=True)
