@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import storescu, wait_for
-from tests.factory import four_view_exam, write
+from tests.helpers.mg import four_view_exam, write
+from tests.helpers.tools import storescu, wait_for
 
 
 def test_db_upgrade_serve_send_and_exams_json(
@@ -53,7 +53,7 @@ def test_db_upgrade_serve_send_and_exams_json(
 
 
 def test_echo_to_a_closed_port_says_so(tmp_path: Path) -> None:
-    from tests.conftest import free_port
+    from tests.helpers.tools import free_port
 
     result = subprocess.run(
         [str(Path(sys.executable).parent / "mammo-node"), "echo", "127.0.0.1", str(free_port())],

@@ -14,8 +14,8 @@ from sqlalchemy import select
 
 from mammo_node.db.models import Exam, Instance
 from mammo_node.db.session import Database
-from tests.conftest import wait_for
-from tests.factory import four_view_exam, write
+from tests.helpers.mg import four_view_exam, write
+from tests.helpers.tools import wait_for
 
 EXAMS = 12  # 48 instances
 

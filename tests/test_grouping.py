@@ -17,7 +17,7 @@ from mammo_node.grouping.rules import (
     decide,
     resolve,
 )
-from tests.factory import mg_dataset
+from tests.helpers.mg import mg_dataset
 
 LCC = Slot(Laterality.L, View.CC)
 

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from mammo_node.db.models import Instance
 from mammo_node.observe.loops import LoopHealth, Loops
-from tests.conftest import storescu, wait_for
+from tests.helpers.tools import storescu, wait_for
 
 
 def _grouper_failures(text: str) -> float:

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest_ml import breast_phantom, make_mg, plant_spot
 
 from mammo_node.domain import SLOTS, OperatingPoint, Slot
 from mammo_node.errors import ModelError
@@ -15,6 +14,8 @@ from mammo_node.ml.bundle import BundleManifest, load_bundle, save_bundle
 from mammo_node.ml.inference import EnsembleScorer, resolve_device, resolve_precision
 from mammo_node.ml.models import build_model
 from mammo_node.ml.preprocess import PreprocessSettings
+from mammo_node.responses import ScoredExam
+from tests.helpers.mg import breast_phantom, mg_dataset, plant_spot
 
 SETTINGS = PreprocessSettings(input_size=64, roi_size=32, roi_scale=2.0)
 
@@ -52,8 +53,8 @@ def exam_datasets() -> dict[Slot, object]:
         plant_spot(image, 40.5, 60.5, radius=3.0)
         if slot.laterality.value == "R":
             image = image[:, ::-1].copy()
-        out[slot] = make_mg(
-            image, laterality=slot.laterality.value, view=slot.view.value, study_uid="1.2.3"
+        out[slot] = mg_dataset(
+            display=image, laterality=slot.laterality.value, view=slot.view.value, study_uid="1.2.3"
         )
     return out
 
@@ -80,15 +81,17 @@ def test_exam_results_follow_the_rules_and_live_on_the_stored_grid(scorer: Ensem
     assert result.scores.exam_score == pytest.approx(max(breasts.values()))
     assert result.verdicts == {"low": True, "high": False}
     assert result.timings["total"] > 0
-    assert result.to_json()["model"] == {"name": "t", "version": "1"}
+    assert ScoredExam.of(result).to_json()["model"] == {"name": "t", "version": "1"}
 
 
 def test_a_mirrored_right_breast_gives_the_mirrored_coa(scorer: EnsembleScorer) -> None:
     image = breast_phantom(120, 90, seed=5)
     plant_spot(image, 30.5, 50.5, radius=3.0)
-    left = scorer.score_view(make_mg(image, laterality="L", view="CC"), Slot.parse("L-CC"))
+    left = scorer.score_view(
+        mg_dataset(display=image, laterality="L", view="CC"), Slot.parse("L-CC")
+    )
     right = scorer.score_view(
-        make_mg(image[:, ::-1].copy(), laterality="R", view="CC"), Slot.parse("R-CC")
+        mg_dataset(display=image[:, ::-1].copy(), laterality="R", view="CC"), Slot.parse("R-CC")
     )
     # The same pixels reach the model, so the scores agree ...
     assert right.holistic == pytest.approx(left.holistic, abs=1e-5)

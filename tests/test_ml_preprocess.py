@@ -6,7 +6,6 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest_ml import breast_phantom, make_mg, plant_spot
 
 from mammo_node.errors import PixelDataError
 from mammo_node.ml.preprocess import (
@@ -18,7 +17,8 @@ from mammo_node.ml.preprocess import (
     preprocess,
     train_tensor,
 )
-from tests.conftest import SHARED
+from tests.helpers.environment import SHARED
+from tests.helpers.mg import breast_phantom, mg_dataset, plant_spot
 
 NEMA = SHARED / "realdata" / "nema-wg04-MG1__robyoung-dicom-test-files"
 SETTINGS = PreprocessSettings(input_size=64, roi_size=32, roi_scale=2.0)
@@ -51,11 +51,11 @@ def test_point_maps_back_to_the_same_stored_pixel(
     display = stored_display(chest_wall)
     col, row = (70, 80) if chest_wall == "left" else (39, 80)
     plant_spot(display, col + 0.5, row + 0.5, radius=2.5)
-    ds = make_mg(
-        display,
-        laterality=laterality,
-        view=view,
-        patient_orientation=orientation,
+    ds = mg_dataset(
+        laterality,
+        view,
+        display=display,
+        PatientOrientation=None if orientation is None else list(orientation),
         photometric=photometric,
     )
     prepared = preprocess(ds, laterality=laterality, settings=SETTINGS)
@@ -91,7 +91,7 @@ def test_point_maps_back_to_the_same_stored_pixel(
 
 def test_orientation_falls_back_to_laterality_then_intensity() -> None:
     right_stored = stored_display("right")
-    p = preprocess(make_mg(right_stored, laterality="R"), laterality="R", settings=SETTINGS)
+    p = preprocess(mg_dataset("R", display=right_stored), laterality="R", settings=SETTINGS)
     assert (p.geometry.flipped, p.geometry.orientation_rule) == (True, OrientationRule.LATERALITY)
     p = preprocess(right_stored, laterality=None, settings=SETTINGS)
     assert (p.geometry.flipped, p.geometry.orientation_rule) == (True, OrientationRule.INTENSITY)
@@ -114,11 +114,11 @@ def test_crop_and_pad_geometry() -> None:
 
 def test_modality_and_voi_lut_are_applied() -> None:
     display = breast_phantom(60, 40)
-    ds = make_mg(display, rescale=(2.0, -100.0))
+    ds = mg_dataset(display=display, RescaleSlope=2.0, RescaleIntercept=-100.0, RescaleType="US")
     expected = (display - display.min()) / (display.max() - display.min())  # min-max to 0..1
     assert np.allclose(load_pixels(ds), expected, atol=1e-3)
     # A narrow window saturates: everything above centre + width/2 becomes 1.
-    ds = make_mg(display, window=(1000.0, 200.0))
+    ds = mg_dataset(display=display, WindowCenter=1000.0, WindowWidth=200.0)
     pixels = load_pixels(ds)
     assert pixels.max() == pytest.approx(1.0)
     assert np.mean(pixels > 0.99) == pytest.approx(np.mean(display * 4095 > 1100), abs=0.02)
@@ -131,11 +131,11 @@ def test_undecodable_pixels_raise_pixel_data_error() -> None:
 
 
 def test_colour_and_multiframe_are_refused() -> None:
-    ds = make_mg(breast_phantom(20, 20))
+    ds = mg_dataset(display=breast_phantom(20, 20))
     ds.PhotometricInterpretation = "RGB"
     with pytest.raises(PixelDataError, match="not greyscale"):
         load_pixels(ds)
-    ds = make_mg(breast_phantom(20, 20))
+    ds = mg_dataset(display=breast_phantom(20, 20))
     ds.NumberOfFrames = 3
     with pytest.raises(PixelDataError, match="3 frames"):
         load_pixels(ds)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest_ml import breast_phantom, plant_spot
 from torch import nn
 
 from mammo_node.ml.models import build_model
 from mammo_node.ml.preprocess import PreprocessSettings, preprocess
 from mammo_node.ml.roi import cut_roi, window_origin
 from mammo_node.ml.saliency import centre_of_attention, input_saliency, risk_scores, smooth
+from tests.helpers.mg import breast_phantom, plant_spot
 
 
 class BrightSpotNet(nn.Module):

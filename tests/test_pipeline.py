@@ -4,8 +4,6 @@ receives the SR, SC and SEG objects; they validate and read back with the stored
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from pydicom.filebase import DicomBytesIO
 from mammo_node.delivery.destinations import add_destination
 from mammo_node.exams import exam_detail
 from mammo_node.writers import read_report
-from tests.conftest import storescu, wait_for
+from tests.helpers.tools import dciodvfy_errors, storescu, wait_for
 
 
 def scored(node: Any, study: str) -> dict[str, Any]:
@@ -31,13 +29,6 @@ def delivered(node: Any, study: str) -> dict[str, Any]:
     if not result or not result["deliveries"]:
         return {}
     return detail if all(d["state"] == "delivered" for d in result["deliveries"]) else {}
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    tool = shutil.which("dciodvfy")
-    assert tool, "dciodvfy not installed: `make test` installs dicom3tools"
-    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
 def test_exam_is_scored_and_results_arrive_in_orthanc(

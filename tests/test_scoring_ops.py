@@ -22,7 +22,7 @@ from mammo_node.exams import exam_detail
 from mammo_node.ml.loading import load_scorer
 from mammo_node.worker import Worker, rescore
 from mammo_node.writers import sop_classes_for_outputs
-from tests.conftest import free_port, storescu, wait_for
+from tests.helpers.tools import free_port, storescu, wait_for
 
 
 class PeerSCP:

@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 from mammo_node.db.models import Association, Exam, Instance
 from mammo_node.exams import exam_detail
 from mammo_node.sop_classes import MG_PRESENTATION
-from tests.conftest import dcmtk, storescu, wait_for
-from tests.factory import four_view_exam, mg_dataset, write
+from tests.helpers.mg import four_view_exam, mg_dataset, write
+from tests.helpers.tools import dcmtk, storescu, wait_for
 
 
 def exam_state(node: Any, study_uid: str) -> str | None:

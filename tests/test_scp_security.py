@@ -14,7 +14,7 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from mammo_node.db.models import Association
-from tests.conftest import dcmtk
+from tests.helpers.tools import dcmtk
 
 
 def _certificate(folder: Path, name: str) -> tuple[Path, Path]:

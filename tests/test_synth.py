@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import shutil
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -31,6 +29,7 @@ from mammo_node.synth import (
     write_synthetic_dataset,
 )
 from mammo_node.synth.wrap import chest_wall_side
+from tests.helpers.tools import dciodvfy_errors
 
 SMALL = {"rows": 256, "columns": 208}
 
@@ -41,14 +40,6 @@ def display(ds: pydicom.Dataset) -> np.ndarray:
     centre, width = float(ds.WindowCenter), float(ds.WindowWidth)
     shown = np.clip((pixels - (centre - width / 2)) / width, 0.0, 1.0)
     return 1.0 - shown if ds.PhotometricInterpretation == "MONOCHROME1" else shown
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    tool = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
-    result = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
-    lines = (result.stdout + result.stderr).splitlines()
-    assert result.returncode == 0, lines
-    return [line for line in lines if line.startswith("Error")]
 
 
 @pytest.fixture(scope="module")

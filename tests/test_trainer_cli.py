@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import pydicom
-from conftest_trainer import TINY_CV, tiny_cohort  # noqa: F401 - fixture
 from typer.testing import CliRunner
 
 from mammo_node.domain import Slot
 from mammo_node.ml.bundle import load_bundle
 from mammo_node.ml.inference import EnsembleScorer
+from tests.helpers.trainer import TINY_CV
 from trainer.cli import app
 
 runner = CliRunner()
@@ -25,7 +25,7 @@ def invoke(*args: str) -> str:
     return result.output
 
 
-def test_index_cv_report_export_and_the_node_scores_with_the_bundle(tiny_cohort: Path) -> None:  # noqa: F811
+def test_index_cv_report_export_and_the_node_scores_with_the_bundle(tiny_cohort: Path) -> None:
     data, manifest, run = tiny_cohort / "data", tiny_cohort / "manifest.json", tiny_cohort / "run"
     out = invoke(
         "index",

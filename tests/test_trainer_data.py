@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest_ml import breast_phantom, make_mg
 from PIL import Image
 
 from mammo_node.domain import SLOTS, Slot
 from mammo_node.ml.preprocess import OrientationRule, PreprocessSettings
+from tests.helpers.mg import breast_phantom, mg_dataset
 from trainer.cache import ImageCache
 from trainer.data import ExamRecord, Manifest, image_label, index_dataset, read_labels
 from trainer.distributed import DistInfo
@@ -24,8 +24,8 @@ def write_exam(root: Path, study: str, patient: str, slots: list[str]) -> None:
     (root / study).mkdir(parents=True, exist_ok=True)
     for n, text in enumerate(slots):
         slot = Slot.parse(text)
-        ds = make_mg(
-            breast_phantom(40, 32, seed=n),
+        ds = mg_dataset(
+            display=breast_phantom(40, 32, seed=n),
             laterality=slot.laterality.value,
             view=slot.view.value,
             study_uid=study,

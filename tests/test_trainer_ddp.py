@@ -10,15 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest_trainer import TINY_CV, tiny_cohort  # noqa: F401 - fixture
 
+from tests.helpers.trainer import TINY_CV
 from trainer.data import index_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(300)
-def test_two_process_gloo_cross_validation(tiny_cohort: Path) -> None:  # noqa: F811
+def test_two_process_gloo_cross_validation(tiny_cohort: Path) -> None:
     data, run = tiny_cohort / "data", tiny_cohort / "ddp-run"
     manifest = tiny_cohort / "ddp-manifest.json"
     index_dataset(data, labels_csv=data / "labels.csv", truth_csv=data / "truth.csv").save(manifest)

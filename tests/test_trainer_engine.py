@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest_ml import breast_phantom, plant_spot
 
 from mammo_node.ml.models import build_model
+from tests.helpers.mg import breast_phantom, plant_spot
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.distributed import DistInfo

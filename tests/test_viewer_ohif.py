@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_writers import write_scored_exam
 
-from tests.conftest import SHARED
+from tests.helpers.environment import SHARED
+from tests.helpers.writers import write_scored_exam
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK = Path(os.environ.get("MAMMO_OHIF_CHECK", SHARED / "tools/ohif-check/check.sh"))

@@ -17,14 +17,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest_web import (
-    ADMIN_TOKEN,
-    READ_TOKEN,
-    Site,
-    extra_server,
-    running_site,
-    synth_exam,
-)
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom import Dataset, dcmread
@@ -38,8 +30,16 @@ from mammo_node.observe import metrics
 from mammo_node.observe.audit import iter_events
 from mammo_node.web.auth import hash_entry
 from mammo_node.web.media import new_boundary
-from tests.conftest import PG_ADMIN_URL, _pg_database
-from tests.factory import mg_dataset
+from tests.helpers.environment import PG_ADMIN_URL, pg_database
+from tests.helpers.mg import mg_dataset
+from tests.helpers.site import (
+    ADMIN_TOKEN,
+    READ_TOKEN,
+    Site,
+    extra_server,
+    running_site,
+    synth_exam,
+)
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 READER = {"Authorization": f"Bearer {READ_TOKEN}"}
@@ -58,7 +58,7 @@ def site(
             yield built
         return
     request.getfixturevalue("pg_server")
-    databases = _pg_database(PG_ADMIN_URL)
+    databases = pg_database(PG_ADMIN_URL)
     url = next(databases)
     try:
         with running_site(data_dir, url) as built:

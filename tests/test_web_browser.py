@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest_web import Site, extra_server, running_site
 from PIL import Image
+
+from tests.helpers.site import Site, extra_server, running_site
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts" / "web"

@@ -33,7 +33,7 @@ from mammo_node.web.media import (
 )
 from mammo_node.web.qido import STUDY, parse_query
 from mammo_node.web.render import Window, display_image, hanging_flips, window_values
-from tests.factory import mg_dataset
+from tests.helpers.mg import mg_dataset
 
 SECRET = "a-long-enough-secret-value"
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,8 @@ from mammo_node.synth.wrap import (
     wrap_nyu_exam,
     write_datasets,
 )
-from tests.conftest import SHARED
+from tests.helpers.environment import SHARED
+from tests.helpers.tools import dciodvfy_errors
 
 
 def realdata() -> Path:
@@ -40,14 +39,6 @@ def realdata() -> Path:
             f"holding {NYU_DIR} and {MIAS_DIR}"
         )
     return path
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    tool = shutil.which("dciodvfy") or "/usr/bin/dciodvfy"
-    result = subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
-    lines = (result.stdout + result.stderr).splitlines()
-    assert result.returncode == 0, lines
-    return [line for line in lines if line.startswith("Error")]
 
 
 @pytest.fixture(scope="module")

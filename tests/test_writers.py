@@ -12,7 +12,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from conftest_writers import NOW, ExamSpec, demo_bundle, make_exam, make_inference, synth_exam
 from pydicom import config as pydicom_config
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -32,6 +31,8 @@ from mammo_node.writers.sc import BOX_RGB, COA_RGB, DEFAULT_MAX_PIXELS, DEMO_RGB
 from mammo_node.writers.seg import salient_mask
 from mammo_node.writers.sources import scored_views
 from mammo_node.writers.sr import index_view
+from tests.helpers.tools import dciodvfy
+from tests.helpers.writers import NOW, ExamSpec, demo_bundle, make_exam, make_inference, synth_exam
 
 L_CC, L_MLO, R_CC, R_MLO = SLOTS
 ALLOWED_WARNING = re.compile(
@@ -159,10 +160,8 @@ def test_uids_are_deterministic_per_study_bundle_revision(
 
 
 def test_every_output_passes_dciodvfy(written: list[Path]) -> None:
-    assert shutil.which("dciodvfy"), "dciodvfy not installed: `make test` installs dicom3tools"
     for path in written:
-        run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
-        lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+        lines = dciodvfy(path)
         errors = [line for line in lines if line.startswith("Error")]
         assert not errors, f"{path.name}: {errors}"
         warnings = [line for line in lines if line.startswith("Warning")]
@@ -689,7 +688,7 @@ def test_undecodable_source_pixels_raise_output_error(exam: dict[Slot, pydicom.D
 def test_sources_missing_type2_attributes_still_give_valid_outputs(tmp_path: Path) -> None:
     """Real files omit Type 2 attributes (AccessionNumber, StudyID...): outputs stay valid."""
     from mammo_node.domain import BundleInfo, ExamInference, ExamScores, ViewInference
-    from tests.factory import four_view_exam
+    from tests.helpers.mg import four_view_exam
 
     exam = four_view_exam(rows=64, columns=48)  # no AccessionNumber, StudyID, StudyTime...
     assert "AccessionNumber" not in exam[0] and "StudyID" not in exam[0]

@@ -1,8 +1,9 @@
 """Small 4-view exams and hand-made inference results for the writer tests.
 
-``make_exam`` builds For Presentation MG datasets with pydicom: a half-ellipse breast against the
-chest wall, which is on the left of the stored image for left breasts and on the right for right
-breasts (stored mirrored, as detectors store them; Patient Orientation A\\R, A\\FR, P\\L, P\\FL).
+``make_exam`` builds For Presentation MG datasets (on ``tests.helpers.mg.mg_dataset``): a
+half-ellipse breast against the chest wall, which is on the left of the stored image for left
+breasts and on the right for right breasts (stored mirrored, as detectors store them; Patient
+Orientation A\\R, A\\FR, P\\L, P\\FL).
 ``make_inference`` places an ROI, a COA and a Gaussian saliency blob at chosen stored-grid
 positions so that tests can assert exactly where they appear in every output.
 """
@@ -14,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     DigitalMammographyXRayImageStorageForPresentation,
-    ExplicitVRLittleEndian,
     RLELossless,
     generate_uid,
 )
@@ -33,16 +33,13 @@ from mammo_node.domain import (
     View,
     ViewInference,
 )
+from tests.helpers.mg import mg_dataset
 
 ORIENTATION = {
     Slot(Laterality.L, View.CC): ["A", "R"],
     Slot(Laterality.L, View.MLO): ["A", "FR"],
     Slot(Laterality.R, View.CC): ["P", "L"],
     Slot(Laterality.R, View.MLO): ["P", "FL"],
-}
-VIEW_CODES = {
-    View.CC: ("399162004", "cranio-caudal"),
-    View.MLO: ("399368009", "medio-lateral oblique"),
 }
 NOW = datetime.datetime(2026, 11, 25, 10, 30, 0)
 
@@ -68,7 +65,8 @@ def breast_mask(slot: Slot, rows: int, columns: int) -> np.ndarray:
     return ((xx - wall_x) / (0.85 * columns)) ** 2 + ((yy - rows / 2) / (0.46 * rows)) ** 2 <= 1.0
 
 
-def make_mg(slot: Slot, spec: ExamSpec, study: Dataset, index: int) -> Dataset:
+def view_dataset(slot: Slot, spec: ExamSpec, study: Dataset, index: int) -> Dataset:
+    """One view of ``make_exam``: the common MG builder plus what a detector writes."""
     rng = np.random.default_rng(spec.seed + index)
     rows, cols = spec.rows, spec.columns
     tissue = breast_mask(slot, rows, cols)
@@ -77,25 +75,21 @@ def make_mg(slot: Slot, spec: ExamSpec, study: Dataset, index: int) -> Dataset:
     if spec.photometric == "MONOCHROME1":
         stored = (4095 - stored).astype(np.uint16)
 
-    ds = Dataset()
+    ds = mg_dataset(
+        slot.laterality.value,
+        slot.view.value,
+        pixels=stored,
+        photometric=spec.photometric,
+        sop_class=DigitalMammographyXRayImageStorageForPresentation,
+    )
     ds.update(study)
-    ds.SOPClassUID = DigitalMammographyXRayImageStorageForPresentation
-    ds.SOPInstanceUID = generate_uid()
     ds.SeriesInstanceUID = study.SeriesInstanceUID if spec.one_series else generate_uid()
-    ds.Modality = "MG"
     ds.SeriesNumber = 1 if spec.one_series else index + 1
     ds.InstanceNumber = index + 1 if spec.one_series else 1
     ds.SeriesDescription = "MG screening" if spec.one_series else str(slot)
     ds.Manufacturer = "Synthetic Test Detector"
-    ds.PresentationIntentType = "FOR PRESENTATION"
     ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
     ds.BodyPartExamined = "BREAST"
-    ds.ImageLaterality = slot.laterality.value
-    ds.ViewPosition = slot.view.value
-    code = Dataset()
-    code.CodeValue, code.CodeMeaning = VIEW_CODES[slot.view]
-    code.CodingSchemeDesignator = "SCT"
-    ds.ViewCodeSequence = [code]
     ds.PatientOrientation = ORIENTATION[slot]
     ds.ImagerPixelSpacing = [0.1, 0.1]
     ds.BodyPartThickness = 52
@@ -103,20 +97,11 @@ def make_mg(slot: Slot, spec: ExamSpec, study: Dataset, index: int) -> Dataset:
         ds.PositionReferenceIndicator = ""
     else:
         del ds.FrameOfReferenceUID
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = spec.photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     ds.WindowCenter, ds.WindowWidth = (
         (2100, 2600) if spec.photometric == "MONOCHROME1" else (2000, 2600)
     )
     ds.VOILUTFunction = "LINEAR"
     ds.PresentationLUTShape = "INVERSE" if spec.photometric == "MONOCHROME1" else "IDENTITY"
-    ds.PixelData = stored.tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     if slot in spec.rle_slots:
         ds.compress(RLELossless, stored)
     return ds
@@ -140,7 +125,7 @@ def make_exam(spec: ExamSpec | None = None) -> dict[Slot, Dataset]:
     study.StudyID = "S1"
     study.ReferringPhysicianName = ""
     study.StudyDescription = "Screening mammography"
-    return {slot: make_mg(slot, spec, study, i) for i, slot in enumerate(SLOTS)}
+    return {slot: view_dataset(slot, spec, study, i) for i, slot in enumerate(SLOTS)}
 
 
 def gaussian_saliency(rows: int, columns: int, cx: float, cy: float, sigma: float) -> np.ndarray:

@@ -26,23 +26,19 @@ from mammo_node.db import repo
 from mammo_node.db.models import Destination, Instance, OutboxItem, Result
 from mammo_node.db.session import Database, upgrade
 from mammo_node.domain import (
-    SLOTS,
-    BundleInfo,
     ExamInference,
-    ExamScores,
     ExamState,
-    Laterality,
-    OperatingPoint,
     Origin,
     Slot,
-    ViewInference,
 )
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.filing.storage import InstanceStore
 from mammo_node.grouping.service import Grouper
-from mammo_node.synth import SynthExam, SynthOptions, generate_exam, make_uid
+from mammo_node.responses import ScoredExam
+from mammo_node.synth import SynthExam, SynthOptions, generate_exam
 from mammo_node.web.server import WebServer
 from mammo_node.writers.outputs import build_outputs
+from tests.helpers.writers import make_inference
 
 ADMIN_TOKEN = "admin-secret-token-0123456789"
 READ_TOKEN = "reader-secret-token-0123456789"
@@ -104,55 +100,10 @@ def file_dataset(
 
 
 def _inference(exam: SynthExam) -> ExamInference:
-    bundle = BundleInfo(
-        name="mammo-demo",
-        version="0.1.0",
-        architecture="resnet18",
-        is_demo=True,
-        score_kind="logit_difference",
-        device_uid=make_uid("device", "web-tests"),
-        operating_points=(OperatingPoint("recall", 2.5, 0.85, 0.9),),
-    )
-    lesions = {t.slot: t for t in exam.truth}
-    views: dict[Slot, ViewInference] = {}
-    for slot in SLOTS:
-        ds = exam.datasets[slot]
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        truth = lesions.get(str(slot))
-        cx, cy = (truth.x, truth.y) if truth else (cols * 0.3, rows * 0.5)
-        if truth is None and slot.laterality is Laterality.R:
-            cx = cols * 0.7
-        half = 18
-        roi = (
-            int(max(0, cx - half)),
-            int(max(0, cy - half)),
-            int(min(cols, cx + half)),
-            int(min(rows, cy + half)),
-        )
-        yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
-        saliency = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 14.0**2)).astype(np.float32)
-        score = SCORES[str(slot)]
-        views[slot] = ViewInference(
-            sop_instance_uid=str(ds.SOPInstanceUID),
-            slot=slot,
-            holistic=score - 0.25,
-            attention=score + 0.25,
-            ensemble=score,
-            coa=(float(cx), float(cy)),
-            roi=roi,
-            saliency=saliency,
-        )
-    breasts = {
-        Laterality.L: SCORES["L-CC"] + SCORES["L-MLO"],
-        Laterality.R: SCORES["R-CC"] + SCORES["R-MLO"],
-    }
-    return ExamInference(
-        study_uid=exam.study_uid,
-        views=views,
-        scores=ExamScores(breasts, max(breasts.values())),
-        bundle=bundle,
-        verdicts={"recall": True},
-    )
+    """Scores by view as SCORES, the centre of attention on the synthetic lesion."""
+    lesions = {Slot.parse(t.slot): (t.x + 0.5, t.y + 0.5) for t in exam.truth}
+    scores = {Slot.parse(slot): score for slot, score in SCORES.items()}
+    return make_inference(exam.datasets, scores=scores, centres=lesions)
 
 
 def _store_result(
@@ -172,7 +123,7 @@ def _store_result(
             score_kind="logit_difference",
             exam_score=inference.scores.exam_score,
             breast_scores={k.value: v for k, v in inference.scores.breast_scores.items()},
-            images=inference.to_json()["images"],
+            images=ScoredExam.of(inference).to_json()["images"],
             verdicts=dict(inference.verdicts),
             created_at=row.last_received_at + dt.timedelta(seconds=12.5),
             device="cpu",
