@@ -382,6 +382,8 @@ def test_exam_page_hangs_four_views_with_scores_rois_and_deliveries(site: Site) 
     ]
     assert "+4.25" in html and "+2.75" in html and "-1.75" in html and "recall" in html
     assert "DEMO" in html
+    assert "receiving → <b>scored</b>" in html  # the history reads each step's from state
+    assert 'class="stale"' not in html  # the result is current: no image changed since
     r_cc = site.inference.views[next(s for s in site.inference.views if str(s) == "R-CC")]
     x0, y0, x1, y1 = r_cc.roi
     assert f'x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}"' in html
@@ -479,6 +481,9 @@ def test_json_api(site: Site) -> None:
     detail = httpx.get(f"{site.base}/api/exams/{site.scored.study_uid}", headers=READER).json()
     assert detail["slots"]["R-CC"] == site.sop(site.scored, "R-CC")
     assert detail["result"]["breast_scores"] == {"L": -1.75, "R": 4.25}
+    assert detail["result"]["current"] and detail["result"]["model"]["is_demo"]
+    assert listing[0]["result"]["current"] and listing[0]["result"]["model"]["is_demo"]
+    assert detail["events"][-1]["from"] == "receiving" and detail["events"][-1]["to"] == "scored"
     states = {d["destination"]: d["summary"] for d in detail["deliveries"]}
     assert states == {"pacs": "delivered", "reading-room": "failed"}
     assert all("rel_path" not in o for o in detail["outputs"])
