@@ -187,8 +187,13 @@ def test_dead_letters_are_requeued_and_delivered(
     try:
         assert retry(node.db, destination="pacs") == 13
         wait_for(lambda: len(pacs.received) == 13, timeout=60)
-        result = exam_detail(node.db, exam.study_uid)["result"]
-        assert {d["state"] for d in result["deliveries"]} == {"delivered"}
+
+        def states() -> set[str]:
+            deliveries = exam_detail(node.db, exam.study_uid)["result"]["deliveries"]
+            return {d["state"] for d in deliveries}
+
+        # the peer has them; the exporter records each delivery just after the C-STORE returns
+        wait_for(lambda: states() == {"delivered"}, timeout=30)
     finally:
         pacs.stop()
 
