@@ -487,6 +487,8 @@ def test_json_api(site: Site) -> None:
     states = {d["destination"]: d["summary"] for d in detail["deliveries"]}
     assert states == {"pacs": "delivered", "reading-room": "failed"}
     assert all("rel_path" not in o for o in detail["outputs"])
+    missing = httpx.get(f"{site.base}/api/exams/{generate_uid()}", headers=READER)
+    assert missing.status_code == 404 and "no exam" in missing.json()["reason"]
     assert httpx.get(f"{site.base}/api/status").json()["exams"]["scored"] >= 1
 
 
