@@ -59,10 +59,7 @@ def destinations_list(
     """Destinations and their state."""
     from mammo_node.delivery.destinations import list_destinations
 
-    try:
-        rows = list_destinations(_database(data_dir, db_url))
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    rows = list_destinations(_database(data_dir, db_url))
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -85,10 +82,7 @@ def destinations_remove(name: str, data_dir: DataDir = None, db_url: DbUrl = Non
     """Remove a destination (its delivery history stays; pending deliveries are dropped)."""
     from mammo_node.delivery.destinations import remove_destination
 
-    try:
-        remove_destination(_database(data_dir, db_url), name)
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    remove_destination(_database(data_dir, db_url), name)
     out.print(f"destination {name} removed")
 
 
@@ -104,10 +98,7 @@ def outbox_list(
     """Deliveries, newest first (dead letters with --state dead)."""
     from mammo_node.delivery.destinations import list_outbox
 
-    try:
-        rows = list_outbox(_database(data_dir, db_url), state=state, limit=limit)
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    rows = list_outbox(_database(data_dir, db_url), state=state, limit=limit)
     if as_json:
         typer.echo(json.dumps([r.to_json() for r in rows], indent=2))
         return
@@ -134,8 +125,5 @@ def outbox_retry(
     """Re-queue dead letters (and clear a destination's rejected-association pause)."""
     from mammo_node.delivery.exporter import retry
 
-    try:
-        count = retry(_database(data_dir, db_url), destination=destination, item_id=item)
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    count = retry(_database(data_dir, db_url), destination=destination, item_id=item)
     out.print(f"{count} deliver{'y' if count == 1 else 'ies'} re-queued")

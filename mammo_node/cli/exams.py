@@ -8,12 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from mammo_node.errors import MammoNodeError
-
 if TYPE_CHECKING:
     from mammo_node.responses import ResultDetail
 from mammo_node.cli.app import exams_app
-from mammo_node.cli.common import DataDir, DbUrl, JsonFlag, _database, _fail, out
+from mammo_node.cli.common import DataDir, DbUrl, JsonFlag, _database, out
 
 
 # --- exams -------------------------------------------------------------------------------
@@ -28,10 +26,7 @@ def exams_list(
     """Exams, most recent first."""
     from mammo_node.exams import list_exams
 
-    try:
-        exams = list_exams(_database(data_dir, db_url), state=state, limit=limit)
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    exams = list_exams(_database(data_dir, db_url), state=state, limit=limit)
     if as_json:
         typer.echo(json.dumps([exam.to_json() for exam in exams], indent=2))
         return
@@ -57,10 +52,7 @@ def exams_show(
     """One exam: state, which image fills each view, images kept out and why."""
     from mammo_node.exams import read_exam
 
-    try:
-        detail = read_exam(_database(data_dir, db_url), study_uid)
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    detail = read_exam(_database(data_dir, db_url), study_uid)
     if as_json:
         typer.echo(json.dumps(detail.to_json(), indent=2))
         return
@@ -119,8 +111,5 @@ def exams_rescore(
     """Queue an exam for a new result; its SR will name the previous one."""
     from mammo_node.worker import rescore
 
-    try:
-        revision = rescore(_database(data_dir, db_url), study_uid)
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    revision = rescore(_database(data_dir, db_url), study_uid)
     out.print(f"exam {study_uid} queued for scoring (revision {revision})")
