@@ -395,6 +395,7 @@ class WorkerThread(threading.Thread):
         self.health = LoopHealth("worker", is_alive=self.is_alive)
 
     def run(self) -> None:
+        self.health.started = True
         try:
             self.worker.release_own_claims()
             _ = self.worker.scorer  # load the model before claiming anything

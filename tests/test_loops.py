@@ -78,8 +78,10 @@ def test_grouper_survives_an_io_error_while_hashing_and_readyz_says_so(
 def test_a_loop_whose_thread_ended_is_reported_dead() -> None:
     loops = Loops()
     alive = {"grouper": True}
-    loops.add(LoopHealth("grouper", is_alive=lambda: alive["grouper"]))
-    loops.add(LoopHealth("exporter"))
+    grouper = loops.add(LoopHealth("grouper", is_alive=lambda: alive["grouper"]))
+    loops.add(LoopHealth("exporter", started=True))
+    assert loops.readiness() == (False, "grouper: not started yet")
+    grouper.started = True
     assert loops.readiness() == (True, "running: grouper, exporter")
     alive["grouper"] = False
     ok, detail = loops.readiness()

@@ -241,6 +241,7 @@ class ExporterThread(threading.Thread):
         self._wakeup.set()
 
     def run(self) -> None:
+        self.health.started = True
         while not self.stopping.is_set():
             self._wakeup.clear()
             try:

@@ -202,6 +202,7 @@ class GrouperThread(threading.Thread):
 
     def run(self) -> None:
         interval = self.grouper.settings.grouping_interval
+        self.health.started = True
         while not self.stopping.is_set():
             try:
                 busy = self.grouper.run_once()

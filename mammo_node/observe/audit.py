@@ -96,7 +96,7 @@ class AuditLog:
         self._lock = threading.Lock()
         self._flushed = threading.Condition(self._lock)
         self._pending = 0
-        self.health = LoopHealth("audit", is_alive=self._running, stopped=True)
+        self.health = LoopHealth("audit", is_alive=self._running)
 
     # --- writing --------------------------------------------------------------------------
     def record(self, actor: str, action: str, target: str = "", **detail: Any) -> None:
@@ -124,7 +124,7 @@ class AuditLog:
         if self._thread is not None:
             return
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-        self.health.stopped = False
+        self.health.started, self.health.stopped = True, False
         self._thread.start()
 
     def _running(self) -> bool:

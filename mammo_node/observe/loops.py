@@ -4,7 +4,7 @@ A loop that stops or keeps failing does so quietly: exams stay RECEIVING, result
 outbox, and nothing answers with an error. Each loop therefore reports every pass here; a
 failing pass is logged with its traceback, counted in ``mammo_loop_failures_total`` and shown
 by /readyz (not ready, with the loop's name) until a pass succeeds again. A loop whose thread
-has ended while the node runs is reported dead.
+has ended while the node runs is reported dead; one not yet started, not ready.
 
 Only the exception's type is kept for /readyz: the message may name a file or a value; the
 log has the rest.
@@ -35,6 +35,7 @@ class LoopHealth:
     last_error_at: float | None = None
     consecutive_failures: int = 0
     failures: int = 0
+    started: bool = False  # the loop has begun its first pass
     stopped: bool = False  # stopped on purpose: not dead
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -64,6 +65,8 @@ class LoopHealth:
     def state(self) -> tuple[bool, str]:
         """(healthy, what /readyz says about it)."""
         with self._lock:
+            if not self.started and not self.stopped:
+                return False, f"{self.name}: not started yet"
             if not self.stopped and not self.is_alive():
                 last = f" (last error {self.last_error})" if self.last_error else ""
                 return False, f"{self.name}: dead{last}"
