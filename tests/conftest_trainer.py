@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+import torchvision
 
 from mammo_node.synth import SynthOptions, write_synthetic_dataset
+
+IMAGENET_RESNET18 = "resnet18-f37072fd.pth"  # torchvision's file name for its ImageNet weights
+
+
+def write_torchvision_weights(torch_home: Path, arch: str = "resnet18") -> Path:
+    """A torchvision-layout weights file where torch hub keeps it (random values: nothing is
+    downloaded; the layout - RGB stem, 1000-class head - is what matters)."""
+    assert arch == "resnet18"
+    path = torch_home / "hub" / "checkpoints" / IMAGENET_RESNET18
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(123)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
 
 # Small enough for seconds of CPU per fold: 48 px model input, 32 px ROIs from 72 px wide hires.
 TINY_CV = [
@@ -32,8 +49,11 @@ TINY_CV = [
 
 
 @pytest.fixture(scope="module")
-def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Synthetic exams in root/data; TORCH_HOME points at root/torch_home, which holds
+    torchvision-layout ResNet-18 ImageNet weights (so the default --init imagenet works)."""
     root = tmp_path_factory.mktemp("cohort")
+    write_torchvision_weights(root / "torch_home")
     write_synthetic_dataset(
         root / "data",
         SynthOptions(
@@ -46,4 +66,6 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
             lesion_radius_mm=(8.0, 12.0),
         ),
     )
-    return root
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(root / "torch_home"))
+        yield root

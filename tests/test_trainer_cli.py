@@ -102,8 +102,9 @@ def test_index_cv_report_export_and_the_node_scores_with_the_bundle(tiny_cohort:
     )
     assert "wu_pretrained" in result["rows"]
 
-    subsampled = json.loads(invoke("report", str(run), "--json", "--bootstrap", "20",
-                                   "--subsample-negatives", "2"))
+    subsampled = json.loads(
+        invoke("report", str(run), "--json", "--bootstrap", "20", "--subsample-negatives", "2")
+    )
     assert subsampled["counts"]["normal"] == 2
     assert subsampled["counts"]["screening"] == result["counts"]["screening"]
 

@@ -87,28 +87,51 @@ def cv(
         float,
         typer.Option(help="Gaussian sigma (input px) on |gradient| before the COA; 0 = paper"),
     ] = 0.0,
+    coa_rule: Annotated[
+        str,
+        typer.Option(
+            help="breast_region: strongest top-1 % region inside the breast; paper: centroid "
+            "of the top 1 % of the whole map"
+        ),
+    ] = "breast_region",
     epochs: int = 10,
     attention_epochs: Annotated[int | None, typer.Option(help="default: --epochs")] = None,
-    batch_size: int = 8,
+    batch_size: Annotated[
+        int, typer.Option(help="Global batch (split over DDP ranks; the paper's 4)")
+    ] = 4,
     lr: float = 1e-4,
     positive_fraction: float = 0.5,
     device: str = "auto",
     seed: int = 0,
-    workers: int = 2,
+    workers: Annotated[
+        int | None, typer.Option(help="Loader processes per rank (default: sized to the CPUs)")
+    ] = None,
     amp: Annotated[
         bool | None,
         typer.Option("--amp/--no-amp", help="bf16 autocast; default on for CUDA, off on CPU"),
     ] = None,
-    init_weights: Annotated[
+    init: Annotated[
+        str,
+        typer.Option(
+            help="imagenet: torchvision's ImageNet weights (the paper); scratch: random weights"
+        ),
+    ] = "imagenet",
+    weights_file: Annotated[
         Path | None,
         typer.Option(
-            help="Local weights to start from (ImageNet or a compatible checkpoint; no pickle)"
+            help="Local ImageNet weights (torchvision layout; default: torch hub's cache)"
         ),
     ] = None,
     train_head_only: Annotated[
         bool, typer.Option(help="Adapted Pretrained: train fc only")
     ] = False,
     deterministic: bool = False,
+    progress_every: Annotated[
+        int, typer.Option(help="Steps between running-loss updates (one GPU sync each)")
+    ] = 50,
+    tensorboard: Annotated[
+        bool, typer.Option(help="TensorBoard event files under RUN_DIR/tensorboard")
+    ] = True,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
     quiet: bool = False,
 ) -> None:
@@ -124,6 +147,7 @@ def cv(
             roi_size=roi_size,
             roi_scale=roi_scale,
             saliency_smoothing=saliency_smoothing,
+            coa_rule=coa_rule,
             epochs=epochs,
             attention_epochs=attention_epochs,
             batch_size=batch_size,
@@ -134,9 +158,12 @@ def cv(
             device=device,
             workers=workers,
             amp=amp,
-            init_weights=str(init_weights) if init_weights else None,
+            init=init,
+            weights_file=str(weights_file) if weights_file else None,
             train_head_only=train_head_only,
             deterministic=deterministic,
+            progress_every=progress_every,
+            tensorboard=tensorboard,
         )
         scores = run_cv(manifest, out, cfg, quiet=quiet)
     except MammoNodeError as exc:

@@ -77,11 +77,14 @@ def train_final(run_dir: Path, cfg: TrainConfig, manifest_path: Path) -> Path:
     try:
         with Reporter(enabled=info.is_main) as reporter:
             cv = CrossValidation(manifest_path, run_dir, cfg, reporter, info)
-            cv.cache.build(cv.manifest, info, reporter)
+            cv.cache.build(cv.manifest, info, reporter, workers=cv.workers)
             fold = Fold(cfg.folds, run_dir / "final", cv.usable_exams(), [])
             fold.directory.mkdir(parents=True, exist_ok=True)
             holistic = cv.holistic(fold)
-            cv.attention(fold, cv.rois(fold, holistic))
+            if not (fold.directory / "attention.safetensors").is_file():
+                crops = cv.roi_cache(fold, cv.rois(fold, holistic))
+                cv.attention(fold, crops)
+                crops.remove(info)
             return fold.directory
     finally:
         shutdown(info)
