@@ -4,6 +4,8 @@
     mammo-train cv manifest.json --folds 10 --out RUN_DIR [--arch ... --input-size ...]
     mammo-train report RUN_DIR [--json] [--external NAME=CSV ...]
     mammo-train export RUN_DIR --out BUNDLE [--final-train | --best-fold]
+    mammo-train calibrate BUNDLE MANIFEST [--prevalence P]    held-out exams -> calibration
+    mammo-train evaluate BUNDLE MANIFEST --out DIR [--json]   external validation (Table 1)
 
 Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m trainer.cli cv ...``.
 """
@@ -18,6 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -218,7 +221,18 @@ def export(
     demo: Annotated[bool, typer.Option(help="Mark as a demo (not for clinical use)")] = False,
     sensitivity: Annotated[
         list[float] | None,
-        typer.Option(help="Operating point sensitivities (repeatable); default 0.85 and 0.9"),
+        typer.Option(help="Operating point sensitivities (repeatable); default 0.85 0.9 0.95"),
+    ] = None,
+    recall_rate: Annotated[
+        float, typer.Option(help="Recall-rate operating point (0 = none)")
+    ] = 0.05,
+    calibration: Annotated[str, typer.Option(help="isotonic or platt")] = "isotonic",
+    prevalence: Annotated[
+        float | None,
+        typer.Option(
+            help="Screening-cancer prevalence to state probabilities at (default: "
+            "that of the fitting exams)"
+        ),
     ] = None,
     storage_dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16")] = "float32",
 ) -> None:
@@ -233,7 +247,10 @@ def export(
             name=name,
             version=version,
             is_demo=demo,
-            sensitivities=sensitivity or (0.85, 0.9),
+            sensitivities=sensitivity or (0.85, 0.9, 0.95),
+            recall_rate=recall_rate,
+            calibration_method=calibration,
+            prevalence=prevalence,
             storage_dtype=storage_dtype,
         )
     except MammoNodeError as exc:
@@ -243,10 +260,103 @@ def export(
         f"wrote bundle {written.name} {written.version} to {out} ({size:.1f} MB, "
         f"weights from {written.training['source']})"
     )
+    if written.calibration is None:
+        typer.echo(
+            "no held-out exams for these weights: the bundle has no calibration or operating "
+            f"points yet; run `mammo-train calibrate {out} HELD_OUT_MANIFEST`"
+        )
+
+
+@app.command()
+def calibrate(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory (rewritten in place)")],
+    manifest: Annotated[Path, typer.Argument(help="Manifest of exams it never trained on")],
+    method: Annotated[str, typer.Option(help="isotonic or platt")] = "isotonic",
+    prevalence: Annotated[
+        float | None,
+        typer.Option(
+            help="Screening-cancer prevalence to state probabilities at (default: "
+            "that of these exams)"
+        ),
+    ] = None,
+    sensitivity: Annotated[
+        list[float] | None, typer.Option(help="Operating point sensitivities (repeatable)")
+    ] = None,
+    recall_rate: Annotated[float, typer.Option(help="Recall-rate operating point")] = 0.05,
+    device: str = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the calibration as JSON")] = False,
+) -> None:
+    """Fit probability, 1-10 categories and operating points for BUNDLE on MANIFEST's exams."""
+    from trainer.external import calibrate_bundle
+
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("scoring exams", total=None)
+            fitted = calibrate_bundle(
+                bundle,
+                manifest,
+                method=method,
+                prevalence=prevalence,
+                sensitivities=sensitivity or (0.85, 0.9, 0.95),
+                recall_rate=recall_rate,
+                device=device,
+                progress=lambda n, total: progress.update(task, completed=n, total=total),
+            )
+    except MammoNodeError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        typer.echo(json.dumps(fitted.to_json(), indent=1))
+        return
+    typer.echo(
+        f"calibrated {bundle} on {fitted.exams} exams ({fitted.cancers} screening cancers, "
+        f"{fitted.patients} patients), {fitted.method}, prevalence {fitted.prevalence:.4f}"
+    )
+    for p in fitted.points:
+        typer.echo(
+            f"  {p.name}: threshold {p.threshold:.3f}, sensitivity {p.sensitivity:.3f} "
+            f"({p.sensitivity_ci[0]:.3f}-{p.sensitivity_ci[1]:.3f}), specificity "
+            f"{p.specificity:.3f} ({p.specificity_ci[0]:.3f}-{p.specificity_ci[1]:.3f}), "
+            f"recall rate {p.recall_rate:.3f}"
+        )
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory")],
+    manifest: Annotated[Path, typer.Argument(help="Manifest of another site's exams")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory")],
+    bootstrap: int = 1000,
+    seed: int = 0,
+    device: str = "cpu",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+) -> None:
+    """External validation: Table 1 rows, operating points and calibration on new exams."""
+    from trainer.external import evaluate_bundle
+    from trainer.report import markdown
+
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("scoring exams", total=None)
+            result = evaluate_bundle(
+                bundle,
+                manifest,
+                out,
+                bootstrap=bootstrap,
+                seed=seed,
+                device=device,
+                progress=lambda n, total: progress.update(task, completed=n, total=total),
+            )
+    except MammoNodeError as exc:
+        raise _fail(exc) from exc
+    typer.echo(json.dumps(result, indent=1) if as_json else markdown(result))
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Logging goes to stderr and is set up before anything imports matplotlib, whose
+    # first-use messages (font cache) must never reach the stdout of a --json command.
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     app()
 
 
