@@ -44,8 +44,8 @@ def _fail(exc: MammoNodeError) -> typer.Exit:
 @app.command()
 def index(
     data_dir: Annotated[Path, typer.Argument(help="Directory of DICOM files (or PNG + --views)")],
-    labels: Annotated[Path, typer.Option("--labels", help="labels.csv")],
     out: Annotated[Path, typer.Option("--out", help="Manifest JSON to write")],
+    labels: Annotated[Path | None, typer.Option("--labels", help="labels.csv (site data)")] = None,
     truth: Annotated[
         Path | None, typer.Option("--truth", help="truth.csv (lesion centres)")
     ] = None,
@@ -55,26 +55,41 @@ def index(
             "--views", help="CSV file,study_uid,laterality,view[,sop_instance_uid] for PNG data"
         ),
     ] = None,
+    data_format: Annotated[
+        str,
+        typer.Option(
+            "--format", help="site (labels.csv) or a public layout: rsna, vindr, cmmd, cbis-ddsm"
+        ),
+    ] = "site",
 ) -> None:
     """Scan DATA_DIR into a dataset manifest (exams with exactly one image per slot)."""
     from trainer.data import index_dataset
+    from trainer.errors import DataError
+    from trainer.public import index_public
 
     try:
-        with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("reading headers", total=None)
-            manifest = index_dataset(
-                data_dir,
-                labels_csv=labels,
-                truth_csv=truth,
-                views_csv=views,
-                progress=lambda n, total: progress.update(task, completed=n, total=total),
-            )
+        if data_format != "site":
+            if labels or views or truth:
+                raise DataError("--labels, --truth and --views are for --format site only.")
+            manifest = index_public(data_dir, data_format)
+        else:
+            if labels is None:
+                raise DataError("--labels is needed for --format site.")
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task("reading headers", total=None)
+                manifest = index_dataset(
+                    data_dir,
+                    labels_csv=labels,
+                    truth_csv=truth,
+                    views_csv=views,
+                    progress=lambda n, total: progress.update(task, completed=n, total=total),
+                )
         manifest.save(out)
     except MammoNodeError as exc:
         raise _fail(exc) from exc
     counts = manifest.counts
     typer.echo(json.dumps(counts, indent=1))
-    typer.echo(f"wrote {out}")
+    console.print(f"wrote {out}")
 
 
 @app.command()
