@@ -132,7 +132,7 @@ class ImageCache:
         """The image at the holistic width, float32 0..1."""
         return from_uint16(np.load(self._path(sop), mmap_mode="r", allow_pickle=False))
 
-    def _read_progress(self) -> None:
+    def read_index(self) -> None:
         for part in sorted(self.root.glob("progress.rank*.jsonl")):
             for line in part.read_text().splitlines():
                 try:
@@ -150,7 +150,7 @@ class ImageCache:
     ) -> None:
         """Prepare every image of the manifest not yet cached (sharded over ranks)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self._read_progress()
+        self.read_index()
         images = [i for e in manifest.exams for i in e.images.values()]
         todo = [
             i
@@ -179,7 +179,7 @@ class ImageCache:
                     fh.flush()
                     reporter.advance(task)
         barrier(info)
-        self._read_progress()
+        self.read_index()
 
 
 class RoiCache:
