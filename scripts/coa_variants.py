@@ -73,10 +73,11 @@ def main() -> None:
     settings = cfg.preprocess
     hits: dict[str, list[tuple[float, bool, bool]]] = {v: [] for v in VARIANTS}
     for k in range(cfg.folds):
+        weights = args.run_dir / f"fold_{k:02d}" / "holistic.safetensors"
+        if not weights.is_file():
+            continue  # a fold not trained yet
         model = build_model(arch=cfg.arch)
-        model.load_state_dict(
-            load_file(str(args.run_dir / f"fold_{k:02d}" / "holistic.safetensors"))
-        )
+        model.load_state_dict(load_file(str(weights)))
         model.eval()
         todo = [
             (image, manifest.truth[image.sop_instance_uid])
