@@ -55,7 +55,8 @@ demo-calibrate: venv
 	$(MTRAIN) index $(CALIBRATION_WORK)/data --labels $(CALIBRATION_WORK)/data/labels.csv \
 	  --truth $(CALIBRATION_WORK)/data/truth.csv --out $(CALIBRATION_WORK)/manifest.json
 	$(MTRAIN) calibrate $(DEMO_BUNDLE) $(CALIBRATION_WORK)/manifest.json \
-	  --prevalence $(DEMO_PREVALENCE)
+	  --prevalence $(DEMO_PREVALENCE) \
+	  --source "240 synthetic exams generated with $(CALIBRATION_SYNTH_ARGS) (training: seed 11)"
 
 bench-train: venv
 	$(PY) scripts/bench_train.py $(BENCH_TRAIN_ARGS)

@@ -298,6 +298,7 @@ def calibrate(
         list[float] | None, typer.Option(help="Operating point sensitivities (repeatable)")
     ] = None,
     recall_rate: Annotated[float, typer.Option(help="Recall-rate operating point")] = 0.05,
+    source: Annotated[str, typer.Option(help="Which exams these are, recorded in the bundle")] = "",
     device: str = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the calibration as JSON")] = False,
 ) -> None:
@@ -315,6 +316,7 @@ def calibrate(
                 sensitivities=sensitivity or (0.85, 0.9, 0.95),
                 recall_rate=recall_rate,
                 device=device,
+                source=source,
                 progress=lambda n, total: progress.update(task, completed=n, total=total),
             )
     except MammoNodeError as exc:
