@@ -169,7 +169,10 @@ def read_rsna(data_dir: Path) -> Manifest:
             continue  # AT, LM, ML, LMO views: not one of the four slots
         path = Path("train_images") / patient / f"{row['image_id'].strip()}.dcm"
         if not (data_dir / path).is_file():
-            raise DataError(f'train.csv lists image {row["image_id"]}, but "{path}" is missing.')
+            raise DataError(
+                f"train.csv lists image {row['image_id']}, whose file under train_images/ is "
+                "missing."
+            )
         images.append(
             FoundImage(
                 patient, patient, f"rsna:{row['image_id'].strip()}", str(path), slot, "train.csv"
@@ -193,7 +196,10 @@ def read_vindr(data_dir: Path) -> Manifest:
         study, image = row["study_id"].strip(), row["image_id"].strip()
         path = Path("images") / study / f"{image}.dicom"
         if not (data_dir / path).is_file():
-            raise DataError(f'breast-level_annotations.csv lists "{path}", which is missing.')
+            raise DataError(
+                f"breast-level_annotations.csv lists image {image}, whose file under images/ "
+                "is missing."
+            )
         images.append(
             FoundImage(
                 study, study, f"vindr:{image}", str(path), slot, "breast-level_annotations.csv"
@@ -293,7 +299,7 @@ def read_cbis_ddsm(data_dir: Path) -> Manifest:
                 continue  # the same mammogram listed for another abnormality
             files = sorted(p for p in (data_dir / folder).rglob("*.dcm"))
             if not files:
-                raise DataError(f'{table.name} lists folder "{folder}", which holds no DICOM.')
+                raise DataError(f"{table.name}: a listed image folder holds no DICOM file.")
             images[(patient, slot)] = FoundImage(
                 patient,
                 patient,
