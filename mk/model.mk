@@ -4,8 +4,13 @@
 #                      cross-validation -> Table 1 (about 15-20 min on 2 cores; resumable)
 #   make demo-bundle   the node's default model, exported from that run (best fold, fp16) into
 #                      mammo_node/demo_bundle; reuses a finished model-cv run (seconds)
+#   make demo-calibrate  fit the demo bundle's calibration, 1-10 categories and operating
+#                      points on freshly generated exams (another seed than its training
+#                      data; the weights are not retrained; about a minute)
 #   make bench-model   seconds per image, FLOPs and bf16-vs-fp32 agreement (ResNet-101 @ 976)
-.PHONY: model-cv demo-bundle bench-model
+#   make bench-train   training images/s, holistic and attention, and the loader's share
+#                      (tiny on CPU by default; BENCH_TRAIN_ARGS="--paper" for ResNet-101 @ 976)
+.PHONY: model-cv demo-bundle demo-calibrate bench-model bench-train
 
 MODEL_WORK   ?= build/model-cv
 DEMO_BUNDLE  ?= mammo_node/demo_bundle
@@ -15,11 +20,16 @@ DEMO_VERSION ?= 0.1.0
 SYNTH_ARGS   ?= --exams 240 --rows 320 --columns 256 --seed 11 --lesion-contrast 0.25
 # Small CPU model: ResNet-18, 128 px holistic input, 64 px ROIs cut at 2x resolution.
 CV_ARGS      ?= --folds 5 --arch resnet18 --input-size 128 --roi-size 64 --roi-scale 2 \
-                --saliency-smoothing 2 \
+                --saliency-smoothing 2 --coa-rule paper --init scratch \
                 --epochs 10 --attention-epochs 6 --batch-size 16 --lr 5e-4 --workers 0 \
                 --device cpu --threads 2
 MTRAIN       := $(VENV)/bin/mammo-train
 BENCH_MODEL_ARGS ?=
+BENCH_TRAIN_ARGS ?=
+CALIBRATION_WORK ?= build/demo-calibration
+# Held-out synthetic exams for the demo's calibration: the training cohort's recipe, seed 23.
+CALIBRATION_SYNTH_ARGS ?= --exams 240 --rows 320 --columns 256 --seed 23 --lesion-contrast 0.25
+DEMO_PREVALENCE ?= 0.007
 
 $(MODEL_WORK)/data/labels.csv:
 	$(VENV)/bin/mammo-node synth $(MODEL_WORK)/data $(SYNTH_ARGS)
@@ -38,6 +48,18 @@ demo-bundle: model-cv
 	  --name $(DEMO_NAME) --version $(DEMO_VERSION) --storage-dtype float16
 	rm -rf $(DEMO_BUNDLE) && mv $(DEMO_BUNDLE).tmp $(DEMO_BUNDLE)
 	du -sh $(DEMO_BUNDLE)
+
+demo-calibrate: venv
+	rm -rf $(CALIBRATION_WORK)
+	$(VENV)/bin/mammo-node synth $(CALIBRATION_WORK)/data $(CALIBRATION_SYNTH_ARGS)
+	$(MTRAIN) index $(CALIBRATION_WORK)/data --labels $(CALIBRATION_WORK)/data/labels.csv \
+	  --truth $(CALIBRATION_WORK)/data/truth.csv --out $(CALIBRATION_WORK)/manifest.json
+	$(MTRAIN) calibrate $(DEMO_BUNDLE) $(CALIBRATION_WORK)/manifest.json \
+	  --prevalence $(DEMO_PREVALENCE) \
+	  --source "240 synthetic exams generated with $(CALIBRATION_SYNTH_ARGS) (training: seed 11)"
+
+bench-train: venv
+	$(PY) scripts/bench_train.py $(BENCH_TRAIN_ARGS)
 
 bench-model: venv
 	$(PY) scripts/bench_model.py $(BENCH_MODEL_ARGS)

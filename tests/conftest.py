@@ -180,11 +180,17 @@ def orthanc(tmp_path: Path) -> Iterator[Any]:
 
 # --- the trainer ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny synthetic screening cohort for the trainer's CLI and DDP tests."""
+def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A tiny synthetic screening cohort for the trainer's CLI and DDP tests, in root/data.
+
+    TORCH_HOME points at root/torch_home, which holds torchvision-layout ResNet-18 ImageNet
+    weights (so the default ``--init imagenet`` works with nothing downloaded).
+    """
     from mammo_node.synth import SynthOptions, write_synthetic_dataset
+    from tests.helpers.trainer import write_torchvision_weights
 
     root = tmp_path_factory.mktemp("cohort")
+    write_torchvision_weights(root / "torch_home")
     write_synthetic_dataset(
         root / "data",
         SynthOptions(
@@ -197,4 +203,6 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
             lesion_radius_mm=(8.0, 12.0),
         ),
     )
-    return root
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(root / "torch_home"))
+        yield root

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from mammo_node.ml.bundle import default_bundle_path, load_bundle
+from mammo_node.ml.calibration import Calibration
 from mammo_node.ml.inference import EnsembleScorer
 from mammo_node.synth import SynthOptions, generate_exams
+
+
+def scorer_bundle_calibration() -> Calibration:
+    calibration = load_bundle(default_bundle_path()).calibration
+    assert calibration is not None
+    return calibration
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +29,19 @@ def test_demo_bundle_is_verified_and_says_it_is_a_demo(scorer: EnsembleScorer) -
     assert info.is_demo and "demo" in info.name and "synthetic" in info.name
     assert info.label.endswith("(DEMO - not for clinical use)")
     assert info.score_kind == "logit_difference"
-    assert {p.name for p in info.operating_points} == {"sensitivity_85", "sensitivity_90"}
+    names = {"sensitivity_85", "sensitivity_90", "sensitivity_95", "recall_rate_5"}
+    assert {p.name for p in info.operating_points} == names
+
+
+def test_demo_bundle_carries_its_own_calibration() -> None:
+    bundle = load_bundle(default_bundle_path())
+    calibration = bundle.calibration
+    assert calibration is not None and calibration.prevalence == 0.007
+    assert calibration.exams >= 200 and calibration.cancers >= 50  # fitted on held-out exams
+    assert {p.name for p in calibration.points} == {p.name for p in bundle.info.operating_points}
+    probabilities = [calibration.probability(s) for s in (-5.0, 0.0, 5.0, 10.0)]
+    assert probabilities == sorted(probabilities) and 0 <= probabilities[0] < probabilities[-1] <= 1
+    assert calibration.category(-100.0) == 1 and calibration.category(100.0) == 10
 
 
 def test_demo_model_ranks_cancers_first_and_points_at_lesions(scorer: EnsembleScorer) -> None:
@@ -42,6 +61,10 @@ def test_demo_model_ranks_cancers_first_and_points_at_lesions(scorer: EnsembleSc
     cancers = [scores[e.study_uid].scores.exam_score for e in exams if e.outcome == "screening"]
     normals = [scores[e.study_uid].scores.exam_score for e in exams if e.outcome == "normal"]
     assert min(cancers) > max(normals)
+    calibration = scorer_bundle_calibration()
+    assert min(calibration.category(c) for c in cancers) >= max(
+        calibration.category(n) for n in normals
+    )
     # COAs are in each file's own stored grid, right breasts included (mirrored storage).
     distances = []
     for exam in exams:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,33 @@ def test_smoothing_keeps_the_coa_on_a_finding_amid_pixel_speckle() -> None:
     assert torch.equal(smooth(sal, 0.0), sal)
     with pytest.raises(ValueError, match='"smoothing" should be >= 0'):
         smooth(sal, -1.0)
+
+
+def test_breast_region_coa_finds_the_blob_that_the_paper_centroid_misses() -> None:
+    from mammo_node.ml.saliency import breast_mask, region_centre_of_attention, smooth
+
+    rows, cols = 96, 80
+    yy, xx = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    inside = (xx / (0.8 * cols)) ** 2 + ((yy - rows / 2) / (0.45 * rows)) ** 2 <= 1
+    image = torch.where(inside, torch.tensor(0.5), torch.tensor(-2.0))[None]  # normalised
+    generator = torch.Generator().manual_seed(0)
+    saliency = torch.rand((1, rows, cols), generator=generator) * 0.2
+    lesion = (40.5, 30.5)
+    saliency += 1.0 * torch.exp(
+        -((xx + 0.5 - lesion[0]) ** 2 + (yy + 0.5 - lesion[1]) ** 2) / (2 * 3.0**2)
+    )
+    # bright speckle all over the breast and a strong skin-line edge outside it
+    for _ in range(60):
+        y, x = torch.randint(0, rows, (2,), generator=generator).tolist()
+        saliency[0, y, x % cols] = 1.5
+    outside = (~inside).float()[None, None]
+    skin = inside & (torch.nn.functional.max_pool2d(outside, 5, 1, 2)[0, 0] > 0)
+    saliency[0][skin] = 2.0  # the skin line
+    saliency[0, :, :2] = 2.0  # the chest-wall edge
+    mask = breast_mask(image)
+    assert not mask[0][~inside].any() and mask[0].sum() < inside.sum()
+    assert not mask[0][:, :2].any()  # the chest-wall band
+    paper = centre_of_attention(saliency)[0]
+    region = region_centre_of_attention(smooth(saliency, 1.0), mask)[0]
+    assert math.dist(region.tolist(), lesion) < 3.0
+    assert math.dist(paper.tolist(), lesion) > 8.0

@@ -53,5 +53,6 @@ def test_two_process_gloo_cross_validation(tiny_cohort: Path) -> None:
         for stage in ("holistic", "attention"):
             meta = json.loads((run / fold / f"{stage}.checkpoint.json").read_text())
             assert meta["extra"]["world"] == 2
+            assert meta["extra"]["per_rank_batch"] == 4  # the global batch 8, split
             first, second = meta["extra"]["param_checksums"]
             assert first == pytest.approx(second, rel=1e-9)  # gradients were all-reduced

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.distributed import DistInfo
 from trainer.engine import BalancedDraw, Sample, StageSpec, TrainImages, train_stage
+from trainer.errors import RunError
 from trainer.progress import Reporter
 
 SINGLE = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
@@ -56,7 +58,7 @@ def dataset(kind: type[TrainImages] = TrainImages) -> TrainImages:
 def test_weighted_draw_balances_classes_and_splits_over_ranks() -> None:
     labels = [1] * 10 + [0] * 90
     draw = BalancedDraw(labels, positive_fraction=0.5, seed=0, info=SINGLE)
-    drawn = [labels[i] for i, _ in draw]
+    drawn = [labels[i] for i, _, _ in draw]
     assert len(drawn) == 100 and 35 <= sum(drawn) <= 65
     ranks = [
         BalancedDraw(
@@ -66,7 +68,7 @@ def test_weighted_draw_balances_classes_and_splits_over_ranks() -> None:
     ]
     shares = [list(r) for r in ranks]
     assert [len(s) for s in shares] == [34, 34, 34]  # padded to equal shares
-    numbers = Counter(d for share in shares for _, d in share)
+    numbers = Counter(d for share in shares for _, d, _ in share)
     assert sorted(numbers) == list(range(102)) and set(numbers.values()) == {1}
 
 
@@ -96,40 +98,86 @@ def test_checkpoint_round_trip_without_pickle(tmp_path: Path) -> None:
     assert {p.suffix for p in tmp_path.iterdir()} == {".json", ".safetensors"}
 
 
-def test_resumed_training_ends_where_uninterrupted_training_ends(tmp_path: Path) -> None:
-    quiet = Reporter(enabled=False)
+class Crash(Exception):
+    """The process dies in the middle of an epoch."""
+
+
+class CrashInSecondEpoch(Reporter):
+    """Kills the run after the first optimiser step of epoch 2 (its checkpoint not written)."""
+
+    def __init__(self) -> None:
+        super().__init__(enabled=False)
+        self.epoch = 0
+
+    def task(self, description: str, total: int) -> int | None:
+        self.epoch += "epoch" in description
+        return 1
+
+    def advance(self, task: int | None, steps: int = 1, **stats: float | str | None) -> None:
+        if self.epoch == 2 and steps:
+            raise Crash
+
+
+def _train(model: torch.nn.Module, directory: Path, cfg: TrainConfig, reporter: Reporter) -> None:
+    spec = StageSpec("holistic", directory / "ck", 2, False, log_dir=directory / "tb")
+    train_stage(model, dataset(), spec, cfg, SINGLE, reporter)
+
+
+def test_resume_and_loader_workers_give_the_uninterrupted_run(tmp_path: Path) -> None:
+    """workers=0, two persistent workers, and a run killed mid-epoch then resumed (with
+    workers) end with the same weights: augmentation follows (epoch, draw), not the
+    process that happens to run it."""
     torch.manual_seed(0)
-    straight = build_model(arch="resnet18")
-    start = {k: v.clone() for k, v in straight.state_dict().items()}
-    train_stage(
-        straight,
-        dataset(),
-        StageSpec("holistic", tmp_path / "a" / "ck", 2, False),
-        CFG,
-        SINGLE,
-        quiet,
-    )
+    start = build_model(arch="resnet18").state_dict()
+    with_workers = dataclasses.replace(CFG, workers=2)
 
-    class CrashInSecondEpoch(TrainImages):
-        def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
-            if self.epoch == 1:
-                raise KeyboardInterrupt  # the process is killed mid-epoch
-            return super().__getitem__(key)
+    def fresh() -> torch.nn.Module:
+        model = build_model(arch="resnet18")
+        model.load_state_dict(start)
+        return model
 
-    crashing = dataset(CrashInSecondEpoch)
-    interrupted = build_model(arch="resnet18")
-    interrupted.load_state_dict(start)
-    spec = StageSpec("holistic", tmp_path / "b" / "ck", 2, False)
-    with pytest.raises(KeyboardInterrupt):
-        train_stage(interrupted, crashing, spec, CFG, SINGLE, quiet)
-    saved = load_checkpoint(spec.checkpoint)
+    straight = fresh()
+    _train(straight, tmp_path / "a", CFG, Reporter(enabled=False))
+    workers = fresh()
+    _train(workers, tmp_path / "b", with_workers, Reporter(enabled=False))
+    with pytest.raises(Crash):
+        _train(fresh(), tmp_path / "c", with_workers, CrashInSecondEpoch())
+    saved = load_checkpoint(tmp_path / "c" / "ck")
     assert saved is not None and saved["epoch"] == 0
-    resumed = build_model(arch="resnet18")  # a new process starts from fresh weights
-    resumed.load_state_dict(start)
-    train_stage(resumed, dataset(), spec, CFG, SINGLE, quiet)
-    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
-        assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+    resumed = fresh()  # a new process starts from fresh weights
+    _train(resumed, tmp_path / "c", with_workers, Reporter(enabled=False))
+    for other in (workers, resumed):
+        for (k, a), b in zip(
+            straight.state_dict().items(), other.state_dict().values(), strict=True
+        ):
+            assert torch.allclose(a.float(), b.float(), atol=1e-5), k
     assert not torch.equal(straight.fc.weight, start["fc.weight"])
+    meta = load_checkpoint(tmp_path / "a" / "ck")
+    assert meta is not None and meta["extra"]["auc"] is not None  # the epoch's AUC, once
+    assert list((tmp_path / "a" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_each_epoch_augments_differently_even_in_persistent_workers() -> None:
+    data = dataset()
+    sampler = BalancedDraw(
+        [s.label for s in data.samples], positive_fraction=0.5, seed=0, info=SINGLE
+    )
+    first = next(iter(sampler))
+    sampler.epoch = 1
+    index, draw, epoch = next(iter(sampler))
+    assert epoch == 1
+    # the same image and draw number in another epoch gets another augmentation
+    a, _ = data[(index, draw, 0)]
+    b, _ = data[(index, draw, 1)]
+    assert not torch.equal(a, b)
+    assert torch.equal(data[first][0], data[first][0])
+
+
+def test_global_batch_is_split_over_ranks() -> None:
+    cfg = TrainConfig(batch_size=4)
+    assert (cfg.per_rank_batch(1), cfg.per_rank_batch(2), cfg.per_rank_batch(4)) == (4, 2, 1)
+    with pytest.raises(RunError, match="cannot be split evenly over 3"):
+        cfg.per_rank_batch(3)
 
 
 def test_head_only_training_changes_nothing_but_the_head(tmp_path: Path) -> None:

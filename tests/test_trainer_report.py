@@ -52,3 +52,38 @@ def test_operating_points_reach_their_sensitivity_with_the_highest_threshold() -
     assert points[0].threshold <= points[1].threshold
     with pytest.raises(RunError, match="screening cancers and other exams"):
         operating_points({"a": 1.0}, {"a": "normal"}, (0.9,))
+
+
+def test_paired_delong_matches_a_bootstrap_of_the_difference() -> None:
+    from trainer.stats import delong_paired
+
+    rng = np.random.default_rng(7)
+    y = np.array([1] * 60 + [0] * 140)
+    a = y * 1.5 + rng.normal(size=200)
+    b = y * 1.0 + rng.normal(size=200) + 0.3 * a
+    test = delong_paired(y.tolist(), a.tolist(), b.tolist())
+    assert test["difference"] == pytest.approx(roc_auc_score(y, a) - roc_auc_score(y, b))
+    diffs = []
+    for _ in range(400):
+        i = rng.integers(0, 200, 200)
+        if 0 < y[i].sum() < 200:
+            diffs.append(roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i]))
+    assert test["se"] == pytest.approx(np.std(diffs), rel=0.25)
+    assert 0 <= test["p"] <= 1
+    same = delong_paired(y.tolist(), a.tolist(), a.tolist())
+    assert same["difference"] == 0 and same["p"] == 1.0
+
+
+def test_bootstrap_resamples_patients_not_exams() -> None:
+    from trainer.stats import patient_bootstrap_auc
+
+    # every patient has 5 identical exams: resampling exams would treat them as 5 independent
+    # observations and give a far narrower interval than resampling the 40 women
+    rng = np.random.default_rng(8)
+    y_p = np.array([1] * 12 + [0] * 28)
+    s_p = y_p * 1.0 + rng.normal(size=40)
+    y, s = np.repeat(y_p, 5), np.repeat(s_p, 5)
+    patients = [f"p{i // 5}" for i in range(200)]
+    lo, hi = patient_bootstrap_auc(y, s, patients, resamples=300, seed=0)
+    lo_e, hi_e = patient_bootstrap_auc(y, s, [str(i) for i in range(200)], resamples=300, seed=0)
+    assert (hi - lo) > 1.7 * (hi_e - lo_e)

@@ -3,9 +3,11 @@
 RUN_DIR/
   run.json                 settings + manifest path (a resumed run must match)
   folds.json               study_uid -> fold
-  cache/                   prepared images (see trainer.cache)
+  cache/                   prepared images at the holistic width (see trainer.cache)
+  tensorboard/             TensorBoard event files per fold and stage
   fold_XX/holistic.*       checkpoint while training, holistic.safetensors when done
   fold_XX/rois.json        holistic score + COA + ROI for every image (train and test)
+  fold_XX/roi_cache/       the attention model's 16-bit ROI crops (removed after the fold)
   fold_XX/attention.*      the same for the attention model
   fold_XX/scores.csv       held-out image scores: holistic, attention, ensemble, COA, ROI
   cv_scores.csv            all folds' held-out image scores (what ``report`` reads)
@@ -35,7 +37,7 @@ from mammo_node.ml.models import build_model, freeze_backbone
 from mammo_node.ml.preprocess import eval_tensor
 from mammo_node.ml.roi import roi_origin, stored_box
 from mammo_node.ml.scoring import ensemble_score
-from trainer.cache import ImageCache
+from trainer.cache import ImageCache, RoiCache
 from trainer.config import TrainConfig
 from trainer.data import ExamRecord, Manifest, image_label
 from trainer.distributed import DistInfo, barrier, init_distributed, shutdown
@@ -44,7 +46,7 @@ from trainer.engine import (
     Sample,
     StageSpec,
     TrainImages,
-    crop_hires,
+    loader_options,
     predict_saliency,
     predict_scores,
     roi_tensor,
@@ -52,6 +54,7 @@ from trainer.engine import (
 )
 from trainer.errors import RunError
 from trainer.folds import assign_folds
+from trainer.pretrained import InitWeights, resolve_init
 from trainer.progress import Reporter
 
 logger = logging.getLogger(__name__)
@@ -80,12 +83,21 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def open_run(run_dir: Path, manifest_path: Path, cfg: TrainConfig, info: DistInfo) -> None:
+def open_run(
+    run_dir: Path, manifest_path: Path, cfg: TrainConfig, info: DistInfo, init: InitWeights
+) -> None:
     """Create run.json, or check that an existing run was made with the same settings."""
     run_file = run_dir / "run.json"
     if info.is_main and not run_file.is_file():
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_file, {"config": cfg.to_dict(), "manifest": str(manifest_path.resolve())})
+        _write_json(
+            run_file,
+            {
+                "config": cfg.to_dict(),
+                "manifest": str(manifest_path.resolve()),
+                "init": init.to_dict(),
+            },
+        )
     barrier(info)
     data = json.loads(run_file.read_text())
     diff = TrainConfig.from_dict(data["config"]).differences(cfg)
@@ -126,6 +138,8 @@ class CrossValidation:
         self.reporter, self.info = reporter, info
         self.manifest = Manifest.load(manifest_path)
         self.cache = ImageCache(run_dir / "cache", cfg.preprocess)
+        self.init = resolve_init(cfg.init, cfg.arch, cfg.weights_file)
+        self.workers = loader_options(cfg, info.device)["num_workers"]
 
     # --- setup --------------------------------------------------------------------------
     def usable_exams(self) -> list[ExamRecord]:
@@ -162,9 +176,10 @@ class CrossValidation:
         ]
 
     # --- stages -------------------------------------------------------------------------
-    def new_model(self, fold: Fold) -> nn.Module:
+    def new_model(self, fold: Fold, *, start: bool = True) -> nn.Module:
+        """A fold's model: from the run's starting weights (``start``) or to be loaded."""
         torch.manual_seed(self.cfg.seed * 1000 + fold.index)
-        weights = Path(self.cfg.init_weights) if self.cfg.init_weights else None
+        weights = self.init.path if start else None
         model = build_model(arch=self.cfg.arch, weights=weights)
         if self.cfg.train_head_only:
             freeze_backbone(model)
@@ -172,7 +187,7 @@ class CrossValidation:
 
     def holistic(self, fold: Fold) -> nn.Module:
         final = fold.directory / "holistic.safetensors"
-        model = self.new_model(fold)
+        model = self.new_model(fold, start=not final.is_file())
         if not final.is_file():
             dataset = TrainImages(
                 fold.samples(fold.train),
@@ -188,6 +203,7 @@ class CrossValidation:
                 self.cfg.stage_epochs["holistic"],
                 self.cfg.train_head_only,
                 seed=self.cfg.seed * 1000 + fold.index,
+                log_dir=self.run_dir / "tensorboard" / fold.directory.name / "holistic",
             )
             train_stage(model, dataset, spec, self.cfg, self.info, self.reporter)
             self._finish_stage(model, final, spec)
@@ -239,20 +255,31 @@ class CrossValidation:
             "box": list(stored_box(geometry, origin, self.cfg.roi_size)),
         }
 
-    def attention(self, fold: Fold, rois: dict[str, dict[str, Any]]) -> nn.Module:
+    def roi_cache(self, fold: Fold, rois: dict[str, dict[str, Any]]) -> RoiCache:
+        """The fold's ROI crops (cut once from the hires images; resumable)."""
+        cache = RoiCache(fold.directory / "roi_cache", self.cfg.roi_size)
+        images = [i for e in fold.train + fold.test for _, i in sorted(e.images.items())]
+        origins = {sop: tuple(entry["origin"]) for sop, entry in rois.items()}
+        cache.build(
+            self.manifest,
+            images,
+            origins,  # type: ignore[arg-type]
+            self.cfg.preprocess,
+            self.info,
+            self.reporter,
+            workers=self.workers,
+        )
+        return cache
+
+    def attention(self, fold: Fold, crops: RoiCache) -> nn.Module:
         final = fold.directory / "attention.safetensors"
-        model = self.new_model(fold)
+        model = self.new_model(fold, start=False)
         if not final.is_file():
             model.load_state_dict(load_file(str(fold.directory / "holistic.safetensors")))
-            size = self.cfg.roi_size
-
-            def crop_of(sop: str) -> Any:
-                return crop_hires(self.cache.hires(sop), tuple(rois[sop]["origin"]), size).numpy()
-
             dataset = TrainImages(
                 fold.samples(fold.train),
-                crop_of,
-                size=size,
+                crops.crop,
+                size=self.cfg.roi_size,
                 settings=self.cfg.preprocess,
                 augmentation=self.cfg.augmentation,
                 seed=self.cfg.seed + 1,
@@ -263,22 +290,23 @@ class CrossValidation:
                 self.cfg.stage_epochs["attention"],
                 self.cfg.train_head_only,
                 seed=self.cfg.seed * 1000 + fold.index + 500,
+                log_dir=self.run_dir / "tensorboard" / fold.directory.name / "attention",
             )
             train_stage(model, dataset, spec, self.cfg, self.info, self.reporter)
             self._finish_stage(model, final, spec)
         model.load_state_dict(load_file(str(final)))
         return model.eval()
 
-    def score(self, fold: Fold, attention: nn.Module, rois: dict[str, dict[str, Any]]) -> None:
+    def score(
+        self, fold: Fold, attention: nn.Module, rois: dict[str, dict[str, Any]], crops: RoiCache
+    ) -> None:
         path = fold.directory / "scores.csv"
         samples = fold.samples(fold.test)
-        settings, size = self.cfg.preprocess, self.cfg.roi_size
+        settings = self.cfg.preprocess
         found = predict_scores(
             attention,
             [s.sop for s in samples],
-            lambda s: roi_tensor(
-                crop_hires(self.cache.hires(s), tuple(rois[s]["origin"]), size), settings
-            ),
+            lambda s: roi_tensor(torch.from_numpy(crops.crop(s)), settings),
             self.cfg,
             self.info,
             self.reporter,
@@ -315,7 +343,7 @@ class CrossValidation:
 
     # --- driver -------------------------------------------------------------------------
     def run(self) -> Path:
-        self.cache.build(self.manifest, self.info, self.reporter)
+        self.cache.build(self.manifest, self.info, self.reporter, workers=self.workers)
         exams = self.usable_exams()
         folds = self.folds(exams)
         timings: dict[str, float] = {}
@@ -326,8 +354,10 @@ class CrossValidation:
             t0 = time.perf_counter()
             holistic = self.holistic(fold)
             rois = self.rois(fold, holistic)
-            attention = self.attention(fold, rois)
-            self.score(fold, attention, rois)
+            crops = self.roi_cache(fold, rois)
+            attention = self.attention(fold, crops)
+            self.score(fold, attention, rois, crops)
+            crops.remove(self.info)
             timings[f"fold_{fold.index:02d}"] = time.perf_counter() - t0
             self.reporter.log(
                 f"fold {fold.index}: done in {timings[f'fold_{fold.index:02d}']:.0f} s"
@@ -359,7 +389,9 @@ def run_cv(manifest_path: Path, run_dir: Path, cfg: TrainConfig, *, quiet: bool 
     try:
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
-        open_run(run_dir, manifest_path, cfg, info)
+        open_run(
+            run_dir, manifest_path, cfg, info, resolve_init(cfg.init, cfg.arch, cfg.weights_file)
+        )
         with Reporter(enabled=info.is_main and not quiet) as reporter:
             return CrossValidation(manifest_path, run_dir, cfg, reporter, info).run()
     finally:

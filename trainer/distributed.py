@@ -71,3 +71,12 @@ def all_reduce_sum(info: DistInfo, values: list[float]) -> list[float]:
         tensor = tensor.to(info.device)
     dist.all_reduce(tensor)
     return tensor.cpu().tolist()
+
+
+def all_gather_objects(info: DistInfo, value: object) -> list[object]:
+    """Every rank's ``value`` in rank order (``[value]`` when single-process)."""
+    if not info.enabled:
+        return [value]
+    out: list[object] = [None] * info.world
+    dist.all_gather_object(out, value)
+    return out

@@ -5,8 +5,14 @@ Two sources for the weights (the manifest says which):
   site deploys; the CV figures estimate its performance);
 - ``best_fold``: the fold whose held-out ensemble AUC (screening vs rest) was highest (no
   extra training; an optimistic pick, said so in the manifest).
-Operating points are exam-score thresholds at chosen sensitivities on the cross-validated
-ensemble exam scores (screening vs rest).
+Calibration and operating points must belong to the weights shipped (pooled CV scores of
+ten fold models have another score scale than any one of them):
+- ``best_fold``: fitted on that fold's held-out exams, scored by that very model;
+- ``final_train``: the model has no held-out exams; the bundle ships uncalibrated, without
+  operating points, until ``mammo-train calibrate BUNDLE MANIFEST`` fits them on exams it
+  never trained on (another period, another site).
+Both write ``trained_on.json`` (hashed study UIDs of the training exams) so ``calibrate``
+and ``evaluate`` can refuse exams the model was trained on.
 """
 
 from __future__ import annotations
@@ -23,6 +29,13 @@ from sklearn.metrics import roc_auc_score
 
 from mammo_node.domain import OperatingPoint
 from mammo_node.ml.bundle import BundleManifest, save_bundle
+from trainer.calibrate import (
+    DEFAULT_RECALL_RATE,
+    DEFAULT_SENSITIVITIES,
+    TRAINED_ON,
+    fit_calibration,
+    study_hash,
+)
 from trainer.config import TrainConfig
 from trainer.cv import CrossValidation, Fold
 from trainer.data import Manifest
@@ -77,11 +90,14 @@ def train_final(run_dir: Path, cfg: TrainConfig, manifest_path: Path) -> Path:
     try:
         with Reporter(enabled=info.is_main) as reporter:
             cv = CrossValidation(manifest_path, run_dir, cfg, reporter, info)
-            cv.cache.build(cv.manifest, info, reporter)
+            cv.cache.build(cv.manifest, info, reporter, workers=cv.workers)
             fold = Fold(cfg.folds, run_dir / "final", cv.usable_exams(), [])
             fold.directory.mkdir(parents=True, exist_ok=True)
             holistic = cv.holistic(fold)
-            cv.attention(fold, cv.rois(fold, holistic))
+            if not (fold.directory / "attention.safetensors").is_file():
+                crops = cv.roi_cache(fold, cv.rois(fold, holistic))
+                cv.attention(fold, crops)
+                crops.remove(info)
             return fold.directory
     finally:
         shutdown(info)
@@ -95,7 +111,10 @@ def export_bundle(
     name: str,
     version: str,
     is_demo: bool,
-    sensitivities: Sequence[float] = (0.85, 0.9),
+    sensitivities: Sequence[float] = DEFAULT_SENSITIVITIES,
+    recall_rate: float = DEFAULT_RECALL_RATE,
+    calibration_method: str = "isotonic",
+    prevalence: float | None = None,
     storage_dtype: str = "float32",
     bootstrap: int = 200,
 ) -> BundleManifest:
@@ -103,28 +122,49 @@ def export_bundle(
         raise RunError(f'Argument "source" should be one of {SOURCES}, got {source!r}.')
     run = json.loads((run_dir / "run.json").read_text())
     cfg = TrainConfig.from_dict(run["config"])
+    manifest = Manifest.load(Path(run["manifest"]))
     evaluation, _, _, _ = build_evaluation(run_dir, bootstrap=bootstrap)
-    ensemble_key = "adapted_pretrained_ensemble" if cfg.adapted else "ensemble"
-    points = operating_points(evaluation.rows[ensemble_key], evaluation.outcomes, sensitivities)
+    calibration = None
+    points: tuple[OperatingPoint, ...] = ()
     if source == "best_fold":
         fold = best_fold(run_dir, evaluation.outcomes)
         weights_dir = run_dir / f"fold_{fold:02d}"
+        held_out = model_exam_scores(
+            [i for i in read_cv_scores(run_dir / "cv_scores.csv") if i.fold == fold]
+        )["ensemble"]
+        calibration, points = fit_calibration(
+            held_out,
+            evaluation.outcomes,
+            evaluation.patients,
+            method=calibration_method,
+            prevalence=prevalence,
+            sensitivities=sensitivities,
+            recall_rate=recall_rate,
+            source=f"held-out fold {fold} of the CV run (scored by this fold's model)",
+        )
+        trained = [s for s in evaluation.studies if s not in held_out]
         detail: dict[str, Any] = {
             "source": "best_fold",
             "fold": fold,
             "note": (
                 "weights of the fold with the best held-out ensemble AUC; the CV AUCs below are "
-                "over all folds"
+                "over all folds; calibration and operating points from that fold's held-out "
+                "exams"
             ),
         }
     else:
         weights_dir = train_final(run_dir, cfg, Path(run["manifest"]))
+        trained = list(evaluation.studies)
         detail = {
             "source": "final_train",
-            "note": "trained on all usable exams; CV AUCs estimate its performance",
+            "note": (
+                "trained on all usable exams; CV AUCs estimate its performance; no held-out "
+                "exams: run `mammo-train calibrate` for calibration and operating points"
+            ),
         }
     aucs = {row: entries for row, entries in table(evaluation).items()}
-    summary = _training_summary(Manifest.load(Path(run["manifest"])), cfg, detail)
+    summary = _training_summary(manifest, cfg, detail)
+    summary["init"] = run.get("init", {"init": cfg.init, "file": cfg.weights_file or ""})
     bundle = BundleManifest(
         name=name,
         version=version,
@@ -135,7 +175,10 @@ def export_bundle(
         operating_points=points,
         cv_aucs=aucs,
         training=summary,
+        calibration=calibration,
     )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / TRAINED_ON).write_text(json.dumps(sorted(map(study_hash, trained))) + "\n")
     return save_bundle(
         out,
         holistic=load_file(str(weights_dir / "holistic.safetensors")),
@@ -153,5 +196,5 @@ def _training_summary(
         **detail,
         "data": manifest.counts,
         "config": config,
-        "operating_points_from": "cross-validated ensemble exam scores, screening vs rest",
+        "trained_on": TRAINED_ON,
     }

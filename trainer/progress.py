@@ -56,6 +56,9 @@ class Reporter:
     def advance(self, task: int | None, steps: int = 1, **stats: float | str | None) -> None:
         if self._progress is None or task is None:
             return
+        if not stats:  # keep the figures shown last
+            self._progress.update(task, advance=steps)
+            return
         text = "  ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
             for k, v in stats.items()

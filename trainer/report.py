@@ -3,8 +3,13 @@
 Two tasks: screening cancers vs the rest (interval cancers and normals), and screening +
 interval cancers vs normals. Exam scores come from image scores through
 ``mammo_node.ml.scoring`` (the same function the node uses). Rows: holistic, attention,
-ensemble (named ``adapted_pretrained*`` when the run used --init-weights/--train-head-only),
-one / two radiologists when reader scores were indexed, and any external model's exam scores.
+ensemble (named ``adapted_pretrained*`` when the run trained the head only, the paper's
+"Adapted Pretrained"; the weights' origin, ``init``, is reported beside the table), one / two
+radiologists when reader scores were indexed, and any external model's exam scores.
+
+Every row states its n and number of cancers (rows may cover different exams, e.g. reader
+scores for some only); CIs resample patients, not exams (``trainer.stats``); the paired
+DeLong test compares the ensemble with holistic and with attention on the same exams.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from mammo_node.ml.scoring import one_reader_exam_score, score_exam, two_reader_
 from trainer.config import TrainConfig
 from trainer.data import ExamRecord, Manifest
 from trainer.errors import DataError, RunError
+from trainer.stats import delong_paired, patient_bootstrap_auc
 
 TASKS = {
     "screening": ("Screening vs rest", ("screening",)),
@@ -119,6 +125,7 @@ class Evaluation:
     bootstrap: int
     seed: int
     notes: list[str] = field(default_factory=list)
+    patients: dict[str, str] = field(default_factory=dict)  # study -> patient (for the CIs)
 
     def labels(self, task: str, studies: Sequence[str]) -> np.ndarray:
         positive = TASKS[task][1]
@@ -130,17 +137,14 @@ class Evaluation:
         scores = np.array([self.rows[row][s] for s in studies])
         if len(set(y.tolist())) < 2:
             return {"auc": None, "ci": [None, None], "n": len(studies), "positives": int(y.sum())}
-        rng = np.random.default_rng(self.seed)
-        reps = []
-        for _ in range(self.bootstrap):
-            idx = rng.integers(0, len(studies), len(studies))
-            if 0 < y[idx].sum() < len(idx):
-                reps.append(roc_auc_score(y[idx], scores[idx]))
-        ci = (
-            [float(np.percentile(reps, 2.5)), float(np.percentile(reps, 97.5))]
-            if reps
-            else [None, None]
+        lo, hi = patient_bootstrap_auc(
+            y,
+            scores,
+            [self.patients.get(s, s) for s in studies],
+            resamples=self.bootstrap,
+            seed=self.seed,
         )
+        ci = [lo, hi]
         return {
             "auc": float(roc_auc_score(y, scores)),
             "ci": ci,
@@ -148,24 +152,76 @@ class Evaluation:
             "positives": int(y.sum()),
         }
 
+    def compare(self, first: str, second: str, task: str) -> dict[str, Any]:
+        """Paired DeLong test of two rows on the exams both scored."""
+        studies = [s for s in self.studies if s in self.rows[first] and s in self.rows[second]]
+        y = self.labels(task, studies)
+        return delong_paired(
+            y.tolist(),
+            [self.rows[first][s] for s in studies],
+            [self.rows[second][s] for s in studies],
+        )
+
+
+def comparisons(evaluation: Evaluation) -> dict[str, dict[str, Any]]:
+    """The paper's comparisons: ensemble vs holistic and vs attention, both tasks."""
+    prefix = "adapted_pretrained_" if "adapted_pretrained_ensemble" in evaluation.rows else ""
+    ensemble = f"{prefix}ensemble"
+    others = [("adapted_pretrained" if prefix else "holistic"), f"{prefix}attention"]
+    out: dict[str, dict[str, Any]] = {}
+    if ensemble not in evaluation.rows:
+        return out
+    for other in others:
+        if other in evaluation.rows:
+            out[f"{ensemble}_vs_{other}"] = {
+                task: evaluation.compare(ensemble, other, task) for task in TASKS
+            }
+    return out
+
+
+def _rates(hits: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
+    if not hits:
+        return {"coa_in_lesion_rate": None, "lesion_in_roi_rate": None, "n": 0}
+    return {
+        "coa_in_lesion_rate": sum(h[0] for h in hits) / len(hits),
+        "lesion_in_roi_rate": sum(h[1] for h in hits) / len(hits),
+        "n": len(hits),
+    }
+
 
 def localisation(images: Sequence[ImageScores], manifest: Manifest) -> dict[str, Any]:
-    """Share of positive held-out images whose COA lies inside the true lesion (and ROI)."""
+    """Share of positive held-out images whose COA lies inside the true lesion, and whose
+    lesion centre lies inside the ROI: overall, for small lesions (radius at most the median
+    of these lesions) and per fold."""
     sop_of = {
         (e.study_uid, s): i.sop_instance_uid for e in manifest.exams for s, i in e.images.items()
     }
-    inside = in_roi = n = 0
+    found: list[tuple[int, float, bool, bool]] = []
     for image in images:
         lesion = manifest.truth.get(sop_of.get((image.study_uid, image.slot), ""))
         if image.label != 1 or lesion is None:
             continue
-        n += 1
-        inside += math.dist(image.coa, (lesion.x, lesion.y)) <= lesion.radius
         x0, y0, x1, y1 = image.box
-        in_roi += x0 <= lesion.x < x1 and y0 <= lesion.y < y1
-    if n == 0:
-        return {"coa_in_lesion_rate": None, "lesion_in_roi_rate": None, "n": 0}
-    return {"coa_in_lesion_rate": inside / n, "lesion_in_roi_rate": in_roi / n, "n": n}
+        found.append(
+            (
+                image.fold,
+                lesion.radius,
+                math.dist(image.coa, (lesion.x, lesion.y)) <= lesion.radius,
+                x0 <= lesion.x < x1 and y0 <= lesion.y < y1,
+            )
+        )
+    result = _rates([(a, b) for _, _, a, b in found])
+    if found:
+        cut = float(np.median([r for _, r, _, _ in found]))
+        result["small"] = {
+            **_rates([(a, b) for _, r, a, b in found if r <= cut]),
+            "radius_at_most": cut,
+        }
+        result["folds"] = {
+            str(k): _rates([(a, b) for f, _, a, b in found if f == k])
+            for k in sorted({f for f, _, _, _ in found})
+        }
+    return result
 
 
 def build_evaluation(
@@ -202,7 +258,9 @@ def build_evaluation(
             keep = set(rng.choice(normals, subsample_negatives, replace=False).tolist())
             studies = [s for s in studies if outcomes[s] != "normal" or s in keep]
             notes.append(f"normal exams subsampled to {subsample_negatives} of {len(normals)}")
-    return Evaluation(studies, outcomes, rows, bootstrap, seed, notes), images, manifest, cfg
+    patients = {e.study_uid: e.patient_id for e in exams}
+    evaluation = Evaluation(studies, outcomes, rows, bootstrap, seed, notes, patients)
+    return evaluation, images, manifest, cfg
 
 
 def table(evaluation: Evaluation) -> dict[str, dict[str, dict[str, Any]]]:
@@ -220,13 +278,23 @@ def markdown(result: Mapping[str, Any]) -> str:
 
     counts = result["counts"]
     lines = [
-        "| Model | AUC screening vs rest (95 % CI) | AUC screening + interval vs rest (95 % CI) |",
-        "|---|---|---|",
+        "| Model | AUC screening vs rest (95 % CI) | n (cancers) "
+        "| AUC screening + interval vs rest (95 % CI) | n (cancers) |",
+        "|---|---|---|---|---|",
     ]
     for row, tasks in result["rows"].items():
+        first, both = tasks["screening"], tasks["screening_interval"]
         lines.append(
-            f"| {row} | {cell(tasks['screening'])} | {cell(tasks['screening_interval'])} |"
+            f"| {row} | {cell(first)} | {first['n']} ({first['positives']}) "
+            f"| {cell(both)} | {both['n']} ({both['positives']}) |"
         )
+    for name, tasks in result.get("comparisons", {}).items():
+        parts = []
+        for task, test in tasks.items():
+            if test["p"] is not None:
+                parts.append(f"{task} {test['difference']:+.3f} (p = {test['p']:.3g})")
+        if parts:
+            lines.append(f"\nDeLong, {name.replace('_vs_', ' vs ')}: " + "; ".join(parts) + ".")
     loc = result["localization"]
     lines += [
         "",
@@ -240,6 +308,13 @@ def markdown(result: Mapping[str, Any]) -> str:
             f" of {loc['n']} positive images; lesion centre inside the ROI for "
             f"{loc['lesion_in_roi_rate']:.1%}."
         )
+        small = loc.get("small")
+        if small and small["n"]:
+            lines.append(
+                f"Small lesions (radius <= {small['radius_at_most']:.1f} stored px): COA inside "
+                f"{small['coa_in_lesion_rate']:.1%} of {small['n']}; lesion in ROI "
+                f"{small['lesion_in_roi_rate']:.1%}."
+            )
     lines += [f"Note: {n}." for n in result.get("notes", [])]
     return "\n".join(lines) + "\n"
 
@@ -277,7 +352,7 @@ def make_report(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Compute the table, write table.md / table.json / roc.png / exam_scores.csv."""
-    evaluation, images, manifest, _ = build_evaluation(
+    evaluation, images, manifest, _cfg = build_evaluation(
         run_dir,
         externals=externals,
         subsample_negatives=subsample_negatives,
@@ -285,8 +360,11 @@ def make_report(
         seed=seed,
     )
     outcomes = [evaluation.outcomes[s] for s in evaluation.studies]
+    run = json.loads((run_dir / "run.json").read_text())
     result = {
         "rows": table(evaluation),
+        "comparisons": comparisons(evaluation),
+        "init": run.get("init", {"init": _cfg.init, "file": _cfg.weights_file or ""}),
         "localization": localisation(images, manifest),
         "counts": {
             "exams": len(outcomes),

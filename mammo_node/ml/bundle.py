@@ -1,8 +1,10 @@
 """Model bundle: a directory with manifest.json, holistic.safetensors, attention.safetensors.
 
 The manifest records what the models are (architecture, preprocessing settings, version),
-how they were made (training data summary, cross-validated AUCs, operating points) and the
-sha256 of each weights file. Loading checks every hash before reading a tensor and reads
+how they were made (training data summary, cross-validated AUCs, operating points), what
+their exam score means (an optional ``calibration``: probability, 1-10 category, operating
+points fitted for these very weights; bundles without one still load) and the sha256 of
+each weights file. Loading checks every hash before reading a tensor and reads
 weights with safetensors only: a bundle from elsewhere cannot run code.
 """
 
@@ -26,6 +28,7 @@ from torch import nn
 
 from mammo_node.domain import BundleInfo, OperatingPoint
 from mammo_node.errors import ModelError
+from mammo_node.ml.calibration import Calibration
 from mammo_node.ml.models import ARCHITECTURES, build_model
 from mammo_node.ml.preprocess import PreprocessSettings
 
@@ -57,6 +60,7 @@ class BundleManifest:
     weights: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> file, sha256
     device_uid: str = ""
     created: str = ""
+    calibration: Calibration | None = None
 
     def __post_init__(self) -> None:
         for name in ("name", "version"):
@@ -99,6 +103,7 @@ class BundleManifest:
             "weights": self.weights,
             "device_uid": self.device_uid,
             "created": self.created,
+            **({"calibration": self.calibration.to_json()} if self.calibration else {}),
         }
 
     @classmethod
@@ -127,6 +132,9 @@ class BundleManifest:
             weights={k: dict(v) for k, v in data.get("weights", {}).items()},
             device_uid=str(data.get("device_uid", "")),
             created=str(data.get("created", "")),
+            calibration=(
+                Calibration.from_json(data["calibration"]) if data.get("calibration") else None
+            ),
         )
 
 
@@ -137,6 +145,11 @@ class LoadedBundle:
     holistic: nn.Module
     attention: nn.Module
     manifest_sha256: str
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """What the exam score means for these weights (None: an uncalibrated bundle)."""
+        return self.manifest.calibration
 
     @property
     def info(self) -> BundleInfo:
@@ -226,6 +239,22 @@ def save_bundle(
     os.replace(tmp, out_dir / MANIFEST)
     logger.info("Wrote bundle %s %s to %s", written.name, written.version, out_dir)
     return written
+
+
+def rewrite_manifest(path: Path, manifest: BundleManifest) -> BundleManifest:
+    """Replace a bundle's manifest (e.g. with a new calibration), weights untouched.
+
+    Refuses a manifest whose weights entries differ from the bundle's own: the calibration
+    belongs to those weights.
+    """
+    current, _ = read_manifest(path)
+    if manifest.weights != current.weights:
+        raise ModelError(f'Model bundle "{path}": the new manifest lists other weights.')
+    text = json.dumps(manifest.to_json(), indent=2, sort_keys=False) + "\n"
+    tmp = Path(path) / f".{MANIFEST}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, Path(path) / MANIFEST)
+    return manifest
 
 
 def read_manifest(path: Path) -> tuple[BundleManifest, str]:

@@ -136,6 +136,7 @@ class EnsembleScorer:
             autocast_dtype=self.autocast_dtype,
             channels_last=self.channels_last,
             smoothing=self.settings.saliency_smoothing,
+            coa_rule=self.settings.coa_rule,
         )
         coas = sal.coa.cpu()
         t1 = time.perf_counter()

@@ -47,6 +47,9 @@ class PreprocessSettings:
     mean: float = 0.449  # intensity normalisation after scaling to 0..1
     std: float = 0.226
     saliency_smoothing: float = 0.0  # Gaussian sigma (input px) before the COA; 0 = paper
+    # How the COA is taken from the map (see mammo_node.ml.saliency.COA_RULES). A bundle
+    # without the key was trained with the paper's rule, hence that default here.
+    coa_rule: str = "paper"
 
     def __post_init__(self) -> None:
         for name in ("input_size", "roi_size"):
@@ -59,6 +62,10 @@ class PreprocessSettings:
             raise ValueError(f'Argument "roi_scale" should be > 0, got {self.roi_scale!r}.')
         if not self.std > 0:
             raise ValueError(f'Argument "std" should be > 0, got {self.std!r}.')
+        if self.coa_rule not in ("paper", "breast_region"):
+            raise ValueError(
+                f'Argument "coa_rule" should be "paper" or "breast_region", got {self.coa_rule!r}.'
+            )
         if not self.saliency_smoothing >= 0:
             raise ValueError(
                 f'Argument "saliency_smoothing" should be >= 0, got {self.saliency_smoothing!r}.'
@@ -369,11 +376,10 @@ def preprocess(
     stored_shape = (int(pixels.shape[0]), int(pixels.shape[1]))
     scaled_shape = shape_at_width(stored_shape, settings.input_size)
     scaled = resize(oriented, scaled_shape)
-    hires = None
-    hires_shape = None
-    if with_hires:
-        hires_shape = shape_at_width(stored_shape, settings.hires_width)
-        hires = resize(oriented, hires_shape).numpy()
+    # The hires grid is recorded even when its pixels are not made (the trainer cuts ROIs
+    # later from the same geometry).
+    hires_shape = shape_at_width(stored_shape, settings.hires_width)
+    hires = resize(oriented, hires_shape).numpy() if with_hires else None
     size = settings.input_size
     geometry = Geometry(
         stored_shape=stored_shape,

@@ -2,6 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
+import torchvision
+
+IMAGENET_RESNET18 = "resnet18-f37072fd.pth"  # torchvision's file name for its ImageNet weights
+
+
+def write_torchvision_weights(torch_home: Path, arch: str = "resnet18") -> Path:
+    """A torchvision-layout weights file where torch hub keeps it (random values: nothing is
+    downloaded; the layout - RGB stem, 1000-class head - is what matters)."""
+    if arch != "resnet18":
+        raise ValueError(f'arch should be "resnet18", got {arch!r}')
+    path = torch_home / "hub" / "checkpoints" / IMAGENET_RESNET18
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(123)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
 # Small enough for seconds of CPU per fold: 48 px model input, 32 px ROIs from 72 px wide hires.
 TINY_CV = [
     "--arch",
