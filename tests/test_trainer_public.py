@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from mammo_node.synth import SynthOptions
 from mammo_node.synth.public_layouts import (
     write_cbis_ddsm_layout,
     write_cmmd_layout,
     write_rsna_layout,
     write_vindr_layout,
 )
-from mammo_node.synth import SynthOptions
 from trainer.cli import app
 from trainer.data import Manifest, image_label
 
