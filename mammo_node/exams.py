@@ -11,9 +11,10 @@ from sqlalchemy.orm import Session
 from mammo_node.db import repo
 from mammo_node.db.models import Destination, Exam, Instance, OutboxItem, Result
 from mammo_node.db.session import Database
-from mammo_node.domain import Origin
+from mammo_node.domain import ObjectRole, Origin
 from mammo_node.errors import MammoNodeError
-from mammo_node.grouping.rules import describe_slots, summarise
+from mammo_node.grouping.rules import ObjectDecision, describe_slots, summarise
+from mammo_node.sop_classes import sop_class_name
 
 
 class ExamNotFoundError(MammoNodeError):
@@ -91,13 +92,20 @@ def exam_detail(db: Database, study_uid: str, *, with_result: bool = True) -> di
         resolution = repo.resolve_exam(session, exam)
         detail = _summary(exam, image_counts(session, [exam.id]))
         detail["patient_id"] = exam.patient.patient_id
+        detail["patient"] = exam_patient(exam)
         detail["slots"] = describe_slots(resolution)
         detail["not_scored"] = summarise(resolution.not_scored)
         detail["pixel_checks_pending"] = list(resolution.pending)
+        detail["identity_conflict"] = resolution.identity_conflict
+        detail["selection_notes"] = list(resolution.notes)
+        roles = resolution.roles
         detail["instances"] = [
             {
                 "sop_instance_uid": i.sop_instance_uid,
                 "sop_class_uid": i.sop_class_uid,
+                "sop_class": sop_class_name(i.sop_class_uid),
+                "kind": i.kind,
+                **_role(roles, i),
                 "series_uid": i.series.series_uid,
                 "origin": i.origin,
                 "transfer_syntax_uid": i.transfer_syntax_uid,
@@ -115,6 +123,22 @@ def exam_detail(db: Database, study_uid: str, *, with_result: bool = True) -> di
             }
             for i in sorted(exam.instances, key=lambda i: i.id)
         ]
+        detail["conflicts"] = [
+            {
+                "id": c.id,
+                "sop_instance_uid": c.sop_instance_uid,
+                "sop_class_uid": c.sop_class_uid,
+                "role": ObjectRole.CONFLICT.value,
+                "rule": f"overwrite_policy {c.policy}",
+                "detail": c.reason,
+                "sha256": c.sha256,
+                "size_bytes": c.size_bytes,
+                "received_at": _iso(c.received_at),
+                "calling_ae": c.calling_ae,
+                "peer_host": c.peer_host,
+            }
+            for c in exam.conflicts
+        ]
         detail["events"] = [
             {"at": _iso(e.at), "from": e.from_state, "to": e.to_state, "reason": e.reason}
             for e in exam.events
@@ -124,6 +148,28 @@ def exam_detail(db: Database, study_uid: str, *, with_result: bool = True) -> di
         if with_result:
             detail["result"] = _latest_result(session, exam)
         return detail
+
+
+def exam_patient(exam: Exam) -> dict[str, str]:
+    """The exam's own woman: the attributes its study carried, not the patient row's latest."""
+    return {
+        "id": exam.patient.patient_id,
+        "issuer": exam.patient.issuer,
+        "name": exam.patient_name,
+        "birth_date": exam.patient_birth_date,
+        "sex": exam.patient_sex,
+        "age": exam.patient_age,
+    }
+
+
+def _role(roles: dict[str, ObjectDecision], instance: Instance) -> dict[str, str]:
+    if instance.origin == Origin.GENERATED.value:
+        kind = instance.output_kind or "output"
+        return {"role": ObjectRole.OUTPUT.value, "rule": "output", "detail": f"node {kind}"}
+    decision = roles.get(instance.sop_instance_uid)
+    if decision is None:
+        return {"role": ObjectRole.NOT_SCORED.value, "rule": "", "detail": "no slot"}
+    return {"role": decision.role.value, "rule": decision.rule, "detail": decision.detail}
 
 
 def _latest_result(session: Session, exam: Exam) -> dict[str, Any] | None:
@@ -162,6 +208,8 @@ def _latest_result(session: Session, exam: Exam) -> dict[str, Any] | None:
         "device": result.device,
         "timings": result.timings,
         "sr_sop_instance_uid": result.sr_sop_instance_uid,
+        "selection": result.selection or {},
+        "missing_breasts": list((result.selection or {}).get("missing_breasts", [])),
         "previous_result_id": result.previous_result_fk,
         "outputs": [{"sop_instance_uid": u, "kind": k, "slot": s} for u, k, s in outputs],
         "deliveries": [

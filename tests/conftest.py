@@ -173,6 +173,9 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
             "stable_seconds": 3.0,
             "grouping_interval": 0.1,
             "min_free_disk_mb": 0,
+            # the synthetic and real test data carry historical study dates; the tests of
+            # the prior rule set their own window
+            "prior_after_days": 0,
         }
         if db_url:
             values["db_url"] = db_url
@@ -202,6 +205,7 @@ class NodeProcess:
             "MAMMO_STABLE_SECONDS": "3",
             "MAMMO_GROUPING_INTERVAL": "0.1",
             "MAMMO_MIN_FREE_DISK_MB": "0",
+            "MAMMO_PRIOR_AFTER_DAYS": "0",  # test data carries historical study dates
             "MAMMO_HOST": "127.0.0.1",
             **env,
         }

@@ -92,6 +92,8 @@ def test_digitised_film_secondary_capture_is_a_candidate() -> None:
         ConversionType="DF",
         Laterality="L",
         ViewCodeSequence=None,
+        rows=640,
+        columns=520,
     )
     facts = classify(ds)
     assert facts.rule is None and str(facts.slot) == "L-MLO"
