@@ -71,13 +71,15 @@ def result_json(result: Result, exam: Exam) -> dict[str, Any]:
     }
 
 
-def patient_json(patient: Patient) -> dict[str, str]:
+def patient_json(patient: Patient, exam: Exam) -> dict[str, str]:
+    """The exam's own woman: identifiers from the patient row, attributes as her study sent
+    them (a later study of another woman under the same ID never renames this one)."""
     return {
-        "name": patient.name.replace("^", " ").strip(),
+        "name": exam.patient_name.replace("^", " ").strip(),
         "id": patient.patient_id,
         "issuer": patient.issuer,
-        "birth_date": patient.birth_date,
-        "sex": patient.sex,
+        "birth_date": exam.patient_birth_date,
+        "sex": exam.patient_sex,
     }
 
 
@@ -95,7 +97,7 @@ def _worklist_query(state: str | None, sort: str, search: str | None) -> Select[
         pattern = f"%{search.lower()}%"
         query = query.where(
             or_(
-                func.lower(Patient.name).like(pattern),
+                func.lower(Exam.patient_name).like(pattern),
                 func.lower(Patient.patient_id).like(pattern),
                 func.lower(Exam.accession_number).like(pattern),
                 Exam.study_uid.like(f"{search}%"),
@@ -133,7 +135,7 @@ def worklist(
                 "accession_number": exam.accession_number,
                 "source_ae": exam.source_ae,
                 "last_received_at": _iso(exam.last_received_at),
-                "patient": patient_json(patient),
+                "patient": patient_json(patient, exam),
                 "result": result_json(result, exam) if result is not None else None,
             }
             for exam, patient, result in rows
@@ -206,7 +208,7 @@ def exam_view(db: Database, headers: HeaderCache, study_uid: str) -> ExamView:
         deliveries = _deliveries(session, result) if result is not None else []
         view = ExamView(
             detail=detail,
-            patient=patient_json(exam.patient),
+            patient=patient_json(exam.patient, exam),
             study_description=exam.study_description,
             study_time=exam.study_time,
             result=result_json(result, exam) if result is not None else None,
