@@ -486,5 +486,8 @@ def test_storescu_sees_a_refused_replacement_as_a_failure(
     node = node_factory(overwrite_policy="never")
     views = synth_views(16)
     send(node, views, tmp_path / "first")
-    run = storescu(node.scp.port, write_all([_changed(views[0])], tmp_path / "again"), "-v")
-    assert "0x0111" in run.stdout + run.stderr or "Duplicate" in run.stdout + run.stderr
+    run = storescu(node.scp.port, write_all([_changed(views[0])], tmp_path / "again"), "-d")
+    log = run.stdout + run.stderr
+    # 0x0111 Duplicate SOP Instance (PS3.7 C.4), with the reason in the Error Comment
+    assert "Status: 0x111" in log or "0x0111" in log
+    assert "already stored with other bytes" in log
