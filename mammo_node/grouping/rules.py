@@ -671,11 +671,12 @@ def _mark_unpaired(resolution: Resolution) -> None:
             continue
         other = Slot(slot.laterality, View.MLO if slot.view is View.CC else View.CC)
         if resolution.slots[other] is None:
+            chosen = resolution.roles[uid].detail
             resolution.roles[uid] = ObjectDecision(
                 uid,
                 ObjectRole.UNPAIRED,
                 NotScoredReason.UNPAIRED_VIEW.value,
-                f"fills {slot}, but {other} is missing: a breast is scored from both views",
+                f"{chosen}; but {other} is missing: a breast is scored from both views",
             )
 
 
