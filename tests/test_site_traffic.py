@@ -491,3 +491,55 @@ def test_storescu_sees_a_refused_replacement_as_a_failure(
     # 0x0111 Duplicate SOP Instance (PS3.7 C.4), with the reason in the Error Comment
     assert "Status: 0x111" in log or "0x0111" in log
     assert "already stored with other bytes" in log
+
+
+def test_synth_cli_writes_site_habits_that_storescu_sends_and_the_node_files(
+    node_factory: Any, db_url: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "synth"
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "mammo-node"),
+            "synth",
+            str(out),
+            "--exams",
+            "2",
+            "--rows",
+            "128",
+            "--columns",
+            "104",
+            "--recent",
+            "--habit",
+            "empty-patient-id",
+            "--habit",
+            "companions",
+            "--habit",
+            "repeat",
+            "--habit",
+            "rle",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    node = node_factory(db_url, prior_after_days=30)
+    files = sorted(out.glob("*/*.dcm"))
+    assert len(files) == 2 * (4 + 1 + 5)
+    sent = storescu(node.scp.port, files)
+    assert sent.returncode == 0, sent.stderr
+    studies = sorted(p.name for p in out.iterdir() if p.is_dir())
+    for study in studies:
+        wait_for(lambda s=study: state(node, s) == "ready", timeout=30)
+    shown = [exams_show(node, s) for s in studies]
+    for detail in shown:
+        assert Counter(roles(detail).values()) == {
+            "scored": 4,
+            "repeat": 1,
+            "companion": 5,
+        }
+        images = [o for o in detail["instances"] if o["kind"] == "image"]
+        assert {o["transfer_syntax_uid"] for o in images} == {RLELossless}
+    assert [d["patient"]["id"] for d in shown] == ["", ""]
+    with node.db.read() as session:  # two women without an ID: two patients
+        assert session.scalar(select(func.count()).select_from(Patient)) == 2

@@ -290,6 +290,11 @@ class Ingestor:
         for attempt in range(3):
             try:
                 return self._index(facts, stored, arrival, sha256)
+            except _RaceConflict as race:
+                digest = sha256 or file_sha256(self.store.path(stored.rel_path))
+                self._keep_aside(
+                    self.store.path(stored.rel_path), facts, arrival, digest, race.held
+                )
             except DatabaseError as exc:
                 if not isinstance(exc.__cause__, IntegrityError) or attempt == 2:
                     raise
@@ -433,6 +438,21 @@ class Ingestor:
             elif self._same_bytes(instance, stored, sha256):
                 outcome = IngestOutcome.DUPLICATE  # stored by another association meanwhile
             else:
+                held = StoredVersion(
+                    instance.sha256 or "",
+                    IngestResult(
+                        facts.sop_uid,
+                        instance.sop_class_uid,
+                        exam.study_uid,
+                        facts.series_uid,
+                        IngestOutcome.DUPLICATE,
+                    ),
+                    instance.calling_ae,
+                    instance.peer_host,
+                    instance.origin,
+                )
+                if not self._may_replace(held, arrival):
+                    raise _RaceConflict(held)  # another association stored it meanwhile
                 outcome = IngestOutcome.REPLACED
                 old_path = instance.rel_path
                 instance.replaced_count += 1
@@ -510,6 +530,15 @@ class Ingestor:
         instance.peer_host = arrival.peer_host
         instance.pixel_check = PixelCheck.PENDING if needs_check else PixelCheck.SKIPPED
         instance.pixel_detail = ""
+
+
+class _RaceConflict(Exception):
+    """Inside ``_index``: the UID was stored by another association meanwhile, with other
+    bytes the overwrite policy does not let replace it."""
+
+    def __init__(self, held: StoredVersion) -> None:
+        super().__init__(held.result.sop_instance_uid)
+        self.held = held
 
 
 @dataclass(frozen=True)
