@@ -526,7 +526,7 @@ def test_synth_cli_writes_site_habits_that_storescu_sends_and_the_node_files(
     node = node_factory(db_url, prior_after_days=30)
     files = sorted(out.glob("*/*.dcm"))
     assert len(files) == 2 * (4 + 1 + 5)
-    sent = storescu(node.scp.port, files)
+    sent = storescu(node.scp.port, files, "-xr")  # propose RLE, then uncompressed
     assert sent.returncode == 0, sent.stderr
     studies = sorted(p.name for p in out.iterdir() if p.is_dir())
     for study in studies:
