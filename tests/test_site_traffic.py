@@ -9,12 +9,14 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.uid import (
     JPEG2000,
     ExplicitVRLittleEndian,
@@ -28,7 +30,7 @@ from pydicom.uid import (
 from pynetdicom import AE
 from sqlalchemy import func, select
 
-from mammo_node.db.models import AuditEvent, InstanceConflict, Patient
+from mammo_node.db.models import AuditEvent, Instance, InstanceConflict, Patient
 from mammo_node.delivery.destinations import add_destination
 from mammo_node.exams import exam_detail
 from mammo_node.observe import audit
@@ -36,8 +38,7 @@ from mammo_node.receive.syntaxes import JPEG_XL_LOSSLESS
 from mammo_node.status import Status
 from mammo_node.synth import SynthOptions, generate_exams
 from mammo_node.synth import habits as site
-from tests.conftest import dcmtk, storescu, wait_for
-from tests.test_scoring_ops import PeerSCP
+from tests.conftest import dcmtk, free_port, storescu, wait_for
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -121,28 +122,58 @@ def roles(detail: dict[str, Any]) -> dict[str, str]:
     return {o["sop_instance_uid"]: o["role"] for o in detail["instances"] if o["role"] != "output"}
 
 
+class ListeningStoreSCP:
+    """dcmtk storescp as the reading room's PACS: every received object lands in a folder."""
+
+    def __init__(self, folder: Path, ae_title: str = "PACS") -> None:
+        self.folder = folder
+        self.port = free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [dcmtk("storescp"), "-aet", ae_title, "-od", str(folder), "+xa", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._answers, timeout=30, interval=0.2)
+
+    def _answers(self) -> bool:
+        run = subprocess.run(
+            [dcmtk("echoscu"), "-aec", "PACS", "127.0.0.1", str(self.port)], capture_output=True
+        )
+        return run.returncode == 0
+
+    def received(self) -> list[Dataset]:
+        return [dcmread(path) for path in sorted(self.folder.iterdir()) if path.is_file()]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
 # --- every object filed, the right image scored ----------------------------------------------
 
 
 def test_a_study_with_its_companions_repeats_and_notes_is_filed_whole_and_scored_right(
     node_factory: Any, db_url: str, tiny_bundle: Path, tmp_path: Path
 ) -> None:
-    peer = PeerSCP("PACS")
+    pacs = ListeningStoreSCP(tmp_path / "pacs")
     try:
         node = node_factory(db_url, score=True, model_bundle=tiny_bundle, stable_seconds=2.0)
-        add_destination(node.db, "pacs", ae_title="PACS", host="127.0.0.1", port=peer.port)
-        views = synth_views(3)
+        add_destination(node.db, "pacs", ae_title="PACS", host="127.0.0.1", port=pacs.port)
+        views = synth_views(3, PatientName="SITE^WOMAN", PatientID="SITE-3")
         lcc = next(ds for ds in views if str(ds.ImageLaterality) + str(ds.ViewPosition) == "LCC")
         objects = site.add_habits(
             views, ["repeat", "companions", "synthetic-2d", "rejection", "prior-merged"]
         )
-        run = send(node, objects, tmp_path / "study")
-        assert "Status" not in run.stderr or "0x0000" in run.stderr or run.returncode == 0
+        send(node, objects, tmp_path / "study")
         study = str(views[0].StudyInstanceUID)
         wait_for(lambda: state(node, study) == "scored", timeout=90)
         detail = exams_show(node, study)
+        outputs = {o["sop_instance_uid"] for o in detail["result"]["outputs"]}
+        wait_for(lambda: len(pacs.received()) >= len(outputs), timeout=60)
+        received = pacs.received()
     finally:
-        peer.stop()
+        pacs.stop()
 
     got = roles(detail)
     assert len(got) == len(objects)  # every object filed, none refused
@@ -163,12 +194,15 @@ def test_a_study_with_its_companions_repeats_and_notes_is_filed_whole_and_scored
     assert "AcquisitionDateTime" in by_uid[str(repeat.SOPInstanceUID)]["detail"]
     rejected = next(u for u, r in got.items() if r == "rejected")
     assert "113001" in by_uid[rejected]["detail"]
-    # the result is computed from exactly the four selected images, and reached the PACS
+    # the result is computed from exactly the four selected images...
     result = detail["result"]
     assert sorted(result["images"]) == sorted(detail["slots"].values())
     assert result["selection"]["slots"] == detail["slots"]
-    wait_for(lambda: len(peer.received) >= len(result["outputs"]), timeout=60)
-    assert set(peer.received) >= {o["sop_instance_uid"] for o in result["outputs"]}
+    # ...and every output the PACS received names this exam's woman and references them
+    assert {str(ds.SOPInstanceUID) for ds in received} == outputs
+    assert {(str(ds.PatientName), str(ds.PatientID)) for ds in received} == {
+        ("SITE^WOMAN", "SITE-3")
+    }
 
 
 def test_private_and_unlisted_storage_classes_are_accepted_and_filed(
@@ -447,7 +481,6 @@ def test_overwrite_policy(node_factory: Any, db_url: str, policy: str, tmp_path:
     study = str(views[0].StudyInstanceUID)
     wait_for(lambda: state(node, study) == "ready", timeout=30)
     before = exam_detail(node.db, study)
-    first_sha = {o["sop_instance_uid"]: o["sha256"] for o in before["instances"]}
 
     own = pn_send(node, [_changed(views[0])], aet="MODALITY_A")
     foreign = pn_send(node, [_changed(views[1])], aet="OTHER_AE")
@@ -468,8 +501,12 @@ def test_overwrite_policy(node_factory: Any, db_url: str, policy: str, tmp_path:
         else:  # first bytes kept, newcomer kept aside and listed, both files on disk
             assert conflicts[uid]["role"] == "conflict"
             assert policy in conflicts[uid]["rule"]
-            stored = next(o for o in detail["instances"] if o["sop_instance_uid"] == uid)
-            assert stored["sha256"] in (first_sha[uid], None)
+        with node.db.read() as session:
+            rel_path = session.scalars(
+                select(Instance.rel_path).where(Instance.sop_instance_uid == uid)
+            ).one()
+        kept = dcmread(node.store.path(rel_path)).PixelData
+        assert (kept == ds.PixelData) == (status != 0)  # replaced only where allowed
     replaced = sum(1 for s in (own[0], foreign[0]) if s == 0)
     assert detail["revision"] == before["revision"] + replaced
     with node.db.read() as session:
@@ -543,3 +580,31 @@ def test_synth_cli_writes_site_habits_that_storescu_sends_and_the_node_files(
     assert [d["patient"]["id"] for d in shown] == ["", ""]
     with node.db.read() as session:  # two women without an ID: two patients
         assert session.scalar(select(func.count()).select_from(Patient)) == 2
+
+
+def test_orthanc_forwards_a_whole_study_with_its_companions(
+    node_factory: Any, orthanc: Any
+) -> None:
+    """The issue's Orthanc job that failed with HTTP 500 ("Cannot transcode ... to one of
+    [ ]") when the node refused the dose report's SOP class: now every object arrives."""
+    node = node_factory()
+    views = synth_views(17)
+    objects = site.add_habits(views, ["companions", "rle"])
+
+    def call(method: str, path: str, body: bytes) -> Any:
+        request = urllib.request.Request(orthanc.url + path, data=body, method=method)
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read() or b"null")
+
+    for ds in objects:
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        call("POST", "/instances", buffer.getvalue())
+    modality = {"AET": "MAMMO_NODE", "Host": "127.0.0.1", "Port": node.scp.port}
+    call("PUT", "/modalities/node", json.dumps(modality).encode())
+    study = str(views[0].StudyInstanceUID)
+    orthanc_id = call("POST", "/tools/lookup", study.encode())[0]["ID"]
+    call("POST", "/modalities/node/store", json.dumps({"Resources": [orthanc_id]}).encode())
+    wait_for(lambda: state(node, study) == "ready", timeout=60)
+    detail = exams_show(node, study)
+    assert Counter(roles(detail).values()) == {"scored": 4, "companion": 5}
