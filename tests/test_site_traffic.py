@@ -19,6 +19,7 @@ import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import (
     JPEG2000,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -257,6 +258,7 @@ def test_pynetdicom_mixed_proposals_get_lossless_first_and_never_an_unreadable_s
         [JPEG_XL_LOSSLESS],
         [JPEG2000MCLossless],
         [JPEG_XL_LOSSLESS, JPEG2000Lossless],
+        [DeflatedExplicitVRLittleEndian],
     ) == [
         JPEGLosslessSV1,  # lossless compressed before uncompressed and lossy
         ImplicitVRLittleEndian,  # anything lossless before lossy
@@ -265,6 +267,7 @@ def test_pynetdicom_mixed_proposals_get_lossless_first_and_never_an_unreadable_s
         None,  # JPEG XL: no installed decoder reads it; refused so the sender falls back
         None,  # JPEG 2000 Part 2 multi-component: the same
         JPEG2000Lossless,
+        None,  # deflated: the receive path cannot check a deflated stream's lengths
     ]
 
 

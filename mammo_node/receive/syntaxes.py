@@ -6,14 +6,15 @@ the acceptor's list). So the order below is the policy:
 
 1. lossless compressed syntaxes that an installed pixel decoder reads (kept as sent: no
    conversion, smaller files);
-2. Explicit VR Little Endian, then Implicit VR Little Endian (then Deflated Explicit VR and the
-   retired Big Endian: lossless, but nothing gains from them);
+2. Explicit VR Little Endian, then Implicit VR Little Endian (then the retired Big Endian);
 3. lossy syntaxes last: taken only when the requestor proposed nothing lossless in that context.
 
 A syntax that no installed decoder reads (JPEG XL, JPEG 2000 Part 2 multi-component, video,
 JPIP references) is never accepted: refusing the context lets the sender fall back to another
 context or convert, instead of the node acknowledging pixels it cannot read. Availability is
 asked of pydicom's pixel decoders at run time, so installing a plugin widens the list.
+Deflated Explicit VR is refused too: the receive path checks a file's element lengths against
+its size on disk, which a deflated stream does not allow (every C-STORE would fail 0xC210).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import logging
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
     UID,
-    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     HTJ2KLossless,
@@ -79,9 +79,8 @@ def preferred_syntaxes() -> tuple[UID, ...]:
     known = [UID(ts) for ts in ALL_TRANSFER_SYNTAXES]
     readable = [ts for ts in known if decoder_available(ts)]
     lossless = [ts for ts in LOSSLESS_COMPRESSED if ts in readable]
-    deflated = [DeflatedExplicitVRLittleEndian] if DeflatedExplicitVRLittleEndian in known else []
     lossy = [ts for ts in readable if is_lossy(ts)]
-    ordered = [*lossless, *UNCOMPRESSED, *deflated, ExplicitVRBigEndian, *lossy]
+    ordered = [*lossless, *UNCOMPRESSED, ExplicitVRBigEndian, *lossy]
     refused = sorted(str(ts) for ts in known if ts not in ordered)
     logger.debug("transfer syntaxes refused (no installed decoder): %s", ", ".join(refused))
     return tuple(ordered)
