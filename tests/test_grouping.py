@@ -350,3 +350,36 @@ def test_rejection_notes_and_companions_get_their_roles() -> None:
     assert resolution.roles[str(note.SOPInstanceUID)].role == ObjectRole.REJECTION_NOTE
     kinds = {object_kind(ds) for ds in habits.companions(views)}
     assert kinds == {ObjectKind.COMPANION}
+
+
+def test_other_vendor_habits_tomo_under_a_2d_class_s_view_and_equal_acquisition_times() -> None:
+    proj = mg_dataset("L", "CC", ImageType=["ORIGINAL", "PRIMARY", "TOMO_PROJ"])
+    assert classify(proj).rule == NotScoredReason.TOMOSYNTHESIS
+    s_view = mg_dataset("L", "CC", SeriesDescription="L CC S-View")
+    assert "S-View" in selection_facts(s_view)["synthesized_2d"]
+    # two series acquired in the same second: ContentTime tells which is the later image
+    a = mg_dataset(
+        "R",
+        "CC",
+        AcquisitionDateTime="20261201100000",
+        ContentDate="20261201",
+        ContentTime="100001",
+        InstanceNumber=1,
+    )
+    b = mg_dataset(
+        "R",
+        "CC",
+        AcquisitionDateTime="20261201100000",
+        ContentDate="20261201",
+        ContentTime="100130",
+        InstanceNumber=1,
+    )
+    resolution = resolve([_image(b), _image(a)])
+    assert resolution.slots[Slot(Laterality.R, View.CC)] == str(b.SOPInstanceUID)
+    assert "ContentDate+ContentTime" in resolution.roles[str(b.SOPInstanceUID)].detail
+    # a name with and without its ideographic group is the same woman
+    same = [
+        mg_dataset("L", "CC", PatientName="YAMADA^HANAKO=山田^花子"),
+        mg_dataset("L", "MLO", PatientName="Yamada^Hanako"),
+    ]
+    assert resolve([_image(ds) for ds in same]).identity_conflict == ""

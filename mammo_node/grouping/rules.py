@@ -60,8 +60,12 @@ REJECTION_TITLES: dict[str, str] = {
 # Synthesized 2D (generated from a tomosynthesis sweep) by ImageType value or series text.
 _SYNTH_IMAGE_TYPES = {"GENERATED_2D", "SYNTHESIZED", "SYNTHETIC", "C-VIEW", "CVIEW", "V-PREVIEW"}
 _SYNTH_TEXT = re.compile(
-    r"c-?view|v-?preview|insight\s*2d|intelligent\s*2d|synthe\w*|\bs2d\b|generated\s*2d", re.I
+    r"c-?view|v-?preview|\bs-view\b|insight\s*2d|intelligent\s*2d|synthe\w*|\bs2d\b"
+    r"|generated\s*2d",
+    re.I,
 )
+# ImageType values of tomosynthesis projections / slices stored under a 2D image class
+_TOMO_IMAGE_TYPES = {"TOMO", "TOMOSYNTHESIS", "TOMO_PROJ", "PROJECTION", "VOLUME", "RECON"}
 
 # --- view codes (SNOMED CT and the old SRT equivalents) --------------------------------
 _VIEW_CODES: dict[str, str] = {
@@ -250,6 +254,13 @@ def classify(ds: Dataset) -> Classification:
     if sop_class in _TOMO_CLASSES:
         name = TOMOSYNTHESIS_CLASSES[sop_class]
         return kept_out(NotScoredReason.TOMOSYNTHESIS, f"{name}: only 2D mammograms are scored")
+    image_types = {str(v).strip().upper() for v in ds.get("ImageType", [])}
+    if image_types & _TOMO_IMAGE_TYPES and not image_types & _SYNTH_IMAGE_TYPES:
+        found = ", ".join(sorted(image_types & _TOMO_IMAGE_TYPES))
+        return kept_out(
+            NotScoredReason.TOMOSYNTHESIS,
+            f"ImageType {found}: a tomosynthesis projection or slice, not a 2D mammogram",
+        )
     if sop_class not in SCORABLE_IMAGE_CLASSES:
         return kept_out(
             NotScoredReason.NOT_AN_IMAGE, f"{sop_class_name(sop_class)}: filed with the exam"
@@ -297,6 +308,15 @@ def classify(ds: Dataset) -> Classification:
 # --- facts that matter beside the study's other objects -------------------------------
 def _digits(value: object) -> str:
     return "".join(ch for ch in str(value or "") if ch.isdigit() or ch == ".")
+
+
+def _content_stamp(ds: Dataset) -> str:
+    """ContentDate+ContentTime as a sortable stamp (when the image was made), or ''."""
+    date = _digits(ds.get("ContentDate", ""))[:8]
+    if len(date) != 8:
+        return ""
+    whole, _, fraction = _digits(ds.get("ContentTime", "")).partition(".")
+    return date + whole.ljust(6, "0")[:6] + (f".{fraction}" if fraction else "")
 
 
 def _acquired(ds: Dataset) -> tuple[str, str]:
@@ -362,6 +382,7 @@ def selection_facts(ds: Dataset) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "acquired": acquired,
         "acquired_source": acquired_source,
+        "content": _content_stamp(ds),
         "identity": {
             "patient_id": _text(ds, "PatientID").strip(),
             "issuer": _text(ds, "IssuerOfPatientID").strip(),
@@ -472,8 +493,8 @@ def _identity_conflict(objects: Sequence[ImageFacts]) -> str:
         values = set()
         for obj in objects:
             value = str((obj.facts.get("identity") or {}).get(key, "")).strip()
-            if key == "name":
-                value = re.sub(r"[\s^=]+", " ", value).strip().upper()
+            if key == "name":  # the alphabetic group; ideographic / phonetic ones may be absent
+                value = re.sub(r"[\s^]+", " ", value.split("=")[0]).strip().upper()
             if value:
                 values.add(value)
         if len(values) > 1:
@@ -483,26 +504,28 @@ def _identity_conflict(objects: Sequence[ImageFacts]) -> str:
     return "the study's objects disagree on the patient: " + ", ".join(differing)
 
 
-def _order_key(image: ImageFacts) -> tuple[str, int]:
-    return (image.acquired, image.instance_number if image.instance_number is not None else -1)
-
-
 def _latest(found: list[ImageFacts]) -> tuple[ImageFacts | None, str]:
     """The latest acquisition among technical repeats of one view, and the rule used.
 
-    AcquisitionDateTime (or AcquisitionDate+Time, or ContentDate+Time) decides when every
-    candidate has one and the latest is unique; else InstanceNumber when every candidate has
-    one and the highest is unique; else nothing decides (the slot stays empty, said so).
+    Tried in order, each only when every candidate has a value and the latest is unique:
+    the acquisition time (AcquisitionDateTime, else AcquisitionDate+Time, else
+    ContentDate+Time), ContentDate+ContentTime, then InstanceNumber. When none decides the
+    slot stays empty, and says so.
     """
-    if all(i.acquired for i in found):
-        ordered = sorted(found, key=lambda i: i.acquired)
-        if ordered[-1].acquired != ordered[-2].acquired:
-            source = ordered[-1].facts.get("acquired_source", "acquisition time")
-            return ordered[-1], f"latest {source}"
-    if all(i.instance_number is not None for i in found):
-        ordered = sorted(found, key=lambda i: i.instance_number or 0)
-        if ordered[-1].instance_number != ordered[-2].instance_number:
-            return ordered[-1], "highest InstanceNumber"
+    tiers: list[tuple[str, Any]] = [
+        ("", lambda i: i.acquired or None),
+        ("ContentDate+ContentTime", lambda i: str(i.facts.get("content", "")) or None),
+        ("InstanceNumber", lambda i: i.instance_number),
+    ]
+    for name, key in tiers:
+        values = [key(i) for i in found]
+        if any(v is None for v in values):
+            continue
+        ordered = sorted(found, key=key)
+        if key(ordered[-1]) != key(ordered[-2]):
+            if not name:
+                name = str(ordered[-1].facts.get("acquired_source", "acquisition time"))
+            return ordered[-1], ("highest " if name == "InstanceNumber" else "latest ") + name
     return None, ""
 
 
