@@ -54,12 +54,17 @@ class HabitError(MammoNodeError):
     """A habit was asked for that does not exist, or cannot apply to the exam given."""
 
 
-def _copy_with_new_uid(ds: Dataset, *, new_series: bool = False) -> Dataset:
+def _uid(*parts: object) -> str:
+    """A UID that depends only on ``parts`` (the generator is deterministic per seed)."""
+    return str(generate_uid(prefix=None, entropy_srcs=["habit", *map(str, parts)]))
+
+
+def _copy_with_new_uid(ds: Dataset, habit: str, *, new_series: bool = False) -> Dataset:
     out = copy.deepcopy(ds)  # Dataset.copy() shares the elements with the original
-    out.SOPInstanceUID = generate_uid()
+    out.SOPInstanceUID = _uid(habit, ds.SOPInstanceUID)
     out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     if new_series:
-        out.SeriesInstanceUID = generate_uid()
+        out.SeriesInstanceUID = _uid(habit, "series", ds.SeriesInstanceUID)
     return out
 
 
@@ -84,7 +89,7 @@ def technical_repeat(ds: Dataset, *, later_by: dt.timedelta = dt.timedelta(minut
     AcquisitionDateTime, a higher InstanceNumber, slightly different pixels."""
     first = _acquired(ds)
     _set_acquired(ds, first)  # the original says when it was taken, as modalities do
-    repeat = _copy_with_new_uid(ds)
+    repeat = _copy_with_new_uid(ds, f"repeat-{later_by.total_seconds()}")
     _set_acquired(repeat, first + later_by)
     repeat.InstanceNumber = int(ds.get("InstanceNumber", 1) or 1) + 1
     pixels = np.frombuffer(ds.PixelData, dtype=np.uint16 if ds.BitsAllocated == 16 else np.uint8)
@@ -95,21 +100,21 @@ def technical_repeat(ds: Dataset, *, later_by: dt.timedelta = dt.timedelta(minut
 def synthesized_2d(ds: Dataset) -> Dataset:
     """Synthesized 2D made from a tomosynthesis sweep of the same view (Hologic's C-View
     habit: its own series, ImageType GENERATED_2D, series text naming it)."""
-    synth = _copy_with_new_uid(ds, new_series=True)
+    synth = _copy_with_new_uid(ds, "synthesized-2d", new_series=True)
     synth.ImageType = ["DERIVED", "PRIMARY", "GENERATED_2D"]
     synth.SeriesDescription = f"C-View {ds.get('ImageLaterality', '')}{ds.get('ViewPosition', '')}"
     synth.SeriesNumber = int(ds.get("SeriesNumber", 1) or 1) + 100
     return synth
 
 
-def _study_header(ds: Dataset, sop_class: str, modality: str) -> Dataset:
+def _study_header(ds: Dataset, sop_class: str, modality: str, *salt: object) -> Dataset:
     """A new object of the study: the image's patient and study modules, its own series."""
     out = Dataset()
     out.file_meta = FileMetaDataset()
     out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     out.file_meta.MediaStorageSOPClassUID = sop_class
     out.SOPClassUID = sop_class
-    out.SOPInstanceUID = generate_uid()
+    out.SOPInstanceUID = _uid(sop_class, ds.SOPInstanceUID, *salt)
     out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     for keyword in (
         "PatientName",
@@ -128,7 +133,7 @@ def _study_header(ds: Dataset, sop_class: str, modality: str) -> Dataset:
         if keyword in ds:
             setattr(out, keyword, ds.get(keyword))
     out.Modality = modality
-    out.SeriesInstanceUID = generate_uid()
+    out.SeriesInstanceUID = _uid(sop_class, "series", ds.StudyInstanceUID, *salt)
     out.SeriesNumber = 900
     out.InstanceNumber = 1
     out.ContentDate = ds.get("StudyDate", "")
@@ -167,8 +172,9 @@ def _evidence(images: Sequence[Dataset]) -> DicomSequence:
     return DicomSequence(out)
 
 
-def _sr(ds: Dataset, sop_class: str, title: Dataset, template: str) -> Dataset:
-    sr = _study_header(ds, sop_class, "SR" if sop_class != KEY_OBJECT_SELECTION else "KO")
+def _sr(ds: Dataset, sop_class: str, title: Dataset, template: str, *salt: object) -> Dataset:
+    modality = "SR" if sop_class != KEY_OBJECT_SELECTION else "KO"
+    sr = _study_header(ds, sop_class, modality, title.CodeValue, *salt)
     sr.ValueType = "CONTAINER"
     sr.ConceptNameCodeSequence = DicomSequence([title])
     sr.ContinuityOfContent = "SEPARATE"
@@ -188,7 +194,8 @@ def rejection_note(
     """An IHE IOCM rejection note (KOS) withdrawing ``images`` (TID 2010 title 113001...)."""
     if not images:
         raise HabitError('Argument "images" is empty: a rejection note withdraws images.')
-    kos = _sr(images[0], KEY_OBJECT_SELECTION, _code(code, "DCM", meaning), "2010")
+    listed = [str(image.SOPInstanceUID) for image in images]
+    kos = _sr(images[0], KEY_OBJECT_SELECTION, _code(code, "DCM", meaning), "2010", *listed)
     kos.CurrentRequestedProcedureEvidenceSequence = _evidence(images)
     for image in images:
         item = Dataset()
@@ -273,7 +280,7 @@ def merged_prior(images: Sequence[Dataset], *, years_before: int = 2) -> list[Da
     """A prior exam merged into the study (same StudyInstanceUID, earlier acquisition)."""
     out = []
     for image in images:
-        prior = _copy_with_new_uid(image, new_series=True)
+        prior = _copy_with_new_uid(image, f"prior-{years_before}", new_series=True)
         when = _acquired(image) - dt.timedelta(days=365 * years_before)
         _set_acquired(prior, when)
         prior.SeriesDescription = f"prior {when:%Y}"
@@ -283,10 +290,10 @@ def merged_prior(images: Sequence[Dataset], *, years_before: int = 2) -> list[Da
 
 def as_prior_study(images: Sequence[Dataset], *, days_before: int = 400) -> list[Dataset]:
     """A prior *study* a PACS prefetch sends: its own StudyInstanceUID, an old StudyDate."""
-    study_uid = generate_uid()
+    study_uid = _uid("prior-study", days_before, images[0].StudyInstanceUID)
     out = []
     for image in images:
-        prior = _copy_with_new_uid(image, new_series=True)
+        prior = _copy_with_new_uid(image, f"prior-study-{days_before}", new_series=True)
         when = dt.datetime.now() - dt.timedelta(days=days_before)
         prior.StudyInstanceUID = study_uid
         prior.StudyDate = when.strftime("%Y%m%d")
