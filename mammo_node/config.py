@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from mammo_node.domain import OverwritePolicy
 from mammo_node.errors import ConfigError
 
 ENV_PREFIX = "MAMMO_"
@@ -50,11 +51,23 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     tls_ca: Path | None = Field(None, description="When set, peers must present a cert from it")
     min_free_disk_mb: int = Field(1024, ge=0, description="Refuse new instances below this")
+    overwrite_policy: OverwritePolicy = Field(
+        OverwritePolicy.SAME_SOURCE,
+        description="other bytes under a stored SOP Instance UID: never (keep the first, refuse "
+        "and keep the newcomer aside), same-source (the same calling AE from the same host may "
+        "correct its own instance) or always",
+    )
 
     # --- grouping --------------------------------------------------------------------
     quiet_seconds: float = Field(10.0, ge=0, description="4 views + this long idle = READY")
     stable_seconds: float = Field(120.0, ge=0, description="idle this long with views missing")
     grouping_interval: float = Field(1.0, gt=0)
+    prior_after_days: int = Field(
+        30,
+        ge=0,
+        description="a study whose StudyDate is older than this is filed as a prior and not "
+        "scored automatically (a PACS prefetch); 0 = every study is scored",
+    )
 
     # --- HTTP ------------------------------------------------------------------------
     http_port: int = Field(8080, ge=0, le=65535)

@@ -60,6 +60,8 @@ class ExamState(enum.StrEnum):
     SCORING = "scoring"  # claimed by a worker
     SCORED = "scored"  # result written
     FAILED = "failed"  # parked after repeated failures, with its error
+    PRIOR = "prior"  # an old study (PACS prefetch): filed, listed, scored only on request
+    HELD = "held"  # its objects disagree on the patient: not scored until resolved
 
 
 class Origin(enum.StrEnum):
@@ -75,6 +77,44 @@ class IngestOutcome(enum.StrEnum):
     STORED = "stored"  # a new SOP instance
     DUPLICATE = "duplicate"  # the same UID with the same bytes: nothing changed
     REPLACED = "replaced"  # the same UID with other bytes: the new file replaced the old
+    CONFLICT = "conflict"  # the same UID with other bytes, not allowed: kept aside, refused
+
+
+class OverwritePolicy(enum.StrEnum):
+    """What an instance with an acknowledged SOP Instance UID and other bytes may do
+    (dcm4chee's overwrite policies, Orthanc's OverwriteInstances)."""
+
+    NEVER = "never"  # the first acknowledged bytes stay; the newcomer is kept aside, refused
+    SAME_SOURCE = "same-source"  # the same calling AE from the same host may correct its own
+    ALWAYS = "always"  # the newest bytes replace the stored ones
+
+
+class ObjectKind(enum.StrEnum):
+    """What a received object is, for selection."""
+
+    IMAGE = "image"  # an image SOP class that can fill a slot
+    TOMOSYNTHESIS = "tomosynthesis"  # breast tomosynthesis / projection objects
+    REJECTION_NOTE = "rejection_note"  # IOCM KOS that withdraws images
+    COMPANION = "companion"  # dose SR, GSPS, KOS, CAD SR, PDF, waveforms...
+    OUTPUT = "output"  # written by this node
+
+
+class ObjectRole(enum.StrEnum):
+    """The part an object of a study plays in its exam's result, as `exams show` lists it."""
+
+    SCORED = "scored"  # fills a slot
+    CANDIDATE = "candidate"  # fills a slot; its pixels are still being checked
+    REPEAT = "repeat"  # an earlier acquisition of a view that a later one replaces
+    SYNTHESIZED_2D = "synthesized_2d"  # synthesized 2D beside a full-field digital image
+    FOR_PROCESSING = "for_processing"  # raw image
+    REJECTED = "rejected"  # withdrawn by an IOCM rejection note
+    PRIOR = "prior"  # images of another (earlier) exam held in the same study
+    NOT_SCORED = "not_scored"  # kept out by its own tags or pixels (the rule says which)
+    UNPAIRED = "unpaired"  # one view of a breast whose other view is missing
+    COMPANION = "companion"  # not an image: dose SR, GSPS, KOS, CAD SR...
+    REJECTION_NOTE = "rejection_note"
+    OUTPUT = "output"  # this node's SR, SC, SEG
+    CONFLICT = "conflict"  # other bytes under an acknowledged UID, kept aside
 
 
 class PixelCheck(enum.StrEnum):
@@ -107,6 +147,12 @@ class NotScoredReason(enum.StrEnum):
     DUPLICATE_SLOT = "duplicate_slot"  # more than one candidate for one slot
     NOT_AN_IMAGE = "not_an_image"
     UNSUPPORTED_PIXELS = "unsupported_pixels"  # colour, multi-frame...
+    PARTIAL_VIEW = "partial_view"  # PartialView YES: one tile of a mosaic
+    REPEAT = "repeat"  # a later acquisition of the view is scored
+    SYNTHESIZED_BESIDE_FFDM = "synthesized_beside_ffdm"
+    REJECTED = "rejected"  # IOCM rejection note
+    EARLIER_EXAM = "earlier_exam"  # another acquisition date in the same study
+    UNPAIRED_VIEW = "unpaired_view"  # its breast lacks the other view
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ from mammo_node.domain import Origin
 from mammo_node.errors import NotFoundError
 from mammo_node.grouping.rules import describe_slots, summarise
 from mammo_node.responses import (
+    Conflict,
     Delivery,
     ExamDetail,
     ExamSummary,
     InstanceInfo,
     NotScoredImage,
     OutputRef,
+    PatientInfo,
     ResultDetail,
     StateChange,
 )
@@ -73,10 +75,16 @@ def exam_in(session: Session, exam: Exam) -> ExamDetail:
     return ExamDetail(
         **ExamSummary.fields_of(exam, image_counts(session, [exam.id]).get(exam.id, 0)),
         patient_id=exam.patient.patient_id,
+        patient=PatientInfo.of(exam.patient, exam),
         slots=describe_slots(resolution),
         not_scored=[NotScoredImage(**n) for n in summarise(resolution.not_scored)],
         pixel_checks_pending=list(resolution.pending),
-        instances=[InstanceInfo.of(i) for i in sorted(exam.instances, key=lambda i: i.id)],
+        identity_conflict=resolution.identity_conflict,
+        selection_notes=list(resolution.notes),
+        instances=[
+            InstanceInfo.of(i, resolution.roles) for i in sorted(exam.instances, key=lambda i: i.id)
+        ],
+        conflicts=[Conflict.of(c) for c in exam.conflicts],
         events=[StateChange.of(e) for e in exam.events],
         attempts=exam.attempts,
         last_error=exam.last_error.split("\n", 1)[0],

@@ -13,9 +13,26 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mammo_node.db.models import Destination, Exam, ExamEvent, Instance, OutboxItem, Patient
+from mammo_node.db.models import (
+    Destination,
+    Exam,
+    ExamEvent,
+    Instance,
+    InstanceConflict,
+    OutboxItem,
+    Patient,
+)
 from mammo_node.db.models import Result as ResultRow
-from mammo_node.domain import ExamInference, ExamState, OutboxState, ViewInference
+from mammo_node.domain import (
+    ExamInference,
+    ExamState,
+    ObjectRole,
+    Origin,
+    OutboxState,
+    ViewInference,
+)
+from mammo_node.grouping.rules import ObjectDecision
+from mammo_node.sop_classes import sop_class_name
 
 
 def iso(value: dt.datetime | None) -> str | None:
@@ -192,6 +209,10 @@ class Result(Answer):
     device: str
     timings: dict[str, float]
     sr_sop_instance_uid: str
+    # how the scored images were chosen (synthesized 2D, one breast...): the selection rules'
+    # record, and the breasts not scored because their views were absent
+    selection: dict[str, Any] = Field(default_factory=dict)
+    missing_breasts: list[str] = Field(default_factory=list)
     previous_result_id: int | None
     seconds_to_result: float  # from the exam's last image to this result
 
@@ -216,6 +237,8 @@ class Result(Answer):
             "device": result.device,
             "timings": dict(result.timings or {}),
             "sr_sop_instance_uid": result.sr_sop_instance_uid,
+            "selection": dict(result.selection or {}),
+            "missing_breasts": list((result.selection or {}).get("missing_breasts", [])),
             "previous_result_id": result.previous_result_fk,
             "seconds_to_result": max(0.0, to_result),
         }
@@ -244,22 +267,26 @@ class ResultDetail(Result):
 
 # --- exams ------------------------------------------------------------------------------------
 class PatientInfo(Answer):
-    """Patient identifiers: shown only to signed-in users and token holders."""
+    """The exam's own woman, shown only to signed-in users and token holders: identifiers from
+    the patient row (matched on issuer + ID), attributes as her study sent them, so a later
+    study of another woman under the same ID never renames this one."""
 
     name: str
     id: str
     issuer: str
     birth_date: str
     sex: str
+    age: str = ""
 
     @classmethod
-    def of(cls, patient: Patient) -> PatientInfo:
+    def of(cls, patient: Patient, exam: Exam) -> PatientInfo:
         return cls(
-            name=patient.name.replace("^", " ").strip(),
+            name=exam.patient_name.replace("^", " ").strip(),
             id=patient.patient_id,
             issuer=patient.issuer,
-            birth_date=patient.birth_date,
-            sex=patient.sex,
+            birth_date=exam.patient_birth_date,
+            sex=exam.patient_sex,
+            age=exam.patient_age,
         )
 
 
@@ -313,7 +340,7 @@ class WorklistRow(ExamSummary):
     ) -> WorklistRow:
         return cls(
             **cls.fields_of(exam, images),
-            patient=PatientInfo.of(patient),
+            patient=PatientInfo.of(patient, exam),
             result=Result.of(result, exam) if result is not None else None,
         )
 
@@ -331,6 +358,11 @@ class InstanceInfo(Answer):
 
     sop_instance_uid: str
     sop_class_uid: str
+    sop_class: str  # its name
+    kind: str
+    role: str  # domain.ObjectRole: scored, repeat, prior, rejected, companion, output...
+    rule: str  # the selection rule that gave the role
+    detail: str
     series_uid: str
     origin: str
     transfer_syntax_uid: str
@@ -347,10 +379,21 @@ class InstanceInfo(Answer):
     calling_ae: str
 
     @classmethod
-    def of(cls, i: Instance) -> InstanceInfo:
+    def of(cls, i: Instance, roles: dict[str, ObjectDecision]) -> InstanceInfo:
+        if i.origin == Origin.GENERATED.value:
+            role = (ObjectRole.OUTPUT.value, "output", f"node {i.output_kind or 'output'}")
+        elif (decision := roles.get(i.sop_instance_uid)) is not None:
+            role = (decision.role.value, decision.rule, decision.detail)
+        else:
+            role = (ObjectRole.NOT_SCORED.value, "", "no slot")
         return cls(
             sop_instance_uid=i.sop_instance_uid,
             sop_class_uid=i.sop_class_uid,
+            sop_class=sop_class_name(i.sop_class_uid),
+            kind=i.kind,
+            role=role[0],
+            rule=role[1],
+            detail=role[2],
             series_uid=i.series.series_uid,
             origin=i.origin,
             transfer_syntax_uid=i.transfer_syntax_uid,
@@ -365,6 +408,38 @@ class InstanceInfo(Answer):
             sha256=i.sha256,
             received_at=iso(i.received_at),
             calling_ae=i.calling_ae,
+        )
+
+
+class Conflict(Answer):
+    """Other bytes under an acknowledged SOP Instance UID that the overwrite policy did not let
+    replace the first: kept aside, listed on the exam and in the audit trail."""
+
+    id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    role: str = ObjectRole.CONFLICT.value
+    rule: str
+    detail: str
+    sha256: str | None
+    size_bytes: int
+    received_at: str | None
+    calling_ae: str
+    peer_host: str
+
+    @classmethod
+    def of(cls, c: InstanceConflict) -> Conflict:
+        return cls(
+            id=c.id,
+            sop_instance_uid=c.sop_instance_uid,
+            sop_class_uid=c.sop_class_uid,
+            rule=f"overwrite_policy {c.policy}",
+            detail=c.reason,
+            sha256=c.sha256,
+            size_bytes=c.size_bytes,
+            received_at=iso(c.received_at),
+            calling_ae=c.calling_ae,
+            peer_host=c.peer_host,
         )
 
 
@@ -388,10 +463,14 @@ class ExamDetail(ExamSummary):
     and why, its history and, once scored, its latest result."""
 
     patient_id: str
+    patient: PatientInfo
     slots: dict[str, str | None]  # L-CC, L-MLO, R-CC, R-MLO -> SOP Instance UID
     not_scored: list[NotScoredImage]
     pixel_checks_pending: list[str]
-    instances: list[InstanceInfo]
+    identity_conflict: str  # why the exam is held: its images name different women
+    selection_notes: list[str]
+    instances: list[InstanceInfo]  # every object of the study, with its role
+    conflicts: list[Conflict]
     events: list[StateChange]
     attempts: int
     last_error: str  # first line only
@@ -437,7 +516,6 @@ class ExamPage(ExamDetail):
     """Everything the exam page shows (and /api/exams/{uid} returns): the detail, the
     patient, the four views in hanging order, the outputs and per-destination delivery."""
 
-    patient: PatientInfo
     study_description: str = Field(exclude=True)
     study_time: str = Field(exclude=True)
     views: list[ViewCell] = Field(default_factory=list)

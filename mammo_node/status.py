@@ -22,6 +22,7 @@ class Status(enum.IntEnum):
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS_WARNING = 0xB007
     # failures
     PROCESSING_FAILURE = 0x0110
+    DUPLICATE_SOP_INSTANCE = 0x0111  # other bytes under a stored UID; the policy keeps the first
     SOP_CLASS_NOT_SUPPORTED = 0x0122
     OUT_OF_RESOURCES = 0xA700  # disk below the floor, database unavailable
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # SOP class in the data set ≠ the request's

@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from pydicom import Dataset, dcmread
 from sqlalchemy import or_, select
@@ -40,6 +40,7 @@ from mammo_node.db.session import Database
 from mammo_node.domain import ExamInference, ExamState, Origin, Slot
 from mammo_node.errors import MammoNodeError, ModelError, NotFoundError
 from mammo_node.filing.ingest import Ingestor
+from mammo_node.grouping.rules import Resolution
 from mammo_node.observe import metrics
 from mammo_node.observe.loops import LoopHealth
 from mammo_node.responses import ScoredExam
@@ -63,6 +64,7 @@ class Claim:
     attempts: int
     slots: dict[Slot, str]  # slot -> SOP Instance UID
     paths: dict[Slot, str]  # slot -> path in the store
+    selection: dict[str, Any]  # why these images: rules, notes, missing breasts
 
 
 def default_worker_id(settings: Settings) -> str:
@@ -133,7 +135,7 @@ class Worker:
             if exam is None:
                 return None
             resolution = repo.resolve_exam(session, exam)
-            slots = {slot: uid for slot, uid in resolution.slots.items() if uid}
+            slots = resolution.scored_slots()
             rows = session.scalars(
                 select(Instance).where(Instance.sop_instance_uid.in_(list(slots.values())))
             ).all()
@@ -150,6 +152,7 @@ class Worker:
                 exam.attempts,
                 slots,
                 {slot: by_uid[uid] for slot, uid in slots.items()},
+                selection_record(resolution),
             )
 
     # --- one exam ----------------------------------------------------------------------
@@ -174,8 +177,11 @@ class Worker:
 
     def _score(self, claim: Claim) -> int | None:
         started = time.perf_counter()
-        if len(claim.slots) != 4:
-            raise ModelError(f"exam {claim.study_uid} has {len(claim.slots)} of 4 views")
+        if not claim.slots:
+            raise ModelError(
+                f"exam {claim.study_uid} has no breast with both views "
+                f"(missing: {', '.join(claim.selection.get('missing_views', [])) or '-'})"
+            )
         t0 = time.perf_counter()
         sources: dict[Slot, Dataset] = {
             slot: dcmread(self.store.path(path)) for slot, path in claim.paths.items()
@@ -285,6 +291,7 @@ class Worker:
                 worker=self.worker_id,
                 device=_device_label(self.scorer),
                 sr_sop_instance_uid=sr_uid,
+                selection=claim.selection,
                 previous_result_fk=previous[0] if previous else None,
             )
             session.add(result)
@@ -313,7 +320,8 @@ class Worker:
                 exam,
                 ExamState.SCORED,
                 f"scored by {inference.bundle.name} {inference.bundle.version}: exam score "
-                f"{inference.scores.exam_score:.3f}; {queued} deliveries queued",
+                f"{inference.scores.exam_score:.3f}{_selection_summary(claim.selection)}; "
+                f"{queued} deliveries queued",
             )
             exam.attempts = 0
             exam.claimed_by = ""
@@ -364,6 +372,34 @@ class Worker:
                     )
         except MammoNodeError:
             logger.exception("could not record the failure of exam %s", claim.study_uid)
+
+
+def selection_record(resolution: Resolution) -> dict[str, Any]:
+    """What a result says about the images it was computed from (stored with the result)."""
+    scored = resolution.scored_slots()
+    return {
+        "slots": {str(slot): uid for slot, uid in scored.items()},
+        "rules": {
+            uid: resolution.roles[uid].detail for uid in scored.values() if uid in resolution.roles
+        },
+        "missing_views": [str(slot) for slot in resolution.missing],
+        "missing_breasts": [lat.value for lat in resolution.absent_breasts],
+        "notes": list(resolution.notes),
+        "exam_date": resolution.exam_date,
+    }
+
+
+def _selection_summary(selection: dict[str, Any]) -> str:
+    """What the state reason says beside the score: a missing breast, synthesized 2D."""
+    parts = []
+    missing = selection.get("missing_breasts") or []
+    if missing:
+        scored = sorted({slot.split("-")[0] for slot in selection.get("slots", {})})
+        parts.append(
+            f"one breast: {', '.join(scored)} scored, no image of breast {', '.join(missing)}"
+        )
+    parts.extend(selection.get("notes") or [])
+    return "".join(f" ({part})" for part in parts)
 
 
 def _device_label(scorer: Scorer) -> str:

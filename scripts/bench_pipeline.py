@@ -154,6 +154,7 @@ def run_once(
         MAMMO_WORKER_POLL_SECONDS="0.05",
         MAMMO_HOST="127.0.0.1",
         MAMMO_MIN_FREE_DISK_MB="0",
+        MAMMO_PRIOR_AFTER_DAYS="0",  # synthetic exams are dated 2018-2021
     )
     subprocess.run([CLI, "db", "upgrade"], env=env, check=True, capture_output=True)
     subprocess.run(

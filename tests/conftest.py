@@ -91,6 +91,9 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
             "stable_seconds": 3.0,
             "grouping_interval": 0.1,
             "min_free_disk_mb": 0,
+            # the synthetic and real test data carry historical study dates; the tests of
+            # the prior rule set their own window
+            "prior_after_days": 0,
         }
         if db_url:
             values["db_url"] = db_url

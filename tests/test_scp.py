@@ -11,7 +11,11 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from sqlalchemy import func, select
 
 from mammo_node.db.models import Association, Exam, Instance
@@ -130,16 +134,17 @@ def test_late_image_reopens_and_replacement_marks_changed(node_factory: Any, db_
     wait_for(lambda: exam_state(node, study) == "ready", timeout=20)
 
 
-def test_unknown_sop_class_is_refused_in_negotiation(node_factory: Any) -> None:
+def test_every_storage_class_is_accepted_and_other_services_refused(node_factory: Any) -> None:
     node = node_factory()
     ae = AE()
     ae.add_requested_context(CTImageStorage)
     ae.add_requested_context(MG_PRESENTATION)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", node.scp.port, ae_title="MAMMO_NODE")
     assert assoc.is_established
     accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
     assoc.release()
-    assert accepted == {MG_PRESENTATION}
+    assert accepted == {MG_PRESENTATION, CTImageStorage}
 
 
 def test_allow_list_rejects_unknown_calling_ae(node_factory: Any, tmp_path: Path) -> None:

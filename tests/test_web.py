@@ -20,7 +20,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from pydicom import Dataset, dcmread
-from pydicom.uid import ComprehensiveSRStorage, CTImageStorage, RLELossless, generate_uid
+from pydicom.uid import ComprehensiveSRStorage, RLELossless, generate_uid
 from requests.exceptions import HTTPError
 from sqlalchemy import select
 
@@ -28,6 +28,7 @@ from mammo_node.db.models import Instance
 from mammo_node.domain import Slot
 from mammo_node.observe import metrics
 from mammo_node.observe.audit import iter_events
+from mammo_node.synth import habits
 from mammo_node.web.auth import hash_entry
 from mammo_node.web.media import new_boundary
 from tests.helpers.environment import PG_ADMIN_URL, pg_database
@@ -171,8 +172,10 @@ def test_stow_partial_success_conflict_and_reasons(site: Site) -> None:
     study = generate_uid()
     good = mg_dataset("L", "CC", study_uid=study, patient_id="STOW-MIX")
     stranger = mg_dataset("R", "CC", patient_id="STOW-MIX")  # another study
-    ct = mg_dataset("L", "CC", study_uid=study, sop_class=CTImageStorage, Modality="CT")
-    body, content_type = multipart_body([good, stranger, ct, b"not a dicom file"])
+    # not a storage SOP class (a Query/Retrieve model): refused; a dose report: filed
+    query = mg_dataset("L", "CC", study_uid=study, sop_class="1.2.840.10008.5.1.4.1.2.2.1")
+    dose = habits.dose_report(good)
+    body, content_type = multipart_body([good, stranger, query, dose, b"not a dicom file"])
     r = httpx.post(
         f"{site.base}/dicomweb/studies/{study}",
         content=body,
@@ -181,10 +184,13 @@ def test_stow_partial_success_conflict_and_reasons(site: Site) -> None:
     assert r.status_code == 202, r.text
     assert r.headers["content-type"].startswith("application/dicom+json")
     answer = r.json()
-    assert [value(i, "00081155") for i in answer["00081199"]["Value"]] == [good.SOPInstanceUID]
+    assert [value(i, "00081155") for i in answer["00081199"]["Value"]] == [
+        good.SOPInstanceUID,
+        dose.SOPInstanceUID,
+    ]
     reasons = {value(i, "00081155"): value(i, "00081197") for i in answer["00081198"]["Value"]}
     assert reasons[stranger.SOPInstanceUID] == 0x0110
-    assert reasons[ct.SOPInstanceUID] == 0x0122
+    assert reasons[query.SOPInstanceUID] == 0x0122
     assert reasons[None] >= 0xC000  # unreadable part: "cannot understand"
     assert "belongs to study" in r.headers["warning"] and "SOP class" in r.headers["warning"]
 

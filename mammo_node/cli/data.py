@@ -29,6 +29,17 @@ def synth(
     lesion_radius_mm: Annotated[
         tuple[float, float], typer.Option("--lesion-radius-mm", help="MIN MAX radius of masses")
     ] = (6.0, 12.0),
+    habit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--habit",
+            help="site-traffic habit to add to every exam (repeatable): repeat, companions, "
+            "synthetic-2d, rejection, prior-merged, empty-patient-id, rle, j2k",
+        ),
+    ] = None,
+    recent: Annotated[
+        bool, typer.Option("--recent", help="date the exams today (else 2018-2021: priors)")
+    ] = False,
 ) -> None:
     """Synthetic screening exams (MG For Presentation) + labels.csv + truth.csv (lesions)."""
     from mammo_node.synth import SynthOptions, write_synthetic_dataset
@@ -42,6 +53,8 @@ def synth(
             screening_fraction=screening_fraction,
             interval_fraction=interval_fraction,
             lesion_contrast=lesion_contrast,
+            habits=tuple(habit or ()),
+            recent=recent,
         )
         summary = write_synthetic_dataset(out_dir, options)
     except MammoNodeError as exc:

@@ -49,7 +49,7 @@ def exams_show(
     db_url: DbUrl = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """One exam: state, which image fills each view, images kept out and why."""
+    """One exam: state, which image fills each view, every object's role and the rule."""
     from mammo_node.exams import read_exam
 
     detail = read_exam(_database(data_dir, db_url), study_uid)
@@ -61,11 +61,20 @@ def exams_show(
     for slot, uid in detail.slots.items():
         slots.add_row(slot, uid or "[red]missing[/red]")
     out.print(slots)
-    if detail.not_scored:
-        kept = Table("not scored", "reason", "detail")
-        for item in detail.not_scored:
-            kept.add_row(item.sop_instance_uid, item.reason, item.detail)
-        out.print(kept)
+    if detail.identity_conflict:
+        out.print(f"[red]held:[/red] {detail.identity_conflict}")
+    objects = Table("object", "class", "role", "rule", "detail")
+    for item in [*detail.instances, *detail.conflicts]:
+        objects.add_row(
+            item.sop_instance_uid,
+            getattr(item, "sop_class", item.sop_class_uid),
+            item.role,
+            item.rule,
+            item.detail,
+        )
+    out.print(objects)
+    for note in detail.selection_notes:
+        out.print(f"note: {note}")
     if detail.result:
         _print_result(detail.result)
 

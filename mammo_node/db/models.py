@@ -112,6 +112,12 @@ class Exam(Base):
     changed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     source_ae: Mapped[str] = mapped_column(String(16), default="")
     source_host: Mapped[str] = mapped_column(String(255), default="")
+    # the study's own patient attributes as first received (the patient row links studies
+    # by (IssuerOfPatientID, PatientID); each exam shows and outputs its own woman)
+    patient_name: Mapped[str] = mapped_column(String(324), default="")
+    patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
+    patient_sex: Mapped[str] = mapped_column(String(16), default="")
+    patient_age: Mapped[str] = mapped_column(String(4), default="")
     # scoring: attempts at the current revision, the worker holding it, the last failure
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_by: Mapped[str] = mapped_column(String(128), default="")
@@ -121,6 +127,9 @@ class Exam(Base):
     patient: Mapped[Patient] = relationship(back_populates="exams")
     series: Mapped[list[Series]] = relationship(back_populates="exam")
     instances: Mapped[list[Instance]] = relationship(back_populates="exam")
+    conflicts: Mapped[list[InstanceConflict]] = relationship(
+        back_populates="exam", order_by="InstanceConflict.id"
+    )
     events: Mapped[list[ExamEvent]] = relationship(back_populates="exam", order_by="ExamEvent.id")
 
 
@@ -178,6 +187,11 @@ class Instance(Base):
     # a rule that keeps this image out of scoring on its own tags (domain.NotScoredReason)
     rule: Mapped[str | None] = mapped_column(String(32), default=None)
     rule_detail: Mapped[str] = mapped_column(Text, default="")
+    # what the object is for selection (domain.ObjectKind) and the facts selection weighs
+    # against the study's other objects (grouping.rules.selection_facts): acquisition time,
+    # synthesized 2D, implant, the patient's identity, what a rejection note withdraws
+    kind: Mapped[str] = mapped_column(String(16), default="image")
+    facts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # pixel decodability (domain.PixelCheck): pending, ok, failed, skipped
     pixel_check: Mapped[str] = mapped_column(String(16), default=PixelCheck.PENDING.value)
     pixel_detail: Mapped[str] = mapped_column(Text, default="")
@@ -194,6 +208,29 @@ class Instance(Base):
         Index("ix_instances_pixel_pending", "pixel_check", "origin"),
         Index("ix_instances_sha256", "sha256"),  # finds the files not hashed yet (NULL)
     )
+
+
+class InstanceConflict(Base):
+    """Other bytes received under an acknowledged SOP Instance UID that the overwrite policy
+    did not let replace the stored instance: kept aside (never deleted), listed on the exam."""
+
+    __tablename__ = "instance_conflicts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exam_fk: Mapped[int] = mapped_column(ForeignKey("exams.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    rel_path: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    source: Mapped[str] = mapped_column(String(16))
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    peer_host: Mapped[str] = mapped_column(String(255), default="")
+    policy: Mapped[str] = mapped_column(String(16))  # domain.OverwritePolicy in force
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+    exam: Mapped[Exam] = relationship(back_populates="conflicts")
 
 
 class ExamEvent(Base):
@@ -252,6 +289,8 @@ class Result(Base):
     device: Mapped[str] = mapped_column(String(32), default="")
     worker: Mapped[str] = mapped_column(String(128), default="")
     sr_sop_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    # which image filled each slot and why, notes (synthesized 2D, implant), missing breasts
+    selection: Mapped[dict[str, Any]] = mapped_column(default=dict)
     previous_result_fk: Mapped[int | None] = mapped_column(ForeignKey("results.id"), default=None)
 
     __table_args__ = (Index("ix_results_exam_revision", "exam_fk", "exam_revision"),)

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from mammo_node.db.models import Base, Exam, ExamEvent, Instance, Patient, Series, utcnow
-from mammo_node.domain import ExamState, NotScoredReason, Origin, PixelCheck, Slot
+from mammo_node.domain import ExamState, NotScoredReason, ObjectKind, Origin, PixelCheck, Slot
 from mammo_node.grouping.rules import ImageFacts, Resolution, resolve
 
 M = TypeVar("M", bound=Base)
@@ -72,6 +72,9 @@ def image_facts(instance: Instance) -> ImageFacts:
         rule_detail=instance.rule_detail,
         pixel_check=PixelCheck(instance.pixel_check),
         pixel_detail=instance.pixel_detail,
+        kind=ObjectKind(instance.kind) if instance.kind else ObjectKind.IMAGE,
+        instance_number=instance.instance_number,
+        facts=dict(instance.facts or {}),
     )
 
 
@@ -83,20 +86,25 @@ def patient_key(patient_id: str, issuer: str) -> str:
     return f"{issuer}\\{patient_id}"
 
 
-def upsert_patient(session: Session, *, patient_id: str, issuer: str, **values: str) -> Patient:
-    patient = get_or_create(
+def upsert_patient(
+    session: Session, *, study_uid: str, patient_id: str, issuer: str, **values: str
+) -> Patient:
+    """The patient row a new study links to: matched on (IssuerOfPatientID, PatientID).
+
+    An empty PatientID matches nobody: the study gets a patient row of its own (two women
+    registered without an ID are two patients). A found row keeps its attributes: the exam
+    holds its own (``Exam.patient_name`` ...), so a later study never renames an earlier one.
+    """
+    key = patient_key(patient_id, issuer) if patient_id.strip() else f"study:{study_uid}"
+    return get_or_create(
         session,
         Patient,
         "patient_key",
-        patient_key(patient_id, issuer),
+        key,
         patient_id=patient_id,
         issuer=issuer,
         **values,
     )
-    for name, value in values.items():
-        if value and getattr(patient, name) != value:
-            setattr(patient, name, value)
-    return patient
 
 
 def upsert_series(session: Session, exam: Exam, series_uid: str, **values: Any) -> Series:

@@ -3,7 +3,13 @@
 ``Ingestor.ingest_file`` takes a Part-10 temp file on the store's filesystem and, before it
 returns, has the file fsynced in its final place and its row committed: only then may a
 C-STORE response or STOW-RS answer say success. It parses the header (never the pixels),
-classifies the image for grouping and re-opens an exam that an image arrives late for.
+classifies the object for grouping and re-opens an exam that an image or a rejection note
+arrives late for (a dose report or presentation state arriving late changes no result).
+
+Identity: a patient row links studies by (IssuerOfPatientID, PatientID) and is never shared
+on an empty PatientID; each exam keeps its own patient attributes as first received.
+Same UID, other bytes: ``Settings.overwrite_policy`` decides; what it does not allow is
+kept aside as an ``InstanceConflict`` (listed on the exam, audited) and refused with 0x0111.
 """
 
 from __future__ import annotations
@@ -22,13 +28,20 @@ from sqlalchemy.orm import Session
 
 from mammo_node.config import Settings
 from mammo_node.db import repo
-from mammo_node.db.models import Exam, Instance, utcnow
+from mammo_node.db.models import Exam, Instance, InstanceConflict, utcnow
 from mammo_node.db.session import Database
-from mammo_node.domain import ExamState, IngestOutcome, Origin, PixelCheck
+from mammo_node.domain import (
+    ExamState,
+    IngestOutcome,
+    ObjectKind,
+    Origin,
+    OverwritePolicy,
+    PixelCheck,
+)
 from mammo_node.errors import DatabaseError, InvalidInstanceError, StorageError
 from mammo_node.filing.storage import InstanceStore, StoredFile, file_sha256, validate_uid
-from mammo_node.grouping.rules import classify
-from mammo_node.observe import metrics
+from mammo_node.grouping.rules import classify, object_kind, selection_facts
+from mammo_node.observe import audit, metrics
 from mammo_node.status import Status
 
 logger = logging.getLogger(__name__)
@@ -43,6 +56,10 @@ class IngestResult:
     series_uid: str
     outcome: IngestOutcome
     reopened: bool = False
+
+
+#: Object kinds whose arrival can change which image fills a slot.
+_SELECTION_KINDS = {ObjectKind.IMAGE.value, ObjectKind.REJECTION_NOTE.value}
 
 
 def read_header(path: Path) -> Dataset:
@@ -99,6 +116,7 @@ class HeaderFacts:
     transfer_syntax: str
     patient: dict[str, str]
     study: dict[str, str]
+    exam_patient: dict[str, str]
     series: dict[str, Any]
     instance: dict[str, Any]
 
@@ -111,6 +129,7 @@ def read_facts(ds: Dataset) -> HeaderFacts:
     series_uid = validate_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
     try:
         facts = classify(ds)
+        kind = object_kind(ds)
         intent = (
             "FOR PROCESSING"
             if facts.for_processing
@@ -128,6 +147,12 @@ def read_facts(ds: Dataset) -> HeaderFacts:
                 "name": _str(ds, "PatientName", 324),
                 "birth_date": _str(ds, "PatientBirthDate", 8),
                 "sex": _str(ds, "PatientSex", 16),
+            },
+            exam_patient={
+                "patient_name": _str(ds, "PatientName", 324),
+                "patient_birth_date": _str(ds, "PatientBirthDate", 8),
+                "patient_sex": _str(ds, "PatientSex", 16),
+                "patient_age": _str(ds, "PatientAge", 4),
             },
             study={
                 "accession_number": _str(ds, "AccessionNumber", 16),
@@ -155,6 +180,8 @@ def read_facts(ds: Dataset) -> HeaderFacts:
                 "slot": str(facts.slot) if facts.slot else None,
                 "rule": facts.rule.value if facts.rule else None,
                 "rule_detail": facts.rule_detail,
+                "kind": kind.value,
+                "facts": selection_facts(ds),
             },
         )
     except Exception as exc:  # a malformed value anywhere in the header
@@ -243,6 +270,7 @@ class Ingestor:
                     status=Status.SOP_INSTANCE_MISMATCH,
                 )
             sha256: str | None = None
+            arrival = Arrival(source, calling_ae[:16], peer_host[:255], origin)
             previous = self._stored_version(facts.sop_uid)
             if previous is not None:  # the same UID again: same bytes, or a replacement?
                 sha256 = file_sha256(temp)
@@ -252,15 +280,21 @@ class Ingestor:
                         "duplicate %s (same bytes) from %s", facts.sop_uid, calling_ae or "-"
                     )
                     return previous.result
+                if not self._may_replace(previous, arrival):
+                    self._keep_aside(temp, facts, arrival, sha256, previous)
             rel_path = self.store.relative_path(facts.study_uid, facts.series_uid, facts.sop_uid)
             stored = self.store.commit(temp, rel_path)
         except BaseException:
             self.store.discard_temp(temp)
             raise
-        arrival = Arrival(source, calling_ae[:16], peer_host[:255], origin)
         for attempt in range(3):
             try:
                 return self._index(facts, stored, arrival, sha256)
+            except _RaceConflict as race:
+                digest = sha256 or file_sha256(self.store.path(stored.rel_path))
+                self._keep_aside(
+                    self.store.path(stored.rel_path), facts, arrival, digest, race.held
+                )
             except DatabaseError as exc:
                 if not isinstance(exc.__cause__, IntegrityError) or attempt == 2:
                     raise
@@ -279,9 +313,96 @@ class Ingestor:
             if not path.is_file():
                 return None  # the file went missing: store it again
             result = IngestResult(
-                sop_uid, row.sop_class_uid, row.exam.study_uid, row.series.series_uid, "duplicate"
+                sop_uid,
+                row.sop_class_uid,
+                row.exam.study_uid,
+                row.series.series_uid,
+                IngestOutcome.DUPLICATE,
             )
-            return StoredVersion(row.sha256 or file_sha256(path), result)
+            return StoredVersion(
+                row.sha256 or file_sha256(path), result, row.calling_ae, row.peer_host, row.origin
+            )
+
+    def _may_replace(self, previous: StoredVersion, arrival: Arrival) -> bool:
+        """Does the overwrite policy let these other bytes replace the stored instance?"""
+        if arrival.origin is Origin.GENERATED or previous.origin == Origin.GENERATED.value:
+            return arrival.origin is Origin.GENERATED  # the node's own outputs are its own
+        policy = self.settings.overwrite_policy
+        if policy is OverwritePolicy.ALWAYS:
+            return True
+        if policy is OverwritePolicy.SAME_SOURCE:
+            return (previous.calling_ae, previous.peer_host) == (
+                arrival.calling_ae,
+                arrival.peer_host,
+            )
+        return False
+
+    def _keep_aside(
+        self,
+        temp: Path,
+        facts: HeaderFacts,
+        arrival: Arrival,
+        sha256: str,
+        previous: StoredVersion,
+    ) -> None:
+        """Store the refused bytes under conflicts/, list them on the exam, audit, refuse."""
+        policy = self.settings.overwrite_policy
+        rel_path = "conflicts/" + self.store.relative_path(
+            facts.study_uid, facts.series_uid, facts.sop_uid
+        )
+        stored = self.store.commit(temp, rel_path)
+        if policy is OverwritePolicy.SAME_SOURCE:
+            why = (
+                f"stored from {previous.calling_ae or '-'}@{previous.peer_host or '-'}; "
+                f"overwrite_policy same-source lets only that source replace it"
+            )
+        else:
+            why = f"overwrite_policy {policy.value} keeps the first acknowledged bytes"
+        with self.db.session() as session:
+            exam = repo.exam_by_uid(session, previous.result.study_uid)
+            assert exam is not None  # the stored instance's exam
+            conflict = InstanceConflict(
+                exam_fk=exam.id,
+                sop_instance_uid=facts.sop_uid,
+                sop_class_uid=facts.sop_class,
+                rel_path=stored.rel_path,
+                sha256=sha256,
+                size_bytes=stored.size,
+                source=arrival.source,
+                calling_ae=arrival.calling_ae,
+                peer_host=arrival.peer_host,
+                policy=policy.value,
+                reason=why,
+            )
+            session.add(conflict)
+            session.flush()
+            audit.record_in(
+                session,
+                arrival.calling_ae or arrival.source,
+                audit.INSTANCE_CONFLICT,
+                facts.sop_uid,
+                study_instance_uid=previous.result.study_uid,
+                peer=arrival.peer_host,
+                policy=policy.value,
+                conflict_id=conflict.id,
+                sha256=sha256,
+            )
+            conflict_id = conflict.id
+        logger.warning(
+            "conflict: %s from %s@%s has other bytes than the stored instance; kept aside "
+            "as conflict %d (%s)",
+            facts.sop_uid,
+            arrival.calling_ae or "-",
+            arrival.peer_host or "-",
+            conflict_id,
+            why,
+        )
+        raise InvalidInstanceError(
+            f"SOP Instance UID already stored with other bytes; {why} (kept aside as "
+            f"conflict {conflict_id})",
+            status=Status.DUPLICATE_SOP_INSTANCE,
+            http_status=409,
+        )
 
     def _index(
         self, facts: HeaderFacts, stored: StoredFile, arrival: Arrival, sha256: str | None
@@ -290,19 +411,22 @@ class Ingestor:
         old_path: str | None = None
         reopened = False
         with self.db.session() as session:
-            patient = repo.upsert_patient(session, **facts.patient)
-            exam = repo.get_or_create(
-                session,
-                Exam,
-                "study_uid",
-                facts.study_uid,
-                patient_fk=patient.id,
-                state=ExamState.RECEIVING.value,
-                first_received_at=now,
-                last_received_at=now,
-                state_changed_at=now,
-                **facts.study,
-            )
+            exam = repo.exam_by_uid(session, facts.study_uid)
+            if exam is None:
+                patient = repo.upsert_patient(session, study_uid=facts.study_uid, **facts.patient)
+                exam = repo.get_or_create(
+                    session,
+                    Exam,
+                    "study_uid",
+                    facts.study_uid,
+                    patient_fk=patient.id,
+                    state=ExamState.RECEIVING.value,
+                    first_received_at=now,
+                    last_received_at=now,
+                    state_changed_at=now,
+                    **facts.study,
+                    **facts.exam_patient,
+                )
             series = repo.upsert_series(session, exam, facts.series_uid, **facts.series)
             instance = session.scalars(
                 select(Instance).where(Instance.sop_instance_uid == facts.sop_uid).with_for_update()
@@ -314,13 +438,40 @@ class Ingestor:
             elif self._same_bytes(instance, stored, sha256):
                 outcome = IngestOutcome.DUPLICATE  # stored by another association meanwhile
             else:
+                held = StoredVersion(
+                    instance.sha256 or "",
+                    IngestResult(
+                        facts.sop_uid,
+                        instance.sop_class_uid,
+                        exam.study_uid,
+                        facts.series_uid,
+                        IngestOutcome.DUPLICATE,
+                    ),
+                    instance.calling_ae,
+                    instance.peer_host,
+                    instance.origin,
+                )
+                if not self._may_replace(held, arrival):
+                    raise _RaceConflict(held)  # another association stored it meanwhile
                 outcome = IngestOutcome.REPLACED
                 old_path = instance.rel_path
                 instance.replaced_count += 1
             if outcome is not IngestOutcome.DUPLICATE:
                 self._fill(instance, facts, stored, arrival, sha256, now, series.id, exam.id)
+            if outcome is IngestOutcome.REPLACED and arrival.origin is Origin.RECEIVED:
+                audit.record_in(
+                    session,
+                    arrival.calling_ae or arrival.source,
+                    audit.INSTANCE_REPLACED,
+                    facts.sop_uid,
+                    study_instance_uid=facts.study_uid,
+                    peer=arrival.peer_host,
+                    policy=self.settings.overwrite_policy.value,
+                )
             if arrival.origin is Origin.RECEIVED and outcome is not IngestOutcome.DUPLICATE:
-                reopened = _note_arrival(session, exam, facts.sop_uid, outcome, now, arrival)
+                reopened = _note_arrival(
+                    session, exam, facts.sop_uid, outcome, now, arrival, facts.instance["kind"]
+                )
         for obsolete in (old_path, stored.rel_path if outcome is IngestOutcome.DUPLICATE else None):
             if obsolete:
                 try:
@@ -381,10 +532,22 @@ class Ingestor:
         instance.pixel_detail = ""
 
 
+class _RaceConflict(Exception):
+    """Inside ``_index``: the UID was stored by another association meanwhile, with other
+    bytes the overwrite policy does not let replace it."""
+
+    def __init__(self, held: StoredVersion) -> None:
+        super().__init__(held.result.sop_instance_uid)
+        self.held = held
+
+
 @dataclass(frozen=True)
 class StoredVersion:
     sha256: str
     result: IngestResult
+    calling_ae: str
+    peer_host: str
+    origin: str
 
 
 @dataclass(frozen=True)
@@ -396,18 +559,31 @@ class Arrival:
 
 
 def _note_arrival(
-    session: Session, exam: Exam, sop_uid: str, outcome: str, now: dt.datetime, arrival: Arrival
+    session: Session,
+    exam: Exam,
+    sop_uid: str,
+    outcome: str,
+    now: dt.datetime,
+    arrival: Arrival,
+    kind: str,
 ) -> bool:
-    """Record an image's arrival on its exam; re-open the exam if it had moved on."""
+    """Record an object's arrival on its exam; re-open the exam if it had moved on and the
+    object can change the selection (an image, a rejection note)."""
+    if not exam.source_ae:  # the sender of the study, for return-to-sender
+        exam.source_ae = arrival.calling_ae
+        exam.source_host = arrival.peer_host
+    if kind not in _SELECTION_KINDS:
+        if exam.state == ExamState.RECEIVING.value:
+            exam.last_received_at = now
+        return False
     exam.last_received_at = now
-    exam.source_ae = arrival.calling_ae
-    exam.source_host = arrival.peer_host
     if outcome is IngestOutcome.REPLACED:
         exam.changed_at = now
         exam.revision += 1
     if exam.state == ExamState.RECEIVING.value:
         return False
-    why = "image replaced" if outcome is IngestOutcome.REPLACED else "late image"
+    late = "rejection note" if kind == ObjectKind.REJECTION_NOTE.value else "image"
+    why = "image replaced" if outcome is IngestOutcome.REPLACED else f"late {late}"
     if outcome is not IngestOutcome.REPLACED:
         exam.revision += 1
     repo.set_exam_state(

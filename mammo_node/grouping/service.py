@@ -23,6 +23,7 @@ from mammo_node.db.session import Database
 from mammo_node.domain import ExamState, PixelCheck
 from mammo_node.filing.storage import InstanceStore, file_sha256
 from mammo_node.grouping.rules import decide
+from mammo_node.observe import audit
 from mammo_node.observe.loops import LoopHealth
 
 logger = logging.getLogger(__name__)
@@ -174,11 +175,21 @@ class Grouper:
                     now=now,
                     quiet_seconds=self.settings.quiet_seconds,
                     stable_seconds=self.settings.stable_seconds,
+                    study_date=exam.study_date,
+                    prior_after_days=self.settings.prior_after_days,
                 )
                 if decision is None:
                     continue
                 exam.missing_views = list(decision.missing)
                 repo.set_exam_state(session, exam, decision.state, decision.reason, now=now)
+                if decision.state is ExamState.HELD:
+                    audit.record_in(
+                        session,
+                        "node",
+                        audit.EXAM_HELD,
+                        exam.study_uid,
+                        reason=resolution.identity_conflict,
+                    )
                 changed += 1
                 logger.info("exam %s -> %s: %s", exam.study_uid, decision.state, decision.reason)
         return changed

@@ -1,5 +1,10 @@
-"""The Storage SCP: C-ECHO and C-STORE for mammography SOP classes, with an allow-list,
+"""The Storage SCP: C-ECHO and C-STORE for every storage SOP class, with an allow-list,
 a maximum number of associations, optional TLS and an audit row per association.
+
+Every storage SOP class is accepted (a modality sends dose reports, presentation states and
+key object notes with its images; a refused context makes it retry the study forever). Private
+and newer-than-pynetdicom storage classes the requestor proposes are added to the association's
+contexts when it is requested. Transfer syntaxes follow ``mammo_node.receive.syntaxes``.
 
 Datasets are received straight to a temp file in the store's temp folder
 (``STORE_RECV_CHUNKED_DATASET`` + ``dimse.receive``; PDU size unlimited), which ingest fsyncs
@@ -14,10 +19,12 @@ import threading
 from typing import Any, cast
 
 from pydicom import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pydicom.uid import UID
+from pynetdicom import AE, _config, evt, register_uid
 from pynetdicom.association import Association as PnAssociation
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -34,7 +41,8 @@ from mammo_node.filing.ingest import Ingestor, IngestResult
 from mammo_node.observe import audit
 from mammo_node.receive import chunked as receive
 from mammo_node.receive.peers import AllowList
-from mammo_node.sop_classes import ACCEPTED_SOP_CLASSES
+from mammo_node.receive.syntaxes import preferred_syntaxes
+from mammo_node.sop_classes import STORAGE_SOP_CLASSES, is_storage_sop_class
 from mammo_node.status import Status
 
 logger = logging.getLogger(__name__)
@@ -42,21 +50,6 @@ logger = logging.getLogger(__name__)
 # Never log identifiers (they carry patient data); our own log lines carry UIDs and AEs.
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
-
-
-def _preferred_syntaxes() -> list[UID]:
-    """The transfer syntaxes a mammography archive accepts, compressed first.
-
-    pynetdicom picks the first of *our* list that the peer proposed: putting compressed
-    syntaxes first keeps a file in the syntax the modality sent it in (no conversion).
-    Video, audio and JPIP-referenced syntaxes (pixels not in the file) are left out.
-    """
-    unwanted = ("MPEG", "HEVC", "SMPTE", "JPIP")
-    syntaxes = [UID(ts) for ts in ALL_TRANSFER_SYNTAXES]
-    syntaxes = [ts for ts in syntaxes if not any(word in ts.name for word in unwanted)]
-    uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-    rest = [ts for ts in syntaxes if not ts.is_compressed and ts not in uncompressed]
-    return [ts for ts in syntaxes if ts.is_compressed] + uncompressed + rest
 
 
 def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -111,10 +104,10 @@ class StorageSCP:
         ae.dimse_timeout = self.settings.dimse_timeout
         ae.network_timeout = self.settings.network_timeout
         ae.require_called_aet = False  # checked in _on_requested, with the reason logged
-        syntaxes = _preferred_syntaxes()
-        ae.add_supported_context(Verification, syntaxes)
-        for sop_class in ACCEPTED_SOP_CLASSES:
-            ae.add_supported_context(sop_class, syntaxes)
+        syntaxes = preferred_syntaxes()
+        ae.add_supported_context(Verification, list(syntaxes))
+        for sop_class in STORAGE_SOP_CLASSES:
+            ae.add_supported_context(sop_class, list(syntaxes))
         return ae
 
     def start(self) -> ThreadedAssociationServer:
@@ -187,6 +180,7 @@ class StorageSCP:
                 reason = f"storage full: {exc}"
                 reject = (0x02, 0x03, 0x01)  # transient: temporary congestion
         if reason is None:
+            _support_proposed_storage(assoc)
             return
         logger.warning("rejecting association from %s@%s: %s", calling, host, reason)
         self._audit(calling, called, host, assoc.requestor.port, accepted=False, reason=reason)
@@ -307,3 +301,40 @@ class StorageSCP:
             return _status(Status.HANDLER_ERROR, "internal error; see the node's log")
         self._count(event, ok=True, result=result)
         return Status.SUCCESS
+
+
+# Private / newer storage SOP classes registered with pynetdicom so far (bounded: the names
+# come from the network).
+_REGISTERED: set[str] = set()
+_MAX_REGISTERED = 2000
+_REGISTER_LOCK = threading.Lock()
+
+
+def _support_proposed_storage(assoc: PnAssociation) -> None:
+    """Add a context, with our transfer syntaxes, for each proposed storage SOP class that
+    pynetdicom does not know (a vendor's private class, a class newer than the library), and
+    register it with the Storage service so its C-STOREs reach ``_on_store``."""
+    request = assoc.requestor.primitive
+    proposed = request.presentation_context_definition_list if request else []
+    supported = assoc.acceptor.supported_contexts
+    known = {str(cx.abstract_syntax) for cx in supported}
+    added: list[PresentationContext] = []
+    for context in proposed:
+        uid = str(context.abstract_syntax)
+        if uid in known or not is_storage_sop_class(uid):
+            continue
+        with _REGISTER_LOCK:
+            if uid not in _REGISTERED:
+                if len(_REGISTERED) >= _MAX_REGISTERED:
+                    logger.warning("not accepting SOP class %s: too many private classes", uid)
+                    continue
+                register_uid(uid, "NodeStorage_" + uid.replace(".", "_"), StorageServiceClass)
+                _REGISTERED.add(uid)
+        cx = PresentationContext()
+        cx.abstract_syntax = UID(uid)
+        cx.transfer_syntax = list(preferred_syntaxes())
+        added.append(cx)
+        known.add(uid)
+    if added:
+        assoc.acceptor.supported_contexts = [*supported, *added]
+        logger.info("accepting %d private or unlisted storage SOP class(es)", len(added))

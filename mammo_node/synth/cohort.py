@@ -172,6 +172,7 @@ def write_synthetic_dataset(out_dir: Path, options: SynthOptions) -> SynthSummar
                 path = exam_dir / f"{slot}.dcm"
                 ds.save_as(path, enforce_file_format=True)
                 files.append(path)
+            files.extend(_write_habits(exam, options, exam_dir))
             labels.writerow(_label_row(exam))
             for t in exam.truth:
                 truths.writerow({k: getattr(t, k) for k in TRUTH_COLUMNS})
@@ -192,6 +193,27 @@ def write_synthetic_dataset(out_dir: Path, options: SynthOptions) -> SynthSummar
         files,
         seconds,
     )
+
+
+def _write_habits(exam: SynthExam, options: SynthOptions, exam_dir: Path) -> list[Path]:
+    """Re-date the exam (``recent``) and write the objects its habits add, as extra-NN.dcm;
+    the four clean views are rewritten when a habit changed them (syntax, identity)."""
+    if not options.habits and not options.recent:
+        return []
+    from mammo_node.synth import habits as site_habits
+
+    views = list(exam.datasets.values())
+    if options.recent:
+        site_habits.recent(views)
+    objects = site_habits.add_habits(views, options.habits)
+    for slot, ds in exam.datasets.items():
+        ds.save_as(exam_dir / f"{slot}.dcm", enforce_file_format=True)
+    extras = []
+    for i, ds in enumerate(objects[len(views) :]):
+        path = exam_dir / f"extra-{i:02d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        extras.append(path)
+    return extras
 
 
 def _label_row(exam: SynthExam) -> dict[str, object]:

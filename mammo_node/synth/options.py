@@ -65,6 +65,10 @@ class SynthOptions:
     repeat_patient_fraction: float = 0.2
     bits_stored: tuple[int, ...] = (12, 13, 14)
     detector_width_mm: float | None = None  # None: 191.4 for FULL_SIZE_SMALL, else 233.0
+    # site-traffic habits (mammo_node.synth.habits.HABITS) applied to every exam written, and
+    # whether the exams are dated today (else 2018-2021, which a node files as priors)
+    habits: tuple[str, ...] = ()
+    recent: bool = False
 
     def __post_init__(self) -> None:
         if self.rows < 64 or self.columns < 64:

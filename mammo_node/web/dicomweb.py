@@ -35,7 +35,7 @@ from mammo_node.errors import (
 from mammo_node.filing.ingest import read_header
 from mammo_node.filing.storage import validate_uid
 from mammo_node.observe import audit, metrics
-from mammo_node.sop_classes import ACCEPTED_SOP_CLASSES
+from mammo_node.sop_classes import is_storage_sop_class
 from mammo_node.status import Status
 from mammo_node.web import render
 from mammo_node.web.deps import (
@@ -203,11 +203,11 @@ def _file_part(
         str(ds.get("StudyInstanceUID", "")),
         str(ds.get("SeriesInstanceUID", "")),
     )
-    if outcome.sop_class not in ACCEPTED_SOP_CLASSES:
+    if not is_storage_sop_class(outcome.sop_class):
         metrics.instance_rejected("stow", "sop_class")
         outcome.failure, outcome.reason = (
             Status.SOP_CLASS_NOT_SUPPORTED,
-            (f"SOP class {outcome.sop_class or 'absent'} is not one the node accepts"),
+            (f"SOP class {outcome.sop_class or 'absent'} is not a storage SOP class"),
         )
         return outcome
     if study_uid and outcome.study_uid != study_uid:

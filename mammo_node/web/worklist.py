@@ -67,7 +67,7 @@ def _worklist_query(state: str | None, sort: str, search: str | None) -> Select[
         pattern = f"%{search.lower()}%"
         query = query.where(
             or_(
-                func.lower(Patient.name).like(pattern),
+                func.lower(Exam.patient_name).like(pattern),
                 func.lower(Patient.patient_id).like(pattern),
                 func.lower(Exam.accession_number).like(pattern),
                 Exam.study_uid.like(f"{search}%"),
@@ -125,7 +125,7 @@ def exam_view(db: Database, headers: HeaderCache, study_uid: str) -> ExamPage:
         deliveries = _by_destination(session, detail.result) if detail.result else []
         view = ExamPage(
             **dict(detail),
-            patient=PatientInfo.of(exam.patient),
+            patient=PatientInfo.of(exam.patient, exam),
             study_description=exam.study_description,
             study_time=exam.study_time,
             outputs=outputs,

@@ -23,6 +23,7 @@ class NodeProcess:
             "MAMMO_STABLE_SECONDS": "3",
             "MAMMO_GROUPING_INTERVAL": "0.1",
             "MAMMO_MIN_FREE_DISK_MB": "0",
+            "MAMMO_PRIOR_AFTER_DAYS": "0",  # test data carries historical study dates
             "MAMMO_HOST": "127.0.0.1",
             **env,
         }
