@@ -151,6 +151,9 @@ class ExamInference:
     bundle: BundleInfo
     timings: dict[str, float] = field(default_factory=dict)
     verdicts: dict[str, bool] = field(default_factory=dict)  # operating point name -> at/above
+    # from the bundle's calibration when it has one (the trainer makes it); None otherwise
+    probability: float | None = None  # calibrated probability of cancer, 0..1
+    category: int | None = None  # 1..10 reading-room category
 
     def to_json(self) -> dict[str, Any]:
         """The result as ``exams show --json`` prints it (without saliency maps)."""

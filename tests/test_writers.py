@@ -14,7 +14,11 @@ import pydicom
 import pytest
 from conftest_writers import NOW, ExamSpec, demo_bundle, make_exam, make_inference, synth_exam
 from pydicom import config as pydicom_config
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
+    MammographyCADSRStorage,
+)
 
 from mammo_node.domain import SLOTS, Laterality, Slot, View
 from mammo_node.errors import OutputError
@@ -37,6 +41,10 @@ L_CC, L_MLO, R_CC, R_MLO = SLOTS
 ALLOWED_WARNING = re.compile(
     r"Warning - Unrecognized defined term <99MNODE> for value 1 of attribute "
     r"<Coding Scheme Designator>"
+    # the presentation state covers both breasts: Laterality (paired organ) is empty
+    r"|Warning - is only permitted to be empty when actually unknown; should be absent \(not "
+    r"empty\) if an unpaired body part, and have a value if a paired body part - attribute "
+    r"<Laterality>"
 )
 
 
@@ -95,6 +103,7 @@ def test_one_exam_report_and_per_view_sr_sc_seg(
     assert kinds[0] == (OutputKind.SR, None)
     for kind in (OutputKind.SR_VIEW, OutputKind.SC, OutputKind.SEG):
         assert [s for k, s in kinds if k is kind] == list(SLOTS)
+    assert kinds[-2:] == [(OutputKind.CAD_SR, None), (OutputKind.GSPS, None)]
     study = exam[L_CC].StudyInstanceUID
     source_series = {ds.SeriesInstanceUID for ds in exam.values()}
     for out in outputs:
@@ -174,7 +183,12 @@ def test_strict_read_back_with_highdicom(written: list[Path]) -> None:
     for path in written:
         ds = pydicom.dcmread(path)
         assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-        if ds.Modality == "SR":
+        if ds.SOPClassUID == MammographyCADSRStorage:
+            assert ds.ContentTemplateSequence[0].TemplateIdentifier == "4000"
+        elif ds.Modality == "PR":
+            assert ds.SOPClassUID == GrayscaleSoftcopyPresentationStateStorage
+            assert len(ds.ReferencedSeriesSequence[0].ReferencedImageSequence) == 4
+        elif ds.Modality == "SR":
             sr = hd.sr.srread(path)
             assert isinstance(sr, hd.sr.ComprehensiveSR)
             assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
@@ -215,14 +229,31 @@ def test_view_report_structure(
     sr = hd.sr.ComprehensiveSR.from_dataset(one(outputs, OutputKind.SR_VIEW, R_MLO))
     report = sr.content
     groups = report.get_planar_roi_measurement_groups()
-    assert [g.roi.graphic_type.value for g in groups] == ["POLYLINE", "POINT"]
-    box = groups[0].roi.value
+    # one group per view: OHIF merges nothing and hydrates the box as a RectangleROI
+    (group,) = groups
+    assert group.roi.graphic_type.value == "POLYLINE"
+    box = group.roi.value
     assert np.array_equal(box[0], box[-1])  # closed polyline
-    purposes = [
-        next(i.value.value for i in g[0].ContentSequence if i.name.value == "130400")
-        for g in groups
+    purpose = next(i.value.value for i in group[0].ContentSequence if i.name.value == "130400")
+    assert purpose == "75958009"  # Bounded by
+    # the score is INFERRED FROM the box and the centre (DCM 111010), both on the image
+    num = next(i for i in group[0].ContentSequence if i.ValueType == "NUM")
+    inferred = {
+        c.ConceptNameCodeSequence[0].CodeValue: c.GraphicType
+        for c in num.ContentSequence
+        if c.RelationshipType == "INFERRED FROM"
+    }
+    assert inferred == {"111030": "POLYLINE", "111010": "POINT"}
+    for c in num.ContentSequence:
+        if c.ValueType == "SCOORD":
+            (ref,) = c.ContentSequence
+            assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+                exam[R_MLO].SOPInstanceUID
+            )
+    (comment,) = [
+        i for i in group[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121106"
     ]
-    assert purposes == ["75958009", "111010"]  # Bounded by, Center
+    assert comment.TextValue == "Cancer score (uncalibrated logit difference): 1.50 {score}"
     for group in groups:
         assert group.tracking_identifier and group.tracking_uid
         (site,) = group.finding_sites
@@ -321,13 +352,13 @@ def test_tracking_uids_are_unique_across_documents(outputs: list[OutputObject]) 
     """OHIF keys annotations by Tracking UID: a UID in two SRs of one study hides one of them."""
     seen: list[str] = []
     for out in outputs:
-        if out.dataset.Modality != "SR":
+        if out.kind not in (OutputKind.SR, OutputKind.SR_VIEW):
             continue
         for group in hd.sr.ComprehensiveSR.from_dataset(
             out.dataset
         ).content.get_planar_roi_measurement_groups():
             seen.append(group.tracking_uid)
-    assert len(seen) == len(set(seen)) == 2 * 5
+    assert len(seen) == len(set(seen)) == 5  # one region group per report
 
 
 def test_predecessor_documents(exam: dict[Slot, pydicom.Dataset]) -> None:
@@ -357,7 +388,15 @@ def test_predecessor_documents(exam: dict[Slot, pydicom.Dataset]) -> None:
 def test_probability_bundle_reports_probability_of_cancer_in_percent(
     exam: dict[Slot, pydicom.Dataset],
 ) -> None:
+    """View scores are probabilities (DCM 111047, %); breast and exam scores are sums of two
+    of them - above 1 here - and are labelled as such, never as a probability."""
     inference = make_inference(exam, bundle=demo_bundle(score_kind="probability", is_demo=False))
+    breast = {
+        lat: sum(v.ensemble for s, v in inference.views.items() if s.laterality is lat)
+        for lat in (Laterality.L, Laterality.R)
+    }
+    inference.scores = type(inference.scores)(breast_scores=breast, exam_score=max(breast.values()))
+    assert inference.scores.exam_score > 1.0  # 0.9 + 0.7
     outputs = build_outputs(exam, inference, revision=1)
     sr = hd.sr.ComprehensiveSR.from_dataset(one(outputs, OutputKind.SR_VIEW, R_CC))
     (score,) = sr.content.get_planar_roi_measurement_groups()[0].get_measurements()
@@ -367,14 +406,47 @@ def test_probability_bundle_reports_probability_of_cancer_in_percent(
         "%",
     )
     assert score.value == pytest.approx(90.0)
-    reading = read_report(one(outputs, OutputKind.SR, None))
-    assert reading.unit == "%"
-    assert reading.scores["exam score"] == pytest.approx(inference.scores.exam_score)
+    ds = one(outputs, OutputKind.SR, None)
+    reading = read_report(ds)
+    assert reading.scores["exam score"] == pytest.approx(1.6)
+    assert reading.scores["R-CC image score"] == pytest.approx(0.9)
+    derived = next(
+        i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126011"
+    )
+    names = {
+        next(
+            c.TextValue
+            for c in n.ContentSequence
+            if c.ConceptNameCodeSequence[0].CodeValue == "112039"
+        ): (
+            n.ConceptNameCodeSequence[0].CodeValue,
+            n.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue,
+        )
+        for n in derived.ContentSequence
+    }
+    assert names["exam score"] == ("PROBSUM", "{score}")
+    assert names["breast R score"] == ("PROBSUM", "{score}")
+    assert names["L-CC image score"] == ("111047", "%")
     assert not any("uncalibrated" in t for t in reading.texts)
     bad = make_inference(exam, bundle=demo_bundle(score_kind="probability"))
-    bad.views[L_CC].ensemble = 1.5
+    bad.views[L_CC].ensemble = 1.5  # a view probability above 1 is an error
     with pytest.raises(OutputError, match=r"outside 0\.\.1"):
         build_outputs(exam, bad, revision=1)
+
+
+def test_calibrated_probability_and_category_are_carried(
+    exam: dict[Slot, pydicom.Dataset],
+) -> None:
+    inference = make_inference(exam)
+    inference.probability, inference.category = 0.375, 7
+    outputs = build_outputs(exam, inference, revision=1)
+    reading = read_report(one(outputs, OutputKind.SR, None))
+    assert reading.scores["exam probability"] == pytest.approx(0.375)
+    assert reading.scores["exam category"] == 7
+    assert reading.scores["exam score"] == pytest.approx(inference.scores.exam_score)
+    inference.probability = 1.2
+    with pytest.raises(OutputError, match=r"outside 0\.\.1"):
+        build_outputs(exam, inference, revision=1)
 
 
 def test_unknown_score_kind_is_refused(exam: dict[Slot, pydicom.Dataset]) -> None:
@@ -398,8 +470,10 @@ def _demo_texts(ds: pydicom.Dataset) -> str:
             "ContentDescription",
         )
     ]
-    if ds.Modality == "SR":
+    if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33":
         parts += read_report(ds).texts
+    elif ds.Modality == "SR":  # Mammography CAD SR: every text in the tree
+        parts += [str(e.value) for e in ds.iterall() if e.keyword == "TextValue"]
     return " ".join(parts)
 
 
@@ -709,7 +783,7 @@ def test_sources_missing_type2_attributes_still_give_valid_outputs(tmp_path: Pat
         BundleInfo("t", "1", "resnet18", True, "logit_difference", "1.2.3"),
     )
     outputs = build_outputs(sources, inference, revision=0)
-    assert len(outputs) == 13
+    assert len(outputs) == 15
     assert "AccessionNumber" not in exam[0], "the sources are not modified"
     for out in outputs:
         path = tmp_path / f"{out.sop_instance_uid}.dcm"

@@ -14,7 +14,13 @@ import uuid
 from dataclasses import dataclass
 from functools import partial
 
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
+from pydicom.uid import (
+    ComprehensiveSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    MammographyCADSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from mammo_node.domain import SLOTS, BundleInfo, Slot
 
@@ -29,6 +35,8 @@ class OutputKind(enum.StrEnum):
     SR_VIEW = "sr_view"  # one TID 1500 report per view, so every view displays in OHIF
     SC = "sc"  # RGB secondary capture with heat map, ROI box, COA and scores burned in
     SEG = "seg"  # binary segmentation of the most salient pixels
+    CAD_SR = "cad_sr"  # Mammography CAD SR (TID 4000) for breast workstations
+    GSPS = "gsps"  # Grayscale Softcopy Presentation State: marks on the original images
 
 
 class UidElement(enum.StrEnum):
@@ -42,6 +50,8 @@ SERIES_NUMBER_BASE: dict[OutputKind, int] = {
     OutputKind.SR_VIEW: 9100,
     OutputKind.SC: 9200,
     OutputKind.SEG: 9300,
+    OutputKind.CAD_SR: 9400,
+    OutputKind.GSPS: 9500,
 }
 
 _KIND_WORDS: dict[OutputKind, str] = {
@@ -49,6 +59,8 @@ _KIND_WORDS: dict[OutputKind, str] = {
     OutputKind.SR_VIEW: "report",
     OutputKind.SC: "saliency images",
     OutputKind.SEG: "saliency SEG",
+    OutputKind.CAD_SR: "mammography CAD SR",
+    OutputKind.GSPS: "presentation state",
 }
 
 
@@ -121,6 +133,8 @@ SOP_CLASS: dict[OutputKind, str] = {
     OutputKind.SR_VIEW: ComprehensiveSRStorage,
     OutputKind.SC: SecondaryCaptureImageStorage,
     OutputKind.SEG: SegmentationStorage,
+    OutputKind.CAD_SR: MammographyCADSRStorage,
+    OutputKind.GSPS: GrayscaleSoftcopyPresentationStateStorage,
 }
 
 
@@ -149,6 +163,7 @@ def plan_identities(
     wanted: list[tuple[OutputKind, Slot | None]] = [(OutputKind.SR, None)]
     for kind in (OutputKind.SR_VIEW, OutputKind.SC, OutputKind.SEG):
         wanted.extend((kind, slot) for slot in slots)
+    wanted += [(OutputKind.CAD_SR, None), (OutputKind.GSPS, None)]
     plan: dict[tuple[OutputKind, Slot | None], OutputIdentity] = {}
     for kind, slot in wanted:
         series_slot = None if kind is OutputKind.SC else slot  # one SC series for all views

@@ -15,11 +15,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pydicom import Dataset
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
+from pydicom.uid import (
+    ComprehensiveSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    MammographyCADSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from mammo_node.domain import ExamInference, Slot
 from mammo_node.errors import OutputError
 from mammo_node.writers import codes
+from mammo_node.writers.cad_sr import build_cad_report
+from mammo_node.writers.gsps import build_presentation_state
 from mammo_node.writers.identity import (
     OutputKind,
     ReferencedDocument,
@@ -60,7 +68,13 @@ def sop_classes_for_outputs() -> list[str]:
 
     Every output is encoded Explicit VR Little Endian.
     """
-    return [ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage]
+    return [
+        ComprehensiveSRStorage,
+        SecondaryCaptureImageStorage,
+        SegmentationStorage,
+        MammographyCADSRStorage,
+        GrayscaleSoftcopyPresentationStateStorage,
+    ]
 
 
 def build_outputs(
@@ -74,8 +88,13 @@ def build_outputs(
     now: datetime.datetime | None = None,
     sc_max_pixels: int = DEFAULT_MAX_PIXELS,
     seg_top_fraction: float = DEFAULT_TOP_FRACTION,
+    operating_point: str | None = None,
 ) -> list[OutputObject]:
-    """Exam report SR, then per view: report SR, Secondary Capture, Segmentation.
+    """Exam report SR, then per view: report SR, Secondary Capture, Segmentation; then the
+    Mammography CAD SR and the presentation state of the exam.
+
+    ``operating_point`` names the bundle operating point above which CAD marks are
+    "Presentation Required" (default: the bundle's first).
 
     ``sources`` are the scored For Presentation images (pixels included) by view;
     ``revision`` numbers the exam's results (a re-run gets a new one, hence new UIDs);
@@ -141,6 +160,29 @@ def build_outputs(
             )
             for v in views
         ]
+        outputs.append(
+            OutputObject(
+                OutputKind.CAD_SR,
+                None,
+                build_cad_report(
+                    views, ctx, plan[OutputKind.CAD_SR, None], operating_point=operating_point
+                ),
+            )
+        )
+        outputs.append(
+            OutputObject(
+                OutputKind.GSPS,
+                None,
+                build_presentation_state(
+                    views,
+                    inference.bundle,
+                    plan[OutputKind.GSPS, None],
+                    institution_name=institution_name,
+                    station_name=station_name,
+                    now=now,
+                ),
+            )
+        )
     except (ValueError, TypeError, AttributeError) as exc:
         # highdicom validates in its constructors; say which exam failed and why
         raise OutputError(
