@@ -42,7 +42,7 @@ from mammo_node.errors import MammoNodeError, ModelError
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.observe import metrics
 from mammo_node.writers import OutputObject, build_outputs
-from mammo_node.writers.identity import OutputKind, ReferencedDocument
+from mammo_node.writers.identity import OutputKind, ReferencedDocument, output_kinds_for
 
 logger = logging.getLogger(__name__)
 
@@ -331,10 +331,14 @@ class Worker:
             for d in destinations
             if d.send_all or (self.settings.return_to_sender and d.ae_title == exam.source_ae)
         ]
+        queued = 0
         for destination in chosen:
+            wanted = output_kinds_for(destination.outputs)  # e.g. only CAD SR + GSPS
             for instance in instances:
-                session.add(OutboxItem(instance_fk=instance.id, destination_fk=destination.id))
-        return len(chosen) * len(instances)
+                if instance.output_kind in wanted:
+                    session.add(OutboxItem(instance_fk=instance.id, destination_fk=destination.id))
+                    queued += 1
+        return queued
 
     def _record_failure(self, claim: Claim, exc: BaseException) -> None:
         metrics.scoring_failed()

@@ -10,6 +10,7 @@ from mammo_node.db.models import Destination, Instance, OutboxItem
 from mammo_node.db.session import Database
 from mammo_node.errors import MammoNodeError
 from mammo_node.exams import delivery_json
+from mammo_node.writers.identity import DEFAULT_DESTINATION_OUTPUTS, parse_destination_outputs
 
 
 def add_destination(
@@ -21,8 +22,12 @@ def add_destination(
     port: int,
     tls: bool = False,
     send_all: bool = True,
+    outputs: str = DEFAULT_DESTINATION_OUTPUTS,
 ) -> bool:
-    """Add or update; returns True when created. Clears a previous configuration error."""
+    """Add or update; returns True when created. Clears a previous configuration error.
+
+    ``outputs`` lists the result objects it gets (``tid1500,sc,seg,cad-sr,gsps``)."""
+    kinds = ",".join(parse_destination_outputs(outputs))
     ae_title = ae_title.strip()
     if not ae_title or len(ae_title) > 16:
         raise ValueError(f'Argument "ae_title" should be 1-16 characters, got {ae_title!r}.')
@@ -36,7 +41,21 @@ def add_destination(
             session.add(row)
         row.ae_title, row.host, row.port, row.tls = ae_title, host, port, tls
         row.send_all, row.enabled, row.config_error = send_all, True, ""
+        row.outputs = kinds
         return created
+
+
+def set_destination_outputs(db: Database, name: str, outputs: str) -> str:
+    """Change which result objects a destination gets from now on; returns the new list."""
+    kinds = ",".join(parse_destination_outputs(outputs))
+    with db.session() as session:
+        row = session.scalars(
+            select(Destination).where(Destination.name == name, Destination.enabled)
+        ).first()
+        if row is None:
+            raise MammoNodeError(f"no destination named {name!r}")
+        row.outputs = kinds
+        return kinds
 
 
 def remove_destination(db: Database, name: str) -> None:
@@ -85,6 +104,7 @@ def list_destinations(db: Database) -> list[dict[str, Any]]:
                 "port": d.port,
                 "tls": d.tls,
                 "send_all": d.send_all,
+                "outputs": d.outputs.split(","),
                 "enabled": d.enabled,
                 "config_error": d.config_error,
                 "pending": counts.get(d.id, 0),

@@ -39,6 +39,46 @@ class OutputKind(enum.StrEnum):
     GSPS = "gsps"  # Grayscale Softcopy Presentation State: marks on the original images
 
 
+# What a destination can ask for (``destinations add --outputs``) and the objects each means.
+DESTINATION_OUTPUT_KINDS: dict[str, tuple[OutputKind, ...]] = {
+    "tid1500": (OutputKind.SR, OutputKind.SR_VIEW),
+    "sc": (OutputKind.SC,),
+    "seg": (OutputKind.SEG,),
+    "cad-sr": (OutputKind.CAD_SR,),
+    "gsps": (OutputKind.GSPS,),
+}
+DEFAULT_DESTINATION_OUTPUTS = "tid1500,sc,seg"  # what every destination received before
+
+
+def parse_destination_outputs(text: str) -> list[str]:
+    """``"cad-sr, gsps"`` -> ``["cad-sr", "gsps"]`` (known kinds, no repeats, not empty)."""
+    kinds: list[str] = []
+    for part in text.split(","):
+        kind = part.strip().lower()
+        if not kind:
+            continue
+        if kind not in DESTINATION_OUTPUT_KINDS:
+            raise ValueError(
+                f"Unknown output kind {kind!r}; choose from {', '.join(DESTINATION_OUTPUT_KINDS)}."
+            )
+        if kind not in kinds:
+            kinds.append(kind)
+    if not kinds:
+        raise ValueError(
+            f"A destination needs at least one output kind ({', '.join(DESTINATION_OUTPUT_KINDS)})."
+        )
+    return kinds
+
+
+def output_kinds_for(destination_outputs: str) -> set[str]:
+    """The ``OutputKind`` values a destination with these outputs receives."""
+    return {
+        k.value
+        for kind in parse_destination_outputs(destination_outputs)
+        for k in DESTINATION_OUTPUT_KINDS[kind]
+    }
+
+
 class UidElement(enum.StrEnum):
     SERIES = "series"
     INSTANCE = "instance"
