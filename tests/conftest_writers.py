@@ -140,6 +140,21 @@ def make_exam(spec: ExamSpec | None = None) -> dict[Slot, Dataset]:
     study.StudyID = "S1"
     study.ReferringPhysicianName = ""
     study.StudyDescription = "Screening mammography"
+    study.IssuerOfPatientID = "HOSP-A"
+    other = Dataset()
+    other.PatientID, other.IssuerOfPatientID, other.TypeOfPatientID = "NAT-77", "NATION", "TEXT"
+    study.OtherPatientIDsSequence = [other]
+    procedure = Dataset()
+    procedure.CodeValue, procedure.CodingSchemeDesignator = "24623002", "SCT"
+    procedure.CodeMeaning = "Screening mammography"
+    study.ProcedureCodeSequence = [procedure]
+    request = Dataset()
+    request.AccessionNumber = "ACC42"
+    request.RequestedProcedureID = "RP42"
+    request.RequestedProcedureDescription = "Screening mammography"
+    request.RequestedProcedureCodeSequence = [procedure]
+    request.ScheduledProcedureStepID = "SPS42"
+    study.RequestAttributesSequence = [request]
     return {slot: make_mg(slot, spec, study, i) for i, slot in enumerate(SLOTS)}
 
 

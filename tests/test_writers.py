@@ -149,12 +149,16 @@ def test_uids_are_deterministic_per_study_bundle_revision(
     assert not {u for pair in uids for u in pair} & {
         u for o in later for u in (o.series_instance_uid, o.sop_instance_uid)
     }
-    other_bundle = make_inference(exam, bundle=demo_bundle())
-    other_bundle.bundle = type(other_bundle.bundle)(
-        **{**other_bundle.bundle.__dict__, "version": "0.2.0"}
+    # keyed on the bundle's content (manifest sha256), not on its version string
+    other_weights = make_inference(exam, bundle=demo_bundle())
+    other_weights.bundle = type(other_weights.bundle)(
+        **{**other_weights.bundle.__dict__, "manifest_sha256": "cd" * 32}
     )
-    assert build_outputs(exam, other_bundle, revision=1)[0].sop_instance_uid != uids[0][1]
-    uid = output_uid(exam[L_CC].StudyInstanceUID, "0.1.0", 1, "sr", None)
+    assert build_outputs(exam, other_weights, revision=1)[0].sop_instance_uid != uids[0][1]
+    renamed = make_inference(exam, bundle=demo_bundle())
+    renamed.bundle = type(renamed.bundle)(**{**renamed.bundle.__dict__, "version": "0.2.0"})
+    assert build_outputs(exam, renamed, revision=1)[0].sop_instance_uid == uids[0][1]
+    uid = output_uid(exam[L_CC].StudyInstanceUID, "sha256:" + "ab" * 32, 1, "sr", None)
     assert uid == outputs[0].sop_instance_uid
     assert re.fullmatch(r"2\.25\.[1-9]\d*", uid) and len(uid) <= 64
     all_uids = [u for pair in uids for u in pair]
@@ -789,3 +793,29 @@ def test_sources_missing_type2_attributes_still_give_valid_outputs(tmp_path: Pat
         path = tmp_path / f"{out.sop_instance_uid}.dcm"
         out.dataset.save_as(path, enforce_file_format=True)
         assert pydicom.dcmread(path).AccessionNumber == ""
+
+
+def test_every_output_copies_patient_study_and_request(
+    outputs: list[OutputObject], exam: dict[Slot, pydicom.Dataset]
+) -> None:
+    """An issuer-matching PACS files every output (SC included) under the source's patient."""
+    source = exam[L_CC]
+    for out in outputs:
+        ds = out.dataset
+        for keyword in (
+            "PatientID",
+            "IssuerOfPatientID",
+            "PatientAge",
+            "StudyDescription",
+            "AccessionNumber",
+            "ProcedureCodeSequence",
+            "OtherPatientIDsSequence",
+        ):
+            assert ds.get(keyword) == source.get(keyword), f"{out.kind} {out.slot}: {keyword}"
+        if ds.Modality == "SR":
+            (request,) = ds.ReferencedRequestSequence
+            assert (request.AccessionNumber, request.RequestedProcedureID) == ("ACC42", "RP42")
+            code = request.RequestedProcedureCodeSequence[0]
+            assert code.CodeValue == "24623002"
+        else:
+            assert ds.RequestAttributesSequence == source.RequestAttributesSequence

@@ -1,10 +1,12 @@
 """What identifies each output: kinds, deterministic UIDs, series numbers and descriptions.
 
 Every UID of an output is a name-based UUID (RFC 4122 version 5, SHA-1) under ``2.25``, made
-from (source study, bundle version, result revision, output kind, view, element). Building the
+from (source study, bundle content, result revision, output kind, view, element). Building the
 same result twice - a retry after a crash - therefore gives byte-for-byte the same identities,
 and the PACS receives the same instances again instead of duplicates. A new revision (late image,
-rescore) or a new bundle version gives new UIDs.
+rescore) or a bundle with other content gives new UIDs. The bundle's content is its manifest's
+sha256 (the manifest lists the sha256 of every weights file): two bundles with the same version
+string but other weights never share output UIDs, and renaming a version changes nothing.
 """
 
 from __future__ import annotations
@@ -119,6 +121,11 @@ class ReferencedDocument:
     slot: Slot | None = None
 
 
+def bundle_key(bundle: BundleInfo) -> str:
+    """What output UIDs are keyed on: the bundle's content hash (version if it has none)."""
+    return f"sha256:{bundle.manifest_sha256}" if bundle.manifest_sha256 else bundle.version
+
+
 def output_uid(
     study_uid: str,
     bundle_version: str,
@@ -207,7 +214,7 @@ def plan_identities(
     plan: dict[tuple[OutputKind, Slot | None], OutputIdentity] = {}
     for kind, slot in wanted:
         series_slot = None if kind is OutputKind.SC else slot  # one SC series for all views
-        uid = partial(output_uid, study_uid, bundle.version, revision, kind)
+        uid = partial(output_uid, study_uid, bundle_key(bundle), revision, kind)
         plan[kind, slot] = OutputIdentity(
             kind=kind,
             slot=slot,

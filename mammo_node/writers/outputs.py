@@ -29,6 +29,7 @@ from mammo_node.writers import codes
 from mammo_node.writers.cad_sr import build_cad_report
 from mammo_node.writers.gsps import build_presentation_state
 from mammo_node.writers.identity import (
+    bundle_key,
     OutputKind,
     ReferencedDocument,
     plan_identities,
@@ -36,7 +37,7 @@ from mammo_node.writers.identity import (
 )
 from mammo_node.writers.sc import DEFAULT_MAX_PIXELS, build_secondary_capture
 from mammo_node.writers.seg import DEFAULT_TOP_FRACTION, build_segmentation
-from mammo_node.writers.sources import scored_views
+from mammo_node.writers.sources import copy_identity, scored_views
 from mammo_node.writers.sr import ReportContext, build_exam_report, build_view_report
 
 logger = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def build_outputs(
                     plan[OutputKind.SEG, v.slot],
                     tracking_uid=tracking_uid(
                         inference.study_uid,
-                        inference.bundle.version,
+                        bundle_key(inference.bundle),
                         revision,
                         f"{v.slot} saliency",
                     ),
@@ -183,6 +184,12 @@ def build_outputs(
                 ),
             )
         )
+        by_slot = {v.slot: v.header for v in views}
+        for out in outputs:
+            source = by_slot.get(out.slot) if out.slot else views[0].header
+            copy_identity(
+                out.dataset, source or views[0].header, is_sr=out.dataset.Modality == "SR"
+            )
     except (ValueError, TypeError, AttributeError) as exc:
         # highdicom validates in its constructors; say which exam failed and why
         raise OutputError(

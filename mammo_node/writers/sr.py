@@ -60,6 +60,7 @@ from mammo_node.domain import ExamInference, Laterality, OperatingPoint, Slot
 from mammo_node.errors import OutputError
 from mammo_node.writers import codes
 from mammo_node.writers.identity import (
+    bundle_key,
     OutputIdentity,
     OutputKind,
     ReferencedDocument,
@@ -109,7 +110,7 @@ class ReportContext:
         """Identifier ``what``; its UID is unique per document (see the module docstring)."""
         bundle = self.inference.bundle
         uid = tracking_uid(
-            self.inference.study_uid, bundle.version, self.revision, f"{document}: {what}"
+            self.inference.study_uid, bundle_key(bundle), self.revision, f"{document}: {what}"
         )
         return hd.sr.TrackingIdentifier(uid=uid, identifier=what)
 
