@@ -238,7 +238,24 @@ class Worker:
             revision=claim.revision,
             previous_sr=previous[1] if previous else (),
             station_name=self.settings.ae_title,
+            withdrawn=self._withdrawable_outputs(previous[0]) if previous else (),
         )
+
+    def _withdrawable_outputs(self, result_id: int) -> list[ReferencedDocument]:
+        """SC, SEG and GSPS of an earlier result: the new result's rejection note lists them."""
+        kinds = [OutputKind.SC.value, OutputKind.SEG.value, OutputKind.GSPS.value]
+        with self.db.read() as session:
+            rows = session.execute(
+                select(Instance, Series.series_uid, Exam.study_uid)
+                .join(Series, Instance.series_fk == Series.id)
+                .join(Exam, Instance.exam_fk == Exam.id)
+                .where(Instance.result_fk == result_id, Instance.output_kind.in_(kinds))
+                .order_by(Instance.id)
+            ).all()
+            return [
+                ReferencedDocument(study_uid, series_uid, row.sop_instance_uid, row.sop_class_uid)
+                for row, series_uid, study_uid in rows
+            ]
 
     def _store_output(self, obj: OutputObject) -> str:
         """Write one output as Part-10 and ingest it as a GENERATED instance of the study."""

@@ -819,3 +819,40 @@ def test_every_output_copies_patient_study_and_request(
             assert code.CodeValue == "24623002"
         else:
             assert ds.RequestAttributesSequence == source.RequestAttributesSequence
+
+
+def test_a_rescore_withdraws_the_earlier_images_with_an_iocm_rejection_note(
+    exam: dict[Slot, pydicom.Dataset], outputs: list[OutputObject], tmp_path: Path
+) -> None:
+    old = [
+        ReferencedDocument(
+            o.dataset.StudyInstanceUID, o.series_instance_uid, o.sop_instance_uid, o.sop_class_uid
+        )
+        for o in outputs
+        if o.kind in (OutputKind.SC, OutputKind.SEG, OutputKind.GSPS)
+    ]
+    again = build_outputs(exam, make_inference(exam), revision=2, withdrawn=old, now=NOW)
+    (kos,) = [o for o in again if o.kind is OutputKind.KOS]
+    ds = kos.dataset
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59" and ds.Modality == "KO"
+    title = ds.ConceptNameCodeSequence[0]
+    assert (title.CodeValue, title.CodingSchemeDesignator) == ("113001", "DCM")
+    listed = {
+        i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for i in ds.ContentSequence
+        if "ReferencedSOPSequence" in i
+    }
+    assert listed == {d.sop_instance_uid for d in old}  # 4 SC + 4 SEG + 1 GSPS
+    assert len(listed) == 9
+    assert (ds.PatientID, ds.IssuerOfPatientID) == ("WRT-0001", "HOSP-A")
+    path = tmp_path / "kos.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    run = subprocess.run(
+        ["dciodvfy", str(path)], capture_output=True, text=True, errors="replace", check=False
+    )
+    errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, errors
+    # the rejection note goes where the withdrawn objects went
+    from mammo_node.writers.identity import output_kinds_for
+
+    assert "kos" in output_kinds_for("sc") and "kos" not in output_kinds_for("tid1500,cad-sr")

@@ -19,6 +19,7 @@ from functools import partial
 from pydicom.uid import (
     ComprehensiveSRStorage,
     GrayscaleSoftcopyPresentationStateStorage,
+    KeyObjectSelectionDocumentStorage,
     MammographyCADSRStorage,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
@@ -39,6 +40,7 @@ class OutputKind(enum.StrEnum):
     SEG = "seg"  # binary segmentation of the most salient pixels
     CAD_SR = "cad_sr"  # Mammography CAD SR (TID 4000) for breast workstations
     GSPS = "gsps"  # Grayscale Softcopy Presentation State: marks on the original images
+    KOS = "kos"  # IOCM rejection note withdrawing a replaced result's SC / SEG / GSPS
 
 
 # What a destination can ask for (``destinations add --outputs``) and the objects each means.
@@ -72,13 +74,20 @@ def parse_destination_outputs(text: str) -> list[str]:
     return kinds
 
 
+# a rejection note goes wherever the objects it withdraws went
+_WITHDRAWABLE = {OutputKind.SC.value, OutputKind.SEG.value, OutputKind.GSPS.value}
+
+
 def output_kinds_for(destination_outputs: str) -> set[str]:
     """The ``OutputKind`` values a destination with these outputs receives."""
-    return {
+    kinds = {
         k.value
         for kind in parse_destination_outputs(destination_outputs)
         for k in DESTINATION_OUTPUT_KINDS[kind]
     }
+    if kinds & _WITHDRAWABLE:
+        kinds.add(OutputKind.KOS.value)
+    return kinds
 
 
 class UidElement(enum.StrEnum):
@@ -94,6 +103,7 @@ SERIES_NUMBER_BASE: dict[OutputKind, int] = {
     OutputKind.SEG: 9300,
     OutputKind.CAD_SR: 9400,
     OutputKind.GSPS: 9500,
+    OutputKind.KOS: 9600,
 }
 
 _KIND_WORDS: dict[OutputKind, str] = {
@@ -103,6 +113,7 @@ _KIND_WORDS: dict[OutputKind, str] = {
     OutputKind.SEG: "saliency SEG",
     OutputKind.CAD_SR: "mammography CAD SR",
     OutputKind.GSPS: "presentation state",
+    OutputKind.KOS: "rejection note",
 }
 
 
@@ -182,6 +193,7 @@ SOP_CLASS: dict[OutputKind, str] = {
     OutputKind.SEG: SegmentationStorage,
     OutputKind.CAD_SR: MammographyCADSRStorage,
     OutputKind.GSPS: GrayscaleSoftcopyPresentationStateStorage,
+    OutputKind.KOS: KeyObjectSelectionDocumentStorage,
 }
 
 
@@ -204,13 +216,15 @@ class OutputIdentity:
 
 
 def plan_identities(
-    study_uid: str, bundle: BundleInfo, revision: int, slots: list[Slot]
+    study_uid: str, bundle: BundleInfo, revision: int, slots: list[Slot], *, rejection: bool = False
 ) -> dict[tuple[OutputKind, Slot | None], OutputIdentity]:
     """Identities of every output of one result: the exam SR, then per view SR, SC, SEG."""
     wanted: list[tuple[OutputKind, Slot | None]] = [(OutputKind.SR, None)]
     for kind in (OutputKind.SR_VIEW, OutputKind.SC, OutputKind.SEG):
         wanted.extend((kind, slot) for slot in slots)
     wanted += [(OutputKind.CAD_SR, None), (OutputKind.GSPS, None)]
+    if rejection:
+        wanted.append((OutputKind.KOS, None))
     plan: dict[tuple[OutputKind, Slot | None], OutputIdentity] = {}
     for kind, slot in wanted:
         series_slot = None if kind is OutputKind.SC else slot  # one SC series for all views

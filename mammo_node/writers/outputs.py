@@ -18,6 +18,7 @@ from pydicom import Dataset
 from pydicom.uid import (
     ComprehensiveSRStorage,
     GrayscaleSoftcopyPresentationStateStorage,
+    KeyObjectSelectionDocumentStorage,
     MammographyCADSRStorage,
     SecondaryCaptureImageStorage,
     SegmentationStorage,
@@ -29,12 +30,13 @@ from mammo_node.writers import codes
 from mammo_node.writers.cad_sr import build_cad_report
 from mammo_node.writers.gsps import build_presentation_state
 from mammo_node.writers.identity import (
-    bundle_key,
     OutputKind,
     ReferencedDocument,
+    bundle_key,
     plan_identities,
     tracking_uid,
 )
+from mammo_node.writers.iocm import build_rejection_note
 from mammo_node.writers.sc import DEFAULT_MAX_PIXELS, build_secondary_capture
 from mammo_node.writers.seg import DEFAULT_TOP_FRACTION, build_segmentation
 from mammo_node.writers.sources import copy_identity, scored_views
@@ -75,6 +77,7 @@ def sop_classes_for_outputs() -> list[str]:
         SegmentationStorage,
         MammographyCADSRStorage,
         GrayscaleSoftcopyPresentationStateStorage,
+        KeyObjectSelectionDocumentStorage,
     ]
 
 
@@ -90,12 +93,14 @@ def build_outputs(
     sc_max_pixels: int = DEFAULT_MAX_PIXELS,
     seg_top_fraction: float = DEFAULT_TOP_FRACTION,
     operating_point: str | None = None,
+    withdrawn: Sequence[ReferencedDocument] = (),
 ) -> list[OutputObject]:
     """Exam report SR, then per view: report SR, Secondary Capture, Segmentation; then the
     Mammography CAD SR and the presentation state of the exam.
 
     ``operating_point`` names the bundle operating point above which CAD marks are
-    "Presentation Required" (default: the bundle's first).
+    "Presentation Required" (default: the bundle's first); ``withdrawn`` are the SC / SEG / GSPS
+    of the result this one replaces: an IOCM rejection note (KOS) for them is added last.
 
     ``sources`` are the scored For Presentation images (pixels included) by view;
     ``revision`` numbers the exam's results (a re-run gets a new one, hence new UIDs);
@@ -107,7 +112,13 @@ def build_outputs(
     codes.check_score_kind(inference.bundle)
     views = scored_views(sources, inference)
     now = now or datetime.datetime.now()
-    plan = plan_identities(inference.study_uid, inference.bundle, revision, [v.slot for v in views])
+    plan = plan_identities(
+        inference.study_uid,
+        inference.bundle,
+        revision,
+        [v.slot for v in views],
+        rejection=bool(withdrawn),
+    )
     ctx = ReportContext(
         inference=inference,
         revision=revision,
@@ -184,6 +195,23 @@ def build_outputs(
                 ),
             )
         )
+        if withdrawn:
+            outputs.append(
+                OutputObject(
+                    OutputKind.KOS,
+                    None,
+                    build_rejection_note(
+                        withdrawn,
+                        views,
+                        inference.bundle,
+                        plan[OutputKind.KOS, None],
+                        revision=revision,
+                        institution_name=institution_name,
+                        station_name=station_name,
+                        now=now,
+                    ),
+                )
+            )
         by_slot = {v.slot: v.header for v in views}
         for out in outputs:
             source = by_slot.get(out.slot) if out.slot else views[0].header

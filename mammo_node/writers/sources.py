@@ -216,7 +216,7 @@ def copy_identity(target: Dataset, source: Dataset, *, is_sr: bool) -> None:
     Series); SR documents in ReferencedRequestSequence (SR Document General), built from the
     source's request attributes and accession number.
     """
-    for keyword in IDENTITY_KEYWORDS:
+    for keyword in ("SpecificCharacterSet", *IDENTITY_KEYWORDS):
         if keyword in source:
             target[keyword] = copy.deepcopy(source[keyword])
     requests = list(source.get("RequestAttributesSequence", []))

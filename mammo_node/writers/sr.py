@@ -60,10 +60,10 @@ from mammo_node.domain import ExamInference, Laterality, OperatingPoint, Slot
 from mammo_node.errors import OutputError
 from mammo_node.writers import codes
 from mammo_node.writers.identity import (
-    bundle_key,
     OutputIdentity,
     OutputKind,
     ReferencedDocument,
+    bundle_key,
     tracking_uid,
 )
 from mammo_node.writers.sources import (
