@@ -39,9 +39,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _run(*args: str) -> str:
     assert shutil.which(args[0]), f"{args[0]} not installed (`make test` installs it)"
-    run = subprocess.run(
-        list(args), capture_output=True, text=True, errors="replace", check=False
-    )
+    run = subprocess.run(list(args), capture_output=True, text=True, errors="replace", check=False)
     return run.stdout + run.stderr
 
 
@@ -107,7 +105,7 @@ def test_cad_sr_reads_back_roi_coa_certainty_operating_point(written: dict[str, 
     follow_up = [i for p, i in _walk(ds.ContentSequence) if p[-1] == "111053"]
     assert [f.ConceptCodeSequence[0].CodeValue for f in follow_up] == ["386053000"]
     params = [i.TextValue for p, i in _walk(ds.ContentSequence) if p[-1] == "111002"]
-    assert "content_sha256=" + "ab" * 32 in params
+    assert "manifest_sha256=" + "ab" * 32 in params  # the bundle content hash
 
 
 def test_gsps_passes_dcmpschk_and_renders_through_dcmp2pgm(
@@ -154,10 +152,43 @@ def test_gsps_reads_back_box_coa_and_score_per_view(written: dict[str, Path]) ->
 
 
 def test_destination_output_kinds() -> None:
-    assert output_kinds_for("tid1500,sc,seg") == {"sr", "sr_view", "sc", "seg"}
-    assert output_kinds_for(" cad-sr , gsps ") == {"cad_sr", "gsps"}
+    assert output_kinds_for("tid1500,sc,seg") == {"sr", "sr_view", "sc", "seg", "kos"}
+    assert output_kinds_for(" cad-sr , gsps ") == {"cad_sr", "gsps", "kos"}
     assert parse_destination_outputs("gsps,gsps,sc") == ["gsps", "sc"]
     with pytest.raises(ValueError, match="Unknown output kind 'pdf'"):
         parse_destination_outputs("sc,pdf")
     with pytest.raises(ValueError, match="at least one"):
         parse_destination_outputs(" , ")
+
+
+def test_cad_sr_operating_point_choice_and_calibrated_probability() -> None:
+    exam = make_exam(ExamSpec(seed=12))
+    inference = make_inference(exam)
+    inference.probability = 0.42
+    inference.bundle = type(inference.bundle)(
+        **{
+            **inference.bundle.__dict__,
+            "operating_points": (
+                type(inference.bundle.operating_points[0])("high_specificity", 5.0, 0.6, 0.99),
+                type(inference.bundle.operating_points[0])("high_sensitivity", 1.0, 0.95, 0.8),
+            ),
+        }
+    )
+    by_name = {}
+    for name in ("high_specificity", "high_sensitivity"):
+        outputs = build_outputs(exam, inference, revision=1, operating_point=name)
+        (cad,) = [o.dataset for o in outputs if o.kind is OutputKind.CAD_SR]
+        intents = [
+            i.ConceptCodeSequence[0].CodeValue
+            for p, i in _walk(cad.ContentSequence)
+            if p[-1] == "111056"
+        ]
+        by_name[name] = intents
+        probability = [i for p, i in _walk(cad.ContentSequence) if p[-1] == "111047"]
+        assert [float(i.MeasuredValueSequence[0].NumericValue) for i in probability] == [42.0]
+    # breast scores L -0.75, R 4.25: above the sensitive point only the right breast ...
+    assert by_name["high_sensitivity"].count("111150") == 1 + 2  # R impression + its 2 findings
+    # ... and above the specific point (5.0) none: every mark is optional
+    assert set(by_name["high_specificity"]) == {"111151"}
+    with pytest.raises(Exception, match="not one of the bundle's"):
+        build_outputs(exam, inference, revision=1, operating_point="nope")

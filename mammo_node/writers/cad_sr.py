@@ -26,9 +26,10 @@ score reaches the chosen operating point (the destination's, default the bundle'
 "Presentation Optional" below it, so a workstation that honours the operating point shows the
 marks a reader asked for and may show the others.
 
-Certainty of Finding is 0..100 %: the calibrated probability when the result has one, else the
-bundle's probability score, else the logistic of the uncalibrated logit difference - the model's
-own confidence, not a calibrated probability; the Algorithm Parameters say which.
+Certainty of Finding is 0..100 %: the view's probability for a probability bundle, else the
+logistic of the uncalibrated logit difference - the model's own confidence, not a calibrated
+probability; the Algorithm Parameters say which. A calibrated exam probability, when the result
+has one, is added to the overall impression as DCM 111047 "Probability of cancer" in %.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from mammo_node.errors import OutputError
 from mammo_node.writers import codes
 from mammo_node.writers.identity import OutputIdentity
 from mammo_node.writers.sources import ScoredView, contributing_equipment, pixel_spacing
+from mammo_node.writers.sr import ReportContext, recall_suggested
 
 REL = hd.sr.RelationshipTypeValues
 MAMMOGRAPHY_CAD_REPORT = hd.sr.CodedConcept(*pcodes.DCM.MammographyCADReport)
@@ -64,8 +66,6 @@ PRESENTATION_REQUIRED = hd.sr.CodedConcept(
 PRESENTATION_OPTIONAL = hd.sr.CodedConcept(
     "111151", "DCM", "Presentation Optional: Rendering device may present"
 )
-RECALL_SUGGESTED = hd.sr.CodedConcept("386053000", "SCT", "Evaluation procedure")  # CID 6028
-NO_RECALL = hd.sr.CodedConcept("111140", "DCM", "Normal interval follow-up")  # CID 6028
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 ENGLISH = hd.sr.CodedConcept("en", "RFC5646", "English")
 ALGORITHM_PARAMETERS = hd.sr.CodedConcept("111002", "DCM", "Algorithm Parameters")
@@ -106,12 +106,8 @@ def chosen_operating_point(
     )
 
 
-def certainty_percent(
-    view: ScoredView, ctx_probability: float | None, is_probability: bool
-) -> float:
+def certainty_percent(view: ScoredView, is_probability: bool) -> float:
     """Certainty of Finding in % (see the module docstring)."""
-    if ctx_probability is not None:
-        return round(100.0 * ctx_probability, 3)
     score = view.result.ensemble
     if is_probability:
         return round(100.0 * min(1.0, max(0.0, score)), 3)
@@ -221,7 +217,6 @@ def single_image_finding(
     chosen: OperatingPoint | None,
     algorithm: list[Dataset],
     certainty: float,
-    probability: float | None,
 ) -> Dataset:
     """TID 4006 for one view: rendering intent, operating point, algorithm, COA, ROI, certainty."""
     required = chosen is None or breast_score >= chosen.threshold
@@ -262,50 +257,33 @@ def single_image_finding(
         _scoord(pcodes.DCM.Outline, hd.sr.GraphicTypeValues.POLYLINE, outline, view),
         _num(pcodes.DCM.CertaintyOfFinding, certainty, codes.PERCENT, REL.HAS_PROPERTIES),
     ]
-    if probability is not None:
-        children.append(
-            _num(
-                codes.PROBABILITY_OF_CANCER,
-                round(100.0 * probability, 3),
-                codes.PERCENT,
-                REL.HAS_PROPERTIES,
-            )
-        )
     finding = _code(pcodes.DCM.SingleImageFinding, SELECTED_REGION, REL.CONTAINS)
     return _children(finding, children)
 
 
 def build_cad_report(
     views: Sequence[ScoredView],
-    ctx: object,
+    ctx: ReportContext,
     identity: OutputIdentity,
     *,
     operating_point: str | None = None,
 ) -> hd.sr.sop._SR:
     """The exam's Mammography CAD SR (see the module docstring).
 
-    ``ctx`` is the :class:`~mammo_node.writers.sr.ReportContext` of the result; ``operating_point``
-    names the bundle operating point above which marks are "Presentation Required".
+    ``operating_point`` names the bundle operating point above which marks are "Presentation
+    Required". highdicom has no Mammography CAD SR class; its generic SR document base
+    (``hd.sr.sop._SR``) writes the SR modules for any SR SOP class.
     """
-    from mammo_node.writers.sr import ReportContext, recall_suggested  # no import cycle
-
-    assert isinstance(ctx, ReportContext)
     inference = ctx.inference
     bundle = inference.bundle
     points = list(bundle.operating_points)
     chosen = chosen_operating_point(points, operating_point)
     parameters = [
-        f"content_sha256={bundle.manifest_sha256 or 'unknown'}",
+        f"manifest_sha256={bundle.manifest_sha256 or 'unknown'}",
         f"score_kind={bundle.score_kind}",
         "certainty="
         + (
-            "calibrated probability"
-            if ctx.probability is not None
-            else (
-                "probability score"
-                if codes.is_probability(bundle)
-                else "logistic of uncalibrated score"
-            )
+            "view probability" if codes.is_probability(bundle) else "logistic of uncalibrated score"
         ),
     ]
     if bundle.is_demo:
@@ -329,8 +307,7 @@ def build_cad_report(
                 points=points,
                 chosen=chosen,
                 algorithm=algorithm,
-                certainty=certainty_percent(v, None, codes.is_probability(bundle)),
-                probability=None,
+                certainty=certainty_percent(v, codes.is_probability(bundle)),
             )
             for v in breast_views
         ]
@@ -365,7 +342,7 @@ def build_cad_report(
         _text(pcodes.DCM.ImpressionDescription, ctx.verdict_sentence(chosen), REL.HAS_PROPERTIES),
         _code(
             pcodes.DCM.RecommendedFollowUp,
-            RECALL_SUGGESTED if recall else NO_RECALL,
+            codes.RECALL_SUGGESTED if recall else codes.NO_RECALL,
             REL.HAS_PROPERTIES,
         ),
     ]
