@@ -175,9 +175,13 @@ def test_cad_sr_operating_point_choice_and_calibrated_probability() -> None:
         }
     )
     by_name = {}
-    for name in ("high_specificity", "high_sensitivity"):
-        outputs = build_outputs(exam, inference, revision=1, operating_point=name)
-        (cad,) = [o.dataset for o in outputs if o.kind is OutputKind.CAD_SR]
+    outputs = build_outputs(
+        exam, inference, revision=1, cad_operating_points=(None, "high_sensitivity")
+    )
+    cads = {o.operating_point: o.dataset for o in outputs if o.kind is OutputKind.CAD_SR}
+    assert list(cads) == ["high_specificity", "high_sensitivity"]  # None = the bundle's first
+    assert len({ds.SOPInstanceUID for ds in cads.values()}) == 2
+    for name, cad in cads.items():
         intents = [
             i.ConceptCodeSequence[0].CodeValue
             for p, i in _walk(cad.ContentSequence)
@@ -191,4 +195,4 @@ def test_cad_sr_operating_point_choice_and_calibrated_probability() -> None:
     # ... and above the specific point (5.0) none: every mark is optional
     assert set(by_name["high_specificity"]) == {"111151"}
     with pytest.raises(Exception, match="not one of the bundle's"):
-        build_outputs(exam, inference, revision=1, operating_point="nope")
+        build_outputs(exam, inference, revision=1, cad_operating_points=["nope"])

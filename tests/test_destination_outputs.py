@@ -138,3 +138,104 @@ def test_migration_gives_existing_destinations_todays_outputs(tmp_path: Path) ->
             "tid1500,sc,seg"
         )
     engine.dispose()
+
+
+def test_a_rescore_sends_a_rejection_note_for_the_old_images_to_the_same_destination(
+    node_factory: Any, tiny_bundle: Path, synth_exams: list[Any], workstation: tuple[int, Path]
+) -> None:
+    from mammo_node.worker import rescore
+
+    port, folder = workstation
+    node = node_factory(score=True, model_bundle=tiny_bundle)
+    add_destination(node.db, "ws", ae_title="WS", host="127.0.0.1", port=port, outputs="sc,gsps")
+    exam = synth_exams[1]
+    assert storescu(node.scp.port, exam.files).returncode == 0
+    first = wait_for(lambda: _all_delivered(node, exam.study_uid), timeout=120, interval=0.3)
+    old = {o["sop_instance_uid"] for o in first["result"]["outputs"] if o["kind"] in ("sc", "gsps")}
+    assert len(old) == 5
+    rescore(node.db, exam.study_uid)
+
+    def second_delivered() -> dict[str, Any]:
+        detail = _all_delivered(node, exam.study_uid)
+        return detail if detail and detail["result"]["id"] != first["result"]["id"] else {}
+
+    second = wait_for(second_delivered, timeout=120, interval=0.3)
+    kinds = sorted(d["output"] for d in second["result"]["deliveries"])
+    assert kinds == ["gsps", "kos"] + ["sc"] * 4
+    (kos_uid,) = [
+        d["sop_instance_uid"] for d in second["result"]["deliveries"] if d["output"] == "kos"
+    ]
+    path = wait_for(lambda: next((p for p in folder.iterdir() if kos_uid in p.name), None))
+    kos = pydicom.dcmread(path)
+    assert kos.ConceptNameCodeSequence[0].CodeValue == "113001"
+    listed = {str(e.value) for e in kos.iterall() if e.keyword == "ReferencedSOPInstanceUID"}
+    assert old <= listed  # the first result's SC and GSPS (and its SEG, though not sent here)
+
+
+@pytest.fixture(scope="module")
+def bundle_with_points(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random bundle with two operating points (thresholds far apart)."""
+    import torch
+
+    from mammo_node.domain import OperatingPoint
+    from mammo_node.ml.bundle import BundleManifest, save_bundle
+    from mammo_node.ml.models import build_model
+    from mammo_node.ml.preprocess import PreprocessSettings
+
+    torch.manual_seed(0)
+    holistic = build_model(arch="resnet18")
+    attention = build_model(arch="resnet18")
+    attention.load_state_dict(holistic.state_dict())
+    out = tmp_path_factory.mktemp("bundle") / "points"
+    manifest = BundleManifest(
+        name="mammo-node-test-points",
+        version="0.0.1",
+        architecture="resnet18",
+        preprocess=PreprocessSettings(input_size=64, roi_size=48, roi_scale=1.5),
+        is_demo=True,
+        operating_points=(
+            OperatingPoint("never", 1e9, 0.0, 1.0),
+            OperatingPoint("always", -1e9, 1.0, 0.0),
+        ),
+    )
+    save_bundle(out, holistic=holistic, attention=attention, manifest=manifest)
+    return out
+
+
+def test_each_cad_destination_gets_marks_required_above_its_own_operating_point(
+    node_factory: Any,
+    bundle_with_points: Path,
+    synth_exams: list[Any],
+    workstation: tuple[int, Path],
+    tmp_path: Path,
+) -> None:
+    port, folder = workstation
+    node = node_factory(score=True, model_bundle=bundle_with_points)
+    add_destination(node.db, "strict", ae_title="WS", host="127.0.0.1", port=port, outputs="cad-sr")
+    add_destination(
+        node.db,
+        "eager",
+        ae_title="WS",
+        host="127.0.0.1",
+        port=port,
+        outputs="cad-sr",
+        cad_operating_point="always",
+    )
+    exam = synth_exams[2]
+    assert storescu(node.scp.port, exam.files).returncode == 0
+    detail = wait_for(lambda: _all_delivered(node, exam.study_uid), timeout=120, interval=0.3)
+    by_destination = {
+        d["destination"]: d["sop_instance_uid"] for d in detail["result"]["deliveries"]
+    }
+    assert sorted(by_destination) == ["eager", "strict"]
+    assert by_destination["eager"] != by_destination["strict"]
+    intents = {}
+    for name, uid in by_destination.items():
+        path = wait_for(lambda uid=uid: next((p for p in folder.iterdir() if uid in p.name), None))
+        ds = pydicom.dcmread(path)
+        intents[name] = {
+            str(e.value[0].CodeValue)
+            for e in ds.iterall()
+            if e.keyword == "ConceptCodeSequence" and e.value[0].CodeValue in ("111150", "111151")
+        }
+    assert intents == {"strict": {"111151"}, "eager": {"111150"}}  # optional / required

@@ -1,4 +1,5 @@
-"""destinations.outputs: which result objects a destination gets (default: today's set)
+"""destinations.outputs / cad_operating_point: which result objects a destination gets
+(default: today's set) and the operating point its CAD SR marks are required above
 
 Revision ID: 0004_destination_outputs
 Revises: 0003
@@ -26,8 +27,15 @@ def upgrade() -> None:
                 "outputs", sa.String(length=128), nullable=False, server_default="tid1500,sc,seg"
             )
         )
+        # the operating point a CAD workstation's marks are required above ("" = bundle's first)
+        batch_op.add_column(
+            sa.Column(
+                "cad_operating_point", sa.String(length=64), nullable=False, server_default=""
+            )
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("destinations", schema=None) as batch_op:
+        batch_op.drop_column("cad_operating_point")
         batch_op.drop_column("outputs")

@@ -39,6 +39,14 @@ def destinations_add(
             "seg, cad-sr (Mammography CAD SR), gsps (presentation state)",
         ),
     ] = "tid1500,sc,seg",
+    operating_point: Annotated[
+        str,
+        typer.Option(
+            "--operating-point",
+            help="CAD SR: marks above this bundle operating point are 'presentation required' "
+            "(default: the bundle's first)",
+        ),
+    ] = "",
     data_dir: DataDir = None,
     db_url: DbUrl = None,
 ) -> None:
@@ -55,6 +63,7 @@ def destinations_add(
             tls=tls,
             send_all=not only_own_exams,
             outputs=outputs,
+            cad_operating_point=operating_point,
         )
     except (MammoNodeError, ValueError) as exc:
         raise _fail(exc) from exc
@@ -64,7 +73,13 @@ def destinations_add(
 @dest_app.command("set")
 def destinations_set(
     name: str,
-    outputs: Annotated[str, typer.Option("--outputs", help="e.g. tid1500,sc,seg or cad-sr,gsps")],
+    outputs: Annotated[
+        str | None, typer.Option("--outputs", help="e.g. tid1500,sc,seg or cad-sr,gsps")
+    ] = None,
+    operating_point: Annotated[
+        str | None,
+        typer.Option("--operating-point", help="CAD SR operating point ('' = bundle's first)"),
+    ] = None,
     data_dir: DataDir = None,
     db_url: DbUrl = None,
 ) -> None:
@@ -72,7 +87,9 @@ def destinations_set(
     from mammo_node.delivery.destinations import set_destination_outputs
 
     try:
-        kinds = set_destination_outputs(_database(data_dir, db_url), name, outputs)
+        kinds = set_destination_outputs(
+            _database(data_dir, db_url), name, outputs, cad_operating_point=operating_point
+        )
     except (MammoNodeError, ValueError) as exc:
         raise _fail(exc) from exc
     out.print(f"destination {name} now gets: {kinds}")
@@ -99,7 +116,8 @@ def destinations_list(
             f"{d['ae_title']}@{d['host']}:{d['port']}",
             "yes" if d["tls"] else "no",
             "all" if d["send_all"] else "own exams",
-            ",".join(d["outputs"]),
+            ",".join(d["outputs"])
+            + (f" @{d['cad_operating_point']}" if d["cad_operating_point"] else ""),
             str(d["pending"]),
             str(d["dead"]),
             d["config_error"],

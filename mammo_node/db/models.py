@@ -274,6 +274,8 @@ class Destination(Base):
     outputs: Mapped[str] = mapped_column(
         String(128), default="tid1500,sc,seg", server_default="tid1500,sc,seg"
     )
+    # CAD SR marks above this bundle operating point are "Presentation Required"; "" = first
+    cad_operating_point: Mapped[str] = mapped_column(String(64), default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # an association rejection is a configuration problem: reported once, then paused
     config_error: Mapped[str] = mapped_column(Text, default="")

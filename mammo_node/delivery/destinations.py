@@ -23,6 +23,7 @@ def add_destination(
     tls: bool = False,
     send_all: bool = True,
     outputs: str = DEFAULT_DESTINATION_OUTPUTS,
+    cad_operating_point: str = "",
 ) -> bool:
     """Add or update; returns True when created. Clears a previous configuration error.
 
@@ -42,20 +43,31 @@ def add_destination(
         row.ae_title, row.host, row.port, row.tls = ae_title, host, port, tls
         row.send_all, row.enabled, row.config_error = send_all, True, ""
         row.outputs = kinds
+        row.cad_operating_point = cad_operating_point.strip()[:64]
         return created
 
 
-def set_destination_outputs(db: Database, name: str, outputs: str) -> str:
-    """Change which result objects a destination gets from now on; returns the new list."""
-    kinds = ",".join(parse_destination_outputs(outputs))
+def set_destination_outputs(
+    db: Database,
+    name: str,
+    outputs: str | None = None,
+    *,
+    cad_operating_point: str | None = None,
+) -> str:
+    """Change which result objects a destination gets from now on (and the operating point of
+    its CAD SR, "" = the bundle's first); returns the outputs list."""
+    kinds = ",".join(parse_destination_outputs(outputs)) if outputs is not None else None
     with db.session() as session:
         row = session.scalars(
             select(Destination).where(Destination.name == name, Destination.enabled)
         ).first()
         if row is None:
             raise MammoNodeError(f"no destination named {name!r}")
-        row.outputs = kinds
-        return kinds
+        if kinds is not None:
+            row.outputs = kinds
+        if cad_operating_point is not None:
+            row.cad_operating_point = cad_operating_point.strip()[:64]
+        return row.outputs
 
 
 def remove_destination(db: Database, name: str) -> None:
@@ -105,6 +117,7 @@ def list_destinations(db: Database) -> list[dict[str, Any]]:
                 "tls": d.tls,
                 "send_all": d.send_all,
                 "outputs": d.outputs.split(","),
+                "cad_operating_point": d.cad_operating_point or None,
                 "enabled": d.enabled,
                 "config_error": d.config_error,
                 "pending": counts.get(d.id, 0),

@@ -242,6 +242,26 @@ def plan_identities(
     return plan
 
 
+def cad_identity(
+    study_uid: str, bundle: BundleInfo, revision: int, operating_point: str
+) -> OutputIdentity:
+    """The CAD SR for a destination that chose another operating point than the bundle's first:
+    its own series and UIDs (the rendering intents differ), keyed on the operating point."""
+    key = f"{bundle_key(bundle)}|op={operating_point}"
+    uid = partial(output_uid, study_uid, key, revision, OutputKind.CAD_SR, None)
+    description = series_description(OutputKind.CAD_SR, None, bundle, revision)
+    return OutputIdentity(
+        kind=OutputKind.CAD_SR,
+        slot=None,
+        series_instance_uid=uid(UidElement.SERIES),
+        sop_instance_uid=uid(UidElement.INSTANCE),
+        sop_class_uid=SOP_CLASS[OutputKind.CAD_SR],
+        series_number=series_number(OutputKind.CAD_SR, None),
+        instance_number=1,
+        series_description=f"{description} {operating_point}"[:64],
+    )
+
+
 def tracking_uid(study_uid: str, bundle_version: str, revision: int, what: str) -> str:
     """Deterministic Tracking Unique Identifier of one finding (the same in every SR that has it).
 

@@ -30,9 +30,11 @@ from mammo_node.writers import codes
 from mammo_node.writers.cad_sr import build_cad_report
 from mammo_node.writers.gsps import build_presentation_state
 from mammo_node.writers.identity import (
+    OutputIdentity,
     OutputKind,
     ReferencedDocument,
     bundle_key,
+    cad_identity,
     plan_identities,
     tracking_uid,
 )
@@ -52,6 +54,7 @@ class OutputObject:
     kind: OutputKind
     slot: Slot | None
     dataset: Dataset
+    operating_point: str | None = None  # CAD SR: the operating point its rendering intents use
 
     @property
     def sop_instance_uid(self) -> str:
@@ -81,6 +84,32 @@ def sop_classes_for_outputs() -> list[str]:
     ]
 
 
+def _cad_reports(
+    inference: ExamInference,
+    revision: int,
+    plan: Mapping[tuple[OutputKind, Slot | None], OutputIdentity],
+    names: Sequence[str | None],
+) -> list[tuple[str | None, OutputIdentity]]:
+    """(operating point, identity) of each CAD SR: the bundle's first point uses the planned
+    identity (the one the other reports reference), another point one of its own."""
+    points = inference.bundle.operating_points
+    default = points[0].name if points else None
+    wanted: list[str | None] = []
+    for name in names or (None,):
+        name = name or default
+        if name not in wanted:
+            wanted.append(name)
+    return [
+        (
+            name,
+            plan[OutputKind.CAD_SR, None]
+            if name == default
+            else cad_identity(inference.study_uid, inference.bundle, revision, str(name)),
+        )
+        for name in wanted
+    ]
+
+
 def build_outputs(
     sources: Mapping[Slot, Dataset],
     inference: ExamInference,
@@ -92,15 +121,15 @@ def build_outputs(
     now: datetime.datetime | None = None,
     sc_max_pixels: int = DEFAULT_MAX_PIXELS,
     seg_top_fraction: float = DEFAULT_TOP_FRACTION,
-    operating_point: str | None = None,
+    cad_operating_points: Sequence[str | None] = (None,),
     withdrawn: Sequence[ReferencedDocument] = (),
 ) -> list[OutputObject]:
     """Exam report SR, then per view: report SR, Secondary Capture, Segmentation; then the
     Mammography CAD SR and the presentation state of the exam.
 
-    ``operating_point`` names the bundle operating point above which CAD marks are
-    "Presentation Required" (default: the bundle's first); ``withdrawn`` are the SC / SEG / GSPS
-    of the result this one replaces: an IOCM rejection note (KOS) for them is added last.
+    ``cad_operating_points`` name the bundle operating points above which CAD marks are
+    "Presentation Required", one CAD SR each (None: the bundle's first); ``withdrawn`` are the
+    SC / SEG / GSPS of the result this one replaces: a rejection note (KOS) for them comes last.
 
     ``sources`` are the scored For Presentation images (pixels included) by view;
     ``revision`` numbers the exam's results (a re-run gets a new one, hence new UIDs);
@@ -172,15 +201,15 @@ def build_outputs(
             )
             for v in views
         ]
-        outputs.append(
+        outputs += [
             OutputObject(
                 OutputKind.CAD_SR,
                 None,
-                build_cad_report(
-                    views, ctx, plan[OutputKind.CAD_SR, None], operating_point=operating_point
-                ),
+                build_cad_report(views, ctx, identity, operating_point=name),
+                operating_point=name,
             )
-        )
+            for name, identity in _cad_reports(inference, revision, plan, cad_operating_points)
+        ]
         outputs.append(
             OutputObject(
                 OutputKind.GSPS,
