@@ -196,3 +196,28 @@ def test_cad_sr_operating_point_choice_and_calibrated_probability() -> None:
     assert set(by_name["high_specificity"]) == {"111151"}
     with pytest.raises(Exception, match="not one of the bundle's"):
         build_outputs(exam, inference, revision=1, cad_operating_points=["nope"])
+
+
+def test_views_of_different_sizes_get_one_presentation_state(tmp_path: Path) -> None:
+    """Real exams store CC and MLO at different sizes; each keeps its own displayed area."""
+    exam = make_exam(ExamSpec(seed=13))
+    small = make_exam(
+        ExamSpec(seed=13, rows=240, columns=200, study_uid=exam[L_CC].StudyInstanceUID)
+    )
+    exam[R_CC] = small[R_CC]
+    exam[R_CC].PatientOrientation = ["P", "L"]
+    outputs = build_outputs(exam, make_inference(exam), revision=1)
+    (gsps,) = [o.dataset for o in outputs if o.kind is OutputKind.GSPS]
+    areas = {
+        a.ReferencedImageSequence[0].ReferencedSOPInstanceUID: list(
+            a.DisplayedAreaBottomRightHandCorner
+        )
+        for a in gsps.DisplayedAreaSelectionSequence
+    }
+    assert areas[exam[R_CC].SOPInstanceUID] == [200, 240]
+    assert areas[exam[L_CC].SOPInstanceUID] == [208, 256]
+    assert exam[R_CC].Rows == 240  # the sources are untouched
+    path = tmp_path / "gsps.dcm"
+    gsps.save_as(path, enforce_file_format=True)
+    assert "Test passed" in _run("dcmpschk", str(path))
+    assert not [ln for ln in _run("dciodvfy", str(path)).splitlines() if ln.startswith("Error")]

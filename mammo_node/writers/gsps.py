@@ -106,6 +106,33 @@ def _voi(views: Sequence[ScoredView]) -> list[hd.pr.SoftcopyVOILUTTransformation
     return transforms or None
 
 
+def _same_size_stand_ins(views: Sequence[ScoredView]) -> list[Dataset]:
+    """The views' headers for highdicom, which wants one image size per presentation state:
+    copies with the first view's Rows / Columns (used only for its single displayed area, which
+    :func:`build_presentation_state` replaces by one area per view)."""
+    rows, columns = views[0].rows, views[0].columns
+    stand_ins = []
+    for view in views:
+        header = Dataset()
+        for element in view.header:  # shared elements, never mutated: Rows / Columns are new
+            if element.keyword not in ("Rows", "Columns"):
+                header.add(element)
+        header.Rows, header.Columns = rows, columns
+        stand_ins.append(header)
+    return stand_ins
+
+
+def _displayed_area(view: ScoredView) -> Dataset:
+    area = Dataset()
+    area.ReferencedImageSequence = hd.ReferencedImageSequence(referenced_images=[view.header])
+    area.PixelOriginInterpretation = "VOLUME"
+    area.DisplayedAreaTopLeftHandCorner = [1, 1]
+    area.DisplayedAreaBottomRightHandCorner = [view.columns, view.rows]
+    area.PresentationSizeMode = "SCALE TO FIT"
+    area.PresentationPixelAspectRatio = [1, 1]
+    return area
+
+
 def build_presentation_state(
     views: Sequence[ScoredView],
     bundle: BundleInfo,
@@ -119,7 +146,7 @@ def build_presentation_state(
     layers = _layers(bundle)
     annotations = [a for v in views for a in _annotations(v, bundle, layers)]
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
-        referenced_images=[v.header for v in views],
+        referenced_images=_same_size_stand_ins(views),
         series_instance_uid=identity.series_instance_uid,
         series_number=identity.series_number,
         sop_instance_uid=identity.sop_instance_uid,
@@ -143,6 +170,8 @@ def build_presentation_state(
             )
         ],
     )
+    # the whole of each image, at its own size (real views differ in size)
+    gsps.DisplayedAreaSelectionSequence = [_displayed_area(v) for v in views]
     gsps.SeriesDescription = identity.series_description
     gsps.Laterality = ""  # Type 2C (paired organ); the series covers both breasts
     gsps.PresentationCreationDate = now.strftime("%Y%m%d")
