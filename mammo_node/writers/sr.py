@@ -5,14 +5,17 @@ Structure (all Comprehensive SR 1.2.840.10008.5.1.4.1.1.88.33, document title DC
 
 - **Per-view report** (``OutputKind.SR_VIEW``, series 9101..9104, one per scored view): Image
   Library with that one image (laterality and view appended as Image Laterality 111027 / Image
-  View 111031), and in "Imaging Measurements" (126010) two TID 1410 planar-ROI groups on it:
-  the region of attention (closed POLYLINE box, geometric purpose SCT "Bounded by", the image
-  score as a NUM, finding site Breast + laterality) and the centre of attention (POINT,
-  purpose DCM 111010 "Center"). Every group and NUM carries the algorithm identification
-  (TID 4019: bundle name, version, family DCM 123110). Notes in "Qualitative Evaluations".
+  View 111031), and in "Imaging Measurements" (126010) one TID 1410 planar-ROI group on it: the
+  region of attention (closed POLYLINE box, geometric purpose SCT "Bounded by", finding site
+  Breast + laterality) with the image score as a NUM that is INFERRED FROM the box (DCM 111030
+  "Image Region") and from the centre of attention (POINT, DCM 111010 "Center"), and a Comment
+  (DCM 121106) repeating the score as text. Every group and NUM carries the algorithm
+  identification (TID 4019: bundle name, version, family DCM 123110). "Qualitative Evaluations"
+  holds the coded verdict (DCM 111053 "Recommended Follow-up": SCT 386053000 / DCM 111140) and
+  the notes.
 - **Exam report** (``OutputKind.SR``, series 9100, the primary result whose SOP Instance UID is
   reported as ``sr_sop_instance_uid``): Image Library with all scored images; in "Imaging
-  Measurements" the two TID 1410 groups of the *index view* - the highest-scoring view of the
+  Measurements" the TID 1410 group of the *index view* - the highest-scoring view of the
   breast that sets the exam score; in "Derived Imaging Measurements" (126011) every image score,
   both breast scores (derivation SCT "Total", inferred from the CC and MLO images) and the exam
   score (derivation SCT "Maximum", inferred from all images), each a TID 300 NUM with tracking
@@ -36,6 +39,15 @@ index view has the same Tracking Identifier text in the exam report as in its vi
 Tracking UID differs per document on purpose: OHIF uses the Tracking UID as the annotation UID,
 so a UID shared by two SRs of one study makes the second SR draw nothing. A re-run lists the
 previous result's SRs in Predecessor Documents.
+
+Why one group with the centre under the score. OHIF 3.12.10's read-only SR display sometimes
+renders before the viewport knows the SR's tracking UIDs and never redraws: no box, no label
+(a forced render draws them). Its fallback, "track measurements" hydration (cornerstone
+adapters), needs the SCOORD under the group's NUM ("No spatial coordinates group found"
+otherwise) and turns a NUM-less POINT group into a Probe labelled with a pixel value, which
+reads like a measurement. With the layout above the box hydrates as a RectangleROI labelled
+with the score (the Comment), and the centre, under the NUM, is never a probe; both paths show
+the box and the score, which ../shared/tools/ohif-check confirms (tests/test_viewer_ohif.py).
 
 Coordinates are SCOORD image coordinates in the stored pixel grid of the source: (0, 0) is the
 top-left corner of the top-left pixel, a pixel centre is at +0.5 (the convention of
