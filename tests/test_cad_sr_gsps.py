@@ -221,3 +221,18 @@ def test_views_of_different_sizes_get_one_presentation_state(tmp_path: Path) -> 
     gsps.save_as(path, enforce_file_format=True)
     assert "Test passed" in _run("dcmpschk", str(path))
     assert not [ln for ln in _run("dciodvfy", str(path)).splitlines() if ln.startswith("Error")]
+
+
+def test_a_monochrome1_exam_renders_the_same_through_the_presentation_state(
+    tmp_path: Path,
+) -> None:
+    exam = make_exam(ExamSpec(photometric="MONOCHROME1", seed=14))
+    outputs = build_outputs(exam, make_inference(exam), revision=1)
+    (gsps,) = [o.dataset for o in outputs if o.kind is OutputKind.GSPS]
+    assert gsps.PresentationLUTShape == "INVERSE"
+    state, image = tmp_path / "gsps.dcm", tmp_path / "mg.dcm"
+    gsps.save_as(state, enforce_file_format=True)
+    exam[L_CC].save_as(image, enforce_file_format=True)
+    _run("dcmp2pgm", "-p", str(state), str(image), str(tmp_path / "with.pgm"))
+    _run("dcmp2pgm", str(image), str(tmp_path / "without.pgm"))
+    assert (tmp_path / "with.pgm").read_bytes() == (tmp_path / "without.pgm").read_bytes()

@@ -106,6 +106,17 @@ def _voi(views: Sequence[ScoredView]) -> list[hd.pr.SoftcopyVOILUTTransformation
     return transforms or None
 
 
+def _presentation_lut(views: Sequence[ScoredView]) -> hd.PresentationLUTTransformation:
+    """INVERSE for MONOCHROME1 sources, so that they show as they do without the state (a
+    presentation state's IDENTITY would turn them negative). One Presentation LUT serves all
+    views: an exam mixing MONOCHROME1 and MONOCHROME2 (not seen in practice) follows most."""
+    inverse = sum(
+        str(v.header.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1" for v in views
+    )
+    shape = "INVERSE" if inverse * 2 > len(views) else "IDENTITY"
+    return hd.PresentationLUTTransformation(presentation_lut_shape=shape)
+
+
 def _same_size_stand_ins(views: Sequence[ScoredView]) -> list[Dataset]:
     """The views' headers for highdicom, which wants one image size per presentation state:
     copies with the first view's Rows / Columns (used only for its single displayed area, which
@@ -163,6 +174,7 @@ def build_presentation_state(
         graphic_annotations=annotations,
         graphic_layers=layers,
         voi_lut_transformations=_voi(views),
+        presentation_lut_transformation=_presentation_lut(views),
         institution_name=institution_name,
         contributing_equipment=[
             contributing_equipment(
