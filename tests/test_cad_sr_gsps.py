@@ -51,6 +51,10 @@ def test_cad_sr_passes_dciodvfy_and_dsrdump(written: dict[str, Path]) -> None:
     notes = [line for line in dump.splitlines() if line[:2] in ("W:", "E:", "F:")]
     assert notes == [DCMTK_TEMPLATE_NOTE], notes
     assert "Mammography CAD SR Document" in dump
+    # dcmtk's renderer reads it too (a reading-room report view)
+    html = written["cad_sr"].with_suffix(".html")
+    notes = _run("dsr2html", str(written["cad_sr"]), str(html)).strip().splitlines()
+    assert notes == [DCMTK_TEMPLATE_NOTE] and html.read_text().count("Selected region") >= 4
 
 
 def _walk(items: pydicom.Sequence, path: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
