@@ -54,7 +54,8 @@ def test_cad_sr_passes_dciodvfy_and_dsrdump(written: dict[str, Path]) -> None:
     # dcmtk's renderer reads it too (a reading-room report view)
     html = written["cad_sr"].with_suffix(".html")
     notes = _run("dsr2html", str(written["cad_sr"]), str(html)).strip().splitlines()
-    assert notes == [DCMTK_TEMPLATE_NOTE] and html.read_text().count("Selected region") >= 4
+    text = html.read_text(encoding="latin-1")  # ISO_IR 100, as the source
+    assert notes == [DCMTK_TEMPLATE_NOTE] and text.count("Selected region") >= 4
 
 
 def _walk(items: pydicom.Sequence, path: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
