@@ -19,7 +19,6 @@ from mammo_node.exams import exam_detail
 from mammo_node.writers import read_report
 from tests.conftest import storescu, wait_for
 
-
 IDENTITY = (
     "PatientName",
     "PatientID",
