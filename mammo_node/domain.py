@@ -221,3 +221,6 @@ class ExamInference:
     bundle: BundleInfo
     timings: dict[str, float] = field(default_factory=dict)
     verdicts: dict[str, bool] = field(default_factory=dict)  # operating point name -> at/above
+    # from the bundle's calibration when it has one (the trainer makes it); None otherwise
+    probability: float | None = None  # calibrated probability of cancer, 0..1
+    category: int | None = None  # 1..10 reading-room category

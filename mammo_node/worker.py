@@ -45,7 +45,7 @@ from mammo_node.observe import metrics
 from mammo_node.observe.loops import LoopHealth
 from mammo_node.responses import ScoredExam
 from mammo_node.writers import OutputObject, build_outputs
-from mammo_node.writers.identity import OutputKind, ReferencedDocument
+from mammo_node.writers.identity import OutputKind, ReferencedDocument, output_kinds_for
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +246,45 @@ class Worker:
             revision=claim.revision,
             previous_sr=previous[1] if previous else (),
             station_name=self.settings.ae_title,
+            withdrawn=self._withdrawable_outputs(previous[0]) if previous else (),
+            cad_operating_points=self._cad_operating_points(inference),
         )
+
+    def _cad_operating_points(self, inference: ExamInference) -> list[str | None]:
+        """The operating points CAD destinations chose (None: the bundle's first). A name the
+        bundle does not have falls back to its first point: a typo must not stop scoring."""
+        known = {p.name for p in inference.bundle.operating_points}
+        with self.db.read() as session:
+            rows = session.scalars(select(Destination).where(Destination.enabled)).all()
+            chosen: list[str | None] = []
+            for d in rows:
+                if "cad_sr" not in output_kinds_for(d.outputs):
+                    continue
+                if d.cad_operating_point and d.cad_operating_point not in known:
+                    logger.warning(
+                        "destination %s: operating point %r is not in bundle %s; using its first",
+                        d.name,
+                        d.cad_operating_point,
+                        inference.bundle.name,
+                    )
+                chosen.append(d.cad_operating_point if d.cad_operating_point in known else None)
+        return list(dict.fromkeys(chosen)) or [None]
+
+    def _withdrawable_outputs(self, result_id: int) -> list[ReferencedDocument]:
+        """SC, SEG and GSPS of an earlier result: the new result's rejection note lists them."""
+        kinds = [OutputKind.SC.value, OutputKind.SEG.value, OutputKind.GSPS.value]
+        with self.db.read() as session:
+            rows = session.execute(
+                select(Instance, Series.series_uid, Exam.study_uid)
+                .join(Series, Instance.series_fk == Series.id)
+                .join(Exam, Instance.exam_fk == Exam.id)
+                .where(Instance.result_fk == result_id, Instance.output_kind.in_(kinds))
+                .order_by(Instance.id)
+            ).all()
+            return [
+                ReferencedDocument(study_uid, series_uid, row.sop_instance_uid, row.sop_class_uid)
+                for row, series_uid, study_uid in rows
+            ]
 
     def _store_output(self, obj: OutputObject) -> str:
         """Write one output as Part-10 and ingest it as a GENERATED instance of the study."""
@@ -314,7 +352,15 @@ class Worker:
                     exam.revision,
                 )
                 return None
-            queued = self._queue_delivery(session, exam, instances)
+            points = inference.bundle.operating_points
+            cad_points = {
+                o.sop_instance_uid: o.operating_point
+                for o in outputs
+                if o.kind is OutputKind.CAD_SR
+            }
+            queued = self._queue_delivery(
+                session, exam, instances, cad_points, [p.name for p in points]
+            )
             repo.set_exam_state(
                 session,
                 exam,
@@ -334,17 +380,36 @@ class Worker:
             )
             return result.id
 
-    def _queue_delivery(self, session: Session, exam: Exam, instances: list[Instance]) -> int:
+    def _queue_delivery(
+        self,
+        session: Session,
+        exam: Exam,
+        instances: list[Instance],
+        cad_points: dict[str, str | None],
+        point_names: list[str],
+    ) -> int:
+        """Queue each output to the destinations that asked for its kind; a CAD SR only to those
+        that chose its operating point."""
         destinations = session.scalars(select(Destination).where(Destination.enabled)).all()
         chosen = [
             d
             for d in destinations
             if d.send_all or (self.settings.return_to_sender and d.ae_title == exam.source_ae)
         ]
+        queued = 0
         for destination in chosen:
+            wanted = output_kinds_for(destination.outputs)  # e.g. only CAD SR + GSPS
             for instance in instances:
-                session.add(OutboxItem(instance_fk=instance.id, destination_fk=destination.id))
-        return len(chosen) * len(instances)
+                if instance.output_kind == OutputKind.CAD_SR.value:
+                    chosen = destination.cad_operating_point
+                    if chosen not in point_names:  # "" or unknown: the bundle's first
+                        chosen = point_names[0] if point_names else None
+                    if cad_points.get(instance.sop_instance_uid) != chosen:
+                        continue
+                if instance.output_kind in wanted:
+                    session.add(OutboxItem(instance_fk=instance.id, destination_fk=destination.id))
+                    queued += 1
+        return queued
 
     def _record_failure(self, claim: Claim, exc: BaseException) -> None:
         metrics.scoring_failed()

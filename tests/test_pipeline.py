@@ -17,6 +17,22 @@ from mammo_node.exams import exam_detail
 from mammo_node.writers import read_report
 from tests.helpers.tools import dciodvfy_errors, storescu, wait_for
 
+IDENTITY = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+    "ReferringPhysicianName",
+)
+
 
 def scored(node: Any, study: str) -> dict[str, Any]:
     detail = exam_detail(node.db, study)
@@ -35,7 +51,14 @@ def test_exam_is_scored_and_results_arrive_in_orthanc(
     node_factory: Any, tiny_bundle: Path, synth_exams: list[Any], orthanc: Any, tmp_path: Path
 ) -> None:
     node = node_factory(score=True, model_bundle=tiny_bundle)
-    add_destination(node.db, "pacs", ae_title="ORTHANC", host="127.0.0.1", port=orthanc.dicom_port)
+    add_destination(
+        node.db,
+        "pacs",
+        ae_title="ORTHANC",
+        host="127.0.0.1",
+        port=orthanc.dicom_port,
+        outputs="tid1500,sc,seg,cad-sr,gsps",
+    )
     exam = synth_exams[0]
     assert storescu(node.scp.port, exam.files).returncode == 0
     detail = wait_for(lambda: delivered(node, exam.study_uid), timeout=120, interval=0.3)
@@ -43,9 +66,9 @@ def test_exam_is_scored_and_results_arrive_in_orthanc(
     assert result["model"]["name"] == "mammo-node-test-random"
     assert set(result["images"]) == {str(ds.SOPInstanceUID) for ds in exam.datasets.values()}
     kinds = sorted(o["kind"] for o in result["outputs"])
-    assert kinds == ["sc"] * 4 + ["seg"] * 4 + ["sr"] + ["sr_view"] * 4
-    # one delivery per output to the one destination, each delivered once
-    assert len(result["deliveries"]) == 13
+    assert kinds == ["cad_sr", "gsps"] + ["sc"] * 4 + ["seg"] * 4 + ["sr"] + ["sr_view"] * 4
+    # one delivery per output to the one destination (it asked for every kind), each once
+    assert len(result["deliveries"]) == 15
     assert all(d["attempts"] == 1 for d in result["deliveries"])
 
     in_pacs = orthanc.instances_of_study(exam.study_uid)
@@ -56,6 +79,10 @@ def test_exam_is_scored_and_results_arrive_in_orthanc(
         path = tmp_path / f"{output['kind']}-{output['sop_instance_uid']}.dcm"
         path.write_bytes(raw)
         assert dciodvfy_errors(path) == [], f"{output['kind']} does not validate"
+        stored = dcmread(path, stop_before_pixels=True)
+        source = next(iter(exam.datasets.values()))
+        for keyword in IDENTITY:  # the source's full patient / study identity
+            assert stored.get(keyword) == source.get(keyword), f"{output['kind']}: {keyword}"
 
     # the exam report read back with highdicom carries the scores the database holds
     sr_raw = orthanc.get_bytes(f"/instances/{by_uid[result['sr_sop_instance_uid']]}/file")
@@ -96,7 +123,11 @@ def test_results_wait_for_a_pacs_that_is_down_and_arrive_once(
 
     orthanc.start()  # back up, same storage
     detail = wait_for(lambda: delivered(node, exam.study_uid), timeout=60, interval=0.3)
-    outputs = {o["sop_instance_uid"] for o in detail["result"]["outputs"]}
+    outputs = {  # a destination gets today's set by default: TID 1500, SC, SEG
+        o["sop_instance_uid"]
+        for o in detail["result"]["outputs"]
+        if o["kind"] in ("sr", "sr_view", "sc", "seg")
+    }
     in_pacs = [
         i["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.instances_of_study(exam.study_uid)
     ]
@@ -190,7 +221,11 @@ def test_sigkill_mid_scoring_scores_and_sends_once_after_restart(
     result = detail["result"]
     assert len(result["deliveries"]) == 13 and all(d["attempts"] == 1 for d in result["deliveries"])
     assert result["previous_result_id"] is None, "one result: the killed run left none"
-    outputs = {o["sop_instance_uid"] for o in result["outputs"]}
+    outputs = {  # the default destination outputs: TID 1500, SC, SEG
+        o["sop_instance_uid"]
+        for o in result["outputs"]
+        if o["kind"] in ("sr", "sr_view", "sc", "seg")
+    }
     in_pacs = [
         i["MainDicomTags"]["SOPInstanceUID"] for i in orthanc.instances_of_study(exam.study_uid)
     ]

@@ -314,7 +314,7 @@ def test_wado_errors(site: Site) -> None:
     r = httpx.get(f"{base}/studies/{study}/metadata", headers={**READER, "Accept": "text/xml"})
     assert r.status_code == 406
     r = httpx.get(f"{base}/studies/{study}/metadata", headers=READER)
-    assert r.status_code == 200 and len(r.json()) == 4 + 13
+    assert r.status_code == 200 and len(r.json()) == 4 + 15  # 13 + CAD SR + GSPS
 
 
 # --- authentication -------------------------------------------------------------------------------
@@ -513,7 +513,7 @@ def test_health_readiness_and_metrics(site: Site) -> None:
     text = httpx.get(f"{site.base}/metrics").text
     assert 'mammo_exams{state="scored"} 1.0' in text
     assert 'mammo_exams{state="partial"} 1.0' in text
-    assert re.search(r'mammo_outbox_items\{state="dead"\} 13\.0', text)
+    assert re.search(r'mammo_outbox_items\{state="dead"\} 15\.0', text)  # 13 + CAD SR + GSPS
     assert re.search(
         r'mammo_instances_received_total\{outcome="stored",source="dimse"\} [1-9]', text
     )

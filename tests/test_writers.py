@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import subprocess
@@ -13,7 +14,11 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom import config as pydicom_config
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    GrayscaleSoftcopyPresentationStateStorage,
+    MammographyCADSRStorage,
+)
 
 from mammo_node.domain import SLOTS, Laterality, Slot, View
 from mammo_node.errors import OutputError
@@ -38,6 +43,10 @@ L_CC, L_MLO, R_CC, R_MLO = SLOTS
 ALLOWED_WARNING = re.compile(
     r"Warning - Unrecognized defined term <99MNODE> for value 1 of attribute "
     r"<Coding Scheme Designator>"
+    # the presentation state covers both breasts: Laterality (paired organ) is empty
+    r"|Warning - is only permitted to be empty when actually unknown; should be absent \(not "
+    r"empty\) if an unpaired body part, and have a value if a paired body part - attribute "
+    r"<Laterality>"
 )
 
 
@@ -96,6 +105,7 @@ def test_one_exam_report_and_per_view_sr_sc_seg(
     assert kinds[0] == (OutputKind.SR, None)
     for kind in (OutputKind.SR_VIEW, OutputKind.SC, OutputKind.SEG):
         assert [s for k, s in kinds if k is kind] == list(SLOTS)
+    assert kinds[-2:] == [(OutputKind.CAD_SR, None), (OutputKind.GSPS, None)]
     study = exam[L_CC].StudyInstanceUID
     source_series = {ds.SeriesInstanceUID for ds in exam.values()}
     for out in outputs:
@@ -108,7 +118,8 @@ def test_one_exam_report_and_per_view_sr_sc_seg(
         assert (ds.PatientID, ds.AccessionNumber, ds.StudyID) == ("WRT-0001", "ACC42", "S1")
         assert str(ds.StudyDate) == "20261120" and ds.PatientSex == "F"
         assert ds.StationName == "AI1"
-    assert sorted({o.sop_class_uid for o in outputs}) == sorted(sop_classes_for_outputs())
+    made = {o.sop_class_uid for o in outputs}  # a rejection note only comes with a rescore
+    assert set(sop_classes_for_outputs()) - made == {"1.2.840.10008.5.1.4.1.1.88.59"}
 
 
 def test_series_numbers_and_instance_numbers(outputs: list[OutputObject]) -> None:
@@ -141,12 +152,16 @@ def test_uids_are_deterministic_per_study_bundle_revision(
     assert not {u for pair in uids for u in pair} & {
         u for o in later for u in (o.series_instance_uid, o.sop_instance_uid)
     }
-    other_bundle = make_inference(exam, bundle=demo_bundle())
-    other_bundle.bundle = type(other_bundle.bundle)(
-        **{**other_bundle.bundle.__dict__, "version": "0.2.0"}
+    # keyed on the bundle's content (manifest sha256), not on its version string
+    other_weights = make_inference(exam, bundle=demo_bundle())
+    other_weights.bundle = type(other_weights.bundle)(
+        **{**other_weights.bundle.__dict__, "manifest_sha256": "cd" * 32}
     )
-    assert build_outputs(exam, other_bundle, revision=1)[0].sop_instance_uid != uids[0][1]
-    uid = output_uid(exam[L_CC].StudyInstanceUID, "0.1.0", 1, "sr", None)
+    assert build_outputs(exam, other_weights, revision=1)[0].sop_instance_uid != uids[0][1]
+    renamed = make_inference(exam, bundle=demo_bundle())
+    renamed.bundle = type(renamed.bundle)(**{**renamed.bundle.__dict__, "version": "0.2.0"})
+    assert build_outputs(exam, renamed, revision=1)[0].sop_instance_uid == uids[0][1]
+    uid = output_uid(exam[L_CC].StudyInstanceUID, "sha256:" + "ab" * 32, 1, "sr", None)
     assert uid == outputs[0].sop_instance_uid
     assert re.fullmatch(r"2\.25\.[1-9]\d*", uid) and len(uid) <= 64
     all_uids = [u for pair in uids for u in pair]
@@ -173,7 +188,12 @@ def test_strict_read_back_with_highdicom(written: list[Path]) -> None:
     for path in written:
         ds = pydicom.dcmread(path)
         assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-        if ds.Modality == "SR":
+        if ds.SOPClassUID == MammographyCADSRStorage:
+            assert ds.ContentTemplateSequence[0].TemplateIdentifier == "4000"
+        elif ds.Modality == "PR":
+            assert ds.SOPClassUID == GrayscaleSoftcopyPresentationStateStorage
+            assert len(ds.ReferencedSeriesSequence[0].ReferencedImageSequence) == 4
+        elif ds.Modality == "SR":
             sr = hd.sr.srread(path)
             assert isinstance(sr, hd.sr.ComprehensiveSR)
             assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
@@ -214,14 +234,31 @@ def test_view_report_structure(
     sr = hd.sr.ComprehensiveSR.from_dataset(one(outputs, OutputKind.SR_VIEW, R_MLO))
     report = sr.content
     groups = report.get_planar_roi_measurement_groups()
-    assert [g.roi.graphic_type.value for g in groups] == ["POLYLINE", "POINT"]
-    box = groups[0].roi.value
+    # one group per view: OHIF merges nothing and hydrates the box as a RectangleROI
+    (group,) = groups
+    assert group.roi.graphic_type.value == "POLYLINE"
+    box = group.roi.value
     assert np.array_equal(box[0], box[-1])  # closed polyline
-    purposes = [
-        next(i.value.value for i in g[0].ContentSequence if i.name.value == "130400")
-        for g in groups
+    purpose = next(i.value.value for i in group[0].ContentSequence if i.name.value == "130400")
+    assert purpose == "75958009"  # Bounded by
+    # the score is INFERRED FROM the box and the centre (DCM 111010), both on the image
+    num = next(i for i in group[0].ContentSequence if i.ValueType == "NUM")
+    inferred = {
+        c.ConceptNameCodeSequence[0].CodeValue: c.GraphicType
+        for c in num.ContentSequence
+        if c.RelationshipType == "INFERRED FROM"
+    }
+    assert inferred == {"111030": "POLYLINE", "111010": "POINT"}
+    for c in num.ContentSequence:
+        if c.ValueType == "SCOORD":
+            (ref,) = c.ContentSequence
+            assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+                exam[R_MLO].SOPInstanceUID
+            )
+    (comment,) = [
+        i for i in group[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121106"
     ]
-    assert purposes == ["75958009", "111010"]  # Bounded by, Center
+    assert comment.TextValue == "Cancer score (uncalibrated logit difference): 1.50 {score}"
     for group in groups:
         assert group.tracking_identifier and group.tracking_uid
         (site,) = group.finding_sites
@@ -320,13 +357,13 @@ def test_tracking_uids_are_unique_across_documents(outputs: list[OutputObject]) 
     """OHIF keys annotations by Tracking UID: a UID in two SRs of one study hides one of them."""
     seen: list[str] = []
     for out in outputs:
-        if out.dataset.Modality != "SR":
+        if out.kind not in (OutputKind.SR, OutputKind.SR_VIEW):
             continue
         for group in hd.sr.ComprehensiveSR.from_dataset(
             out.dataset
         ).content.get_planar_roi_measurement_groups():
             seen.append(group.tracking_uid)
-    assert len(seen) == len(set(seen)) == 2 * 5
+    assert len(seen) == len(set(seen)) == 5  # one region group per report
 
 
 def test_predecessor_documents(exam: dict[Slot, pydicom.Dataset]) -> None:
@@ -356,7 +393,15 @@ def test_predecessor_documents(exam: dict[Slot, pydicom.Dataset]) -> None:
 def test_probability_bundle_reports_probability_of_cancer_in_percent(
     exam: dict[Slot, pydicom.Dataset],
 ) -> None:
+    """View scores are probabilities (DCM 111047, %); breast and exam scores are sums of two
+    of them - above 1 here - and are labelled as such, never as a probability."""
     inference = make_inference(exam, bundle=demo_bundle(score_kind="probability", is_demo=False))
+    breast = {
+        lat: sum(v.ensemble for s, v in inference.views.items() if s.laterality is lat)
+        for lat in (Laterality.L, Laterality.R)
+    }
+    inference.scores = type(inference.scores)(breast_scores=breast, exam_score=max(breast.values()))
+    assert inference.scores.exam_score > 1.0  # 0.9 + 0.7
     outputs = build_outputs(exam, inference, revision=1)
     sr = hd.sr.ComprehensiveSR.from_dataset(one(outputs, OutputKind.SR_VIEW, R_CC))
     (score,) = sr.content.get_planar_roi_measurement_groups()[0].get_measurements()
@@ -366,14 +411,47 @@ def test_probability_bundle_reports_probability_of_cancer_in_percent(
         "%",
     )
     assert score.value == pytest.approx(90.0)
-    reading = read_report(one(outputs, OutputKind.SR, None))
-    assert reading.unit == "%"
-    assert reading.scores["exam score"] == pytest.approx(inference.scores.exam_score)
+    ds = one(outputs, OutputKind.SR, None)
+    reading = read_report(ds)
+    assert reading.scores["exam score"] == pytest.approx(1.6)
+    assert reading.scores["R-CC image score"] == pytest.approx(0.9)
+    derived = next(
+        i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126011"
+    )
+    names = {
+        next(
+            c.TextValue
+            for c in n.ContentSequence
+            if c.ConceptNameCodeSequence[0].CodeValue == "112039"
+        ): (
+            n.ConceptNameCodeSequence[0].CodeValue,
+            n.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue,
+        )
+        for n in derived.ContentSequence
+    }
+    assert names["exam score"] == ("PROBSUM", "{score}")
+    assert names["breast R score"] == ("PROBSUM", "{score}")
+    assert names["L-CC image score"] == ("111047", "%")
     assert not any("uncalibrated" in t for t in reading.texts)
     bad = make_inference(exam, bundle=demo_bundle(score_kind="probability"))
-    bad.views[L_CC].ensemble = 1.5
+    bad.views[L_CC].ensemble = 1.5  # a view probability above 1 is an error
     with pytest.raises(OutputError, match=r"outside 0\.\.1"):
         build_outputs(exam, bad, revision=1)
+
+
+def test_calibrated_probability_and_category_are_carried(
+    exam: dict[Slot, pydicom.Dataset],
+) -> None:
+    inference = make_inference(exam)
+    inference.probability, inference.category = 0.375, 7
+    outputs = build_outputs(exam, inference, revision=1)
+    reading = read_report(one(outputs, OutputKind.SR, None))
+    assert reading.scores["exam probability"] == pytest.approx(0.375)
+    assert reading.scores["exam category"] == 7
+    assert reading.scores["exam score"] == pytest.approx(inference.scores.exam_score)
+    inference.probability = 1.2
+    with pytest.raises(OutputError, match=r"outside 0\.\.1"):
+        build_outputs(exam, inference, revision=1)
 
 
 def test_unknown_score_kind_is_refused(exam: dict[Slot, pydicom.Dataset]) -> None:
@@ -397,8 +475,10 @@ def _demo_texts(ds: pydicom.Dataset) -> str:
             "ContentDescription",
         )
     ]
-    if ds.Modality == "SR":
+    if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33":
         parts += read_report(ds).texts
+    elif ds.Modality == "SR":  # Mammography CAD SR: every text in the tree
+        parts += [str(e.value) for e in ds.iterall() if e.keyword == "TextValue"]
     return " ".join(parts)
 
 
@@ -679,7 +759,7 @@ def test_an_exam_with_one_breast_scored(exam: dict[Slot, pydicom.Dataset]) -> No
 
 def test_undecodable_source_pixels_raise_output_error(exam: dict[Slot, pydicom.Dataset]) -> None:
     broken = dict(exam)
-    broken[R_MLO] = exam[R_MLO].copy()
+    broken[R_MLO] = copy.deepcopy(exam[R_MLO])  # Dataset.copy() shares the elements
     broken[R_MLO].PixelData = exam[R_MLO].PixelData[:100]
     with pytest.raises(OutputError, match="pixel data cannot be decoded"):
         build_outputs(broken, make_inference(exam), revision=1)
@@ -708,9 +788,72 @@ def test_sources_missing_type2_attributes_still_give_valid_outputs(tmp_path: Pat
         BundleInfo("t", "1", "resnet18", True, "logit_difference", "1.2.3"),
     )
     outputs = build_outputs(sources, inference, revision=0)
-    assert len(outputs) == 13
+    assert len(outputs) == 15
     assert "AccessionNumber" not in exam[0], "the sources are not modified"
     for out in outputs:
         path = tmp_path / f"{out.sop_instance_uid}.dcm"
         out.dataset.save_as(path, enforce_file_format=True)
         assert pydicom.dcmread(path).AccessionNumber == ""
+
+
+def test_every_output_copies_patient_study_and_request(
+    outputs: list[OutputObject], exam: dict[Slot, pydicom.Dataset]
+) -> None:
+    """An issuer-matching PACS files every output (SC included) under the source's patient."""
+    source = exam[L_CC]
+    for out in outputs:
+        ds = out.dataset
+        for keyword in (
+            "PatientID",
+            "IssuerOfPatientID",
+            "PatientAge",
+            "StudyDescription",
+            "AccessionNumber",
+            "ProcedureCodeSequence",
+            "OtherPatientIDsSequence",
+        ):
+            assert ds.get(keyword) == source.get(keyword), f"{out.kind} {out.slot}: {keyword}"
+        if ds.Modality == "SR":
+            (request,) = ds.ReferencedRequestSequence
+            assert (request.AccessionNumber, request.RequestedProcedureID) == ("ACC42", "RP42")
+            code = request.RequestedProcedureCodeSequence[0]
+            assert code.CodeValue == "24623002"
+        else:
+            assert ds.RequestAttributesSequence == source.RequestAttributesSequence
+
+
+def test_a_rescore_withdraws_the_earlier_images_with_an_iocm_rejection_note(
+    exam: dict[Slot, pydicom.Dataset], outputs: list[OutputObject], tmp_path: Path
+) -> None:
+    old = [
+        ReferencedDocument(
+            o.dataset.StudyInstanceUID, o.series_instance_uid, o.sop_instance_uid, o.sop_class_uid
+        )
+        for o in outputs
+        if o.kind in (OutputKind.SC, OutputKind.SEG, OutputKind.GSPS)
+    ]
+    again = build_outputs(exam, make_inference(exam), revision=2, withdrawn=old, now=NOW)
+    (kos,) = [o for o in again if o.kind is OutputKind.KOS]
+    ds = kos.dataset
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59" and ds.Modality == "KO"
+    title = ds.ConceptNameCodeSequence[0]
+    assert (title.CodeValue, title.CodingSchemeDesignator) == ("113001", "DCM")
+    listed = {
+        i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for i in ds.ContentSequence
+        if "ReferencedSOPSequence" in i
+    }
+    assert listed == {d.sop_instance_uid for d in old}  # 4 SC + 4 SEG + 1 GSPS
+    assert len(listed) == 9
+    assert (ds.PatientID, ds.IssuerOfPatientID) == ("WRT-0001", "HOSP-A")
+    path = tmp_path / "kos.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    run = subprocess.run(
+        ["dciodvfy", str(path)], capture_output=True, text=True, errors="replace", check=False
+    )
+    errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+    assert not errors, errors
+    # the rejection note goes where the withdrawn objects went
+    from mammo_node.writers.identity import output_kinds_for
+
+    assert "kos" in output_kinds_for("sc") and "kos" not in output_kinds_for("tid1500,cad-sr")

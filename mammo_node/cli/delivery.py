@@ -31,6 +31,22 @@ def destinations_add(
             help="Only results of exams this AE sent (return to sender), not every result",
         ),
     ] = False,
+    outputs: Annotated[
+        str,
+        typer.Option(
+            "--outputs",
+            help="Result objects it gets, comma-separated: tid1500 (exam + view reports), sc, "
+            "seg, cad-sr (Mammography CAD SR), gsps (presentation state)",
+        ),
+    ] = "tid1500,sc,seg",
+    operating_point: Annotated[
+        str,
+        typer.Option(
+            "--operating-point",
+            help="CAD SR: marks above this bundle operating point are 'presentation required' "
+            "(default: the bundle's first)",
+        ),
+    ] = "",
     data_dir: DataDir = None,
     db_url: DbUrl = None,
 ) -> None:
@@ -46,10 +62,37 @@ def destinations_add(
             port=port,
             tls=tls,
             send_all=not only_own_exams,
+            outputs=outputs,
+            cad_operating_point=operating_point,
         )
     except (MammoNodeError, ValueError) as exc:
         raise _fail(exc) from exc
     out.print(f"destination {name} {'added' if created else 'updated'}: {ae_title}@{host}:{port}")
+
+
+@dest_app.command("set")
+def destinations_set(
+    name: str,
+    outputs: Annotated[
+        str | None, typer.Option("--outputs", help="e.g. tid1500,sc,seg or cad-sr,gsps")
+    ] = None,
+    operating_point: Annotated[
+        str | None,
+        typer.Option("--operating-point", help="CAD SR operating point ('' = bundle's first)"),
+    ] = None,
+    data_dir: DataDir = None,
+    db_url: DbUrl = None,
+) -> None:
+    """Change which result objects a destination gets (results scored from now on)."""
+    from mammo_node.delivery.destinations import set_destination_outputs
+
+    try:
+        kinds = set_destination_outputs(
+            _database(data_dir, db_url), name, outputs, cad_operating_point=operating_point
+        )
+    except (MammoNodeError, ValueError) as exc:
+        raise _fail(exc) from exc
+    out.print(f"destination {name} now gets: {kinds}")
 
 
 @dest_app.command("list")
@@ -63,13 +106,15 @@ def destinations_list(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("name", "AE@host:port", "TLS", "sends", "pending", "dead", "problem")
+    table = Table("name", "AE@host:port", "TLS", "sends", "outputs", "pending", "dead", "problem")
     for d in rows:
         table.add_row(
             d["name"],
             f"{d['ae_title']}@{d['host']}:{d['port']}",
             "yes" if d["tls"] else "no",
             "all" if d["send_all"] else "own exams",
+            ",".join(d["outputs"])
+            + (f" @{d['cad_operating_point']}" if d["cad_operating_point"] else ""),
             str(d["pending"]),
             str(d["dead"]),
             d["config_error"],

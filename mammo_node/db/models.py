@@ -311,6 +311,12 @@ class Destination(Base):
     # True: every result goes here (a PACS). False: only results of exams this AE sent
     # (with the return_to_sender setting), e.g. a modality or a reading workstation
     send_all: Mapped[bool] = mapped_column(Boolean, default=True)
+    # which result objects it gets, e.g. "tid1500,sc,seg" or "cad-sr,gsps" (writers.identity)
+    outputs: Mapped[str] = mapped_column(
+        String(128), default="tid1500,sc,seg", server_default="tid1500,sc,seg"
+    )
+    # CAD SR marks above this bundle operating point are "Presentation Required"; "" = first
+    cad_operating_point: Mapped[str] = mapped_column(String(64), default="", server_default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # an association rejection is a configuration problem: reported once, then paused
     config_error: Mapped[str] = mapped_column(Text, default="")

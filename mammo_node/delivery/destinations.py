@@ -11,6 +11,7 @@ from mammo_node.db.session import Database
 from mammo_node.domain import OutboxState
 from mammo_node.errors import MammoNodeError
 from mammo_node.responses import Delivery
+from mammo_node.writers.identity import DEFAULT_DESTINATION_OUTPUTS, parse_destination_outputs
 
 
 def add_destination(
@@ -22,8 +23,13 @@ def add_destination(
     port: int,
     tls: bool = False,
     send_all: bool = True,
+    outputs: str = DEFAULT_DESTINATION_OUTPUTS,
+    cad_operating_point: str = "",
 ) -> bool:
-    """Add or update; returns True when created. Clears a previous configuration error."""
+    """Add or update; returns True when created. Clears a previous configuration error.
+
+    ``outputs`` lists the result objects it gets (``tid1500,sc,seg,cad-sr,gsps``)."""
+    kinds = ",".join(parse_destination_outputs(outputs))
     ae_title = ae_title.strip()
     if not ae_title or len(ae_title) > 16:
         raise ValueError(f'Argument "ae_title" should be 1-16 characters, got {ae_title!r}.')
@@ -37,7 +43,32 @@ def add_destination(
             session.add(row)
         row.ae_title, row.host, row.port, row.tls = ae_title, host, port, tls
         row.send_all, row.enabled, row.config_error = send_all, True, ""
+        row.outputs = kinds
+        row.cad_operating_point = cad_operating_point.strip()[:64]
         return created
+
+
+def set_destination_outputs(
+    db: Database,
+    name: str,
+    outputs: str | None = None,
+    *,
+    cad_operating_point: str | None = None,
+) -> str:
+    """Change which result objects a destination gets from now on (and the operating point of
+    its CAD SR, "" = the bundle's first); returns the outputs list."""
+    kinds = ",".join(parse_destination_outputs(outputs)) if outputs is not None else None
+    with db.session() as session:
+        row = session.scalars(
+            select(Destination).where(Destination.name == name, Destination.enabled)
+        ).first()
+        if row is None:
+            raise MammoNodeError(f"no destination named {name!r}")
+        if kinds is not None:
+            row.outputs = kinds
+        if cad_operating_point is not None:
+            row.cad_operating_point = cad_operating_point.strip()[:64]
+        return row.outputs
 
 
 def remove_destination(db: Database, name: str) -> None:
@@ -86,6 +117,8 @@ def list_destinations(db: Database) -> list[dict[str, Any]]:
                 "port": d.port,
                 "tls": d.tls,
                 "send_all": d.send_all,
+                "outputs": d.outputs.split(","),
+                "cad_operating_point": d.cad_operating_point or None,
                 "enabled": d.enabled,
                 "config_error": d.config_error,
                 "pending": counts.get(d.id, 0),

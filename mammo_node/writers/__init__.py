@@ -1,4 +1,7 @@
-"""Result writers: one scored exam -> TID 1500 SRs, saliency Secondary Captures and SEGs.
+"""Result writers: one scored exam -> TID 1500 SRs, saliency Secondary Captures and SEGs, a
+Mammography CAD SR (:mod:`~mammo_node.writers.cad_sr`), a presentation state
+(:mod:`~mammo_node.writers.gsps`) and, on a rescore, an IOCM rejection note
+(:mod:`~mammo_node.writers.iocm`).
 
 Pure functions of pydicom Datasets (no database, network or files). The worker calls
 :func:`build_outputs`; the exporter asks :func:`sop_classes_for_outputs` for its presentation

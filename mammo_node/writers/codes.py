@@ -40,6 +40,15 @@ UNCALIBRATED_SCORE = hd.sr.CodedConcept(
     "CANCERSCORE", LOCAL_SCHEME, "Cancer score (uncalibrated logit difference)"
 )
 OPERATING_POINT_VERDICT = hd.sr.CodedConcept("OPVERDICT", LOCAL_SCHEME, "Operating point verdict")
+# breast / exam aggregates of a probability bundle: sums (and the max of sums) of two view
+# probabilities - a ranking score, not a probability, so never DCM 111047 nor %
+AGGREGATE_OF_PROBABILITIES = hd.sr.CodedConcept(
+    "PROBSUM", LOCAL_SCHEME, "Sum of view probabilities (not a probability)"
+)
+READING_CATEGORY = hd.sr.CodedConcept("CATEGORY", LOCAL_SCHEME, "Cancer likelihood category 1-10")
+RECOMMENDED_FOLLOW_UP = hd.sr.CodedConcept("111053", "DCM", "Recommended Follow-up")
+RECALL_SUGGESTED = hd.sr.CodedConcept("386053000", "SCT", "Evaluation procedure")  # CID 6028
+NO_RECALL = hd.sr.CodedConcept("111140", "DCM", "Normal interval follow-up")  # CID 6028
 COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 PERCENT = hd.sr.CodedConcept("%", "UCUM", "Percent")
 SCORE_UNIT = hd.sr.CodedConcept("{score}", "UCUM", "score")
@@ -119,6 +128,29 @@ def reported_value(bundle: BundleInfo, score: float) -> float:
     return round(float(score), 6)
 
 
+def aggregate_concept(bundle: BundleInfo) -> hd.sr.CodedConcept:
+    """Concept of a breast or exam score (a sum / max of view scores)."""
+    return AGGREGATE_OF_PROBABILITIES if is_probability(bundle) else UNCALIBRATED_SCORE
+
+
+def aggregate_value(bundle: BundleInfo, score: float) -> float:
+    """A breast / exam aggregate as written: the raw number, never scaled to %."""
+    check_score_kind(bundle)
+    return round(float(score), 6)
+
+
+def format_aggregate(bundle: BundleInfo, score: float) -> str:
+    """Burned-in / text form of an aggregate: always a plain number (``"1.23"``)."""
+    check_score_kind(bundle)
+    return f"{score:.2f}"
+
+
+def aggregate_words(bundle: BundleInfo) -> str:
+    if is_probability(bundle):
+        return "sum of its CC and MLO view probabilities, not itself a probability"
+    return "sum of its CC and MLO view scores, uncalibrated"
+
+
 def score_from_reported(bundle: BundleInfo, value: float) -> float:
     """Inverse of :func:`reported_value` (for reading an SR back)."""
     return value / 100.0 if is_probability(bundle) else value
@@ -134,7 +166,10 @@ def format_score(bundle: BundleInfo, score: float) -> str:
 def score_explanation(bundle: BundleInfo) -> str:
     """One sentence saying what the numbers are."""
     if is_probability(bundle):
-        head = "Scores are calibrated probabilities of cancer, reported in percent."
+        head = (
+            "Image scores are probabilities of cancer, reported in percent; breast and exam "
+            "scores are sums of two view probabilities (ranking scores, not probabilities)."
+        )
     else:
         head = (
             "Scores are uncalibrated: the logit difference logit(cancer) - logit(no cancer) "

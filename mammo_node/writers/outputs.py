@@ -15,20 +15,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pydicom import Dataset
-from pydicom.uid import ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage
+from pydicom.uid import (
+    ComprehensiveSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    KeyObjectSelectionDocumentStorage,
+    MammographyCADSRStorage,
+    SecondaryCaptureImageStorage,
+    SegmentationStorage,
+)
 
 from mammo_node.domain import ExamInference, Slot
 from mammo_node.errors import OutputError
 from mammo_node.writers import codes
+from mammo_node.writers.cad_sr import build_cad_report
+from mammo_node.writers.gsps import build_presentation_state
 from mammo_node.writers.identity import (
+    OutputIdentity,
     OutputKind,
     ReferencedDocument,
+    bundle_key,
+    cad_identity,
     plan_identities,
     tracking_uid,
 )
+from mammo_node.writers.iocm import build_rejection_note
 from mammo_node.writers.sc import DEFAULT_MAX_PIXELS, build_secondary_capture
 from mammo_node.writers.seg import DEFAULT_TOP_FRACTION, build_segmentation
-from mammo_node.writers.sources import scored_views
+from mammo_node.writers.sources import copy_identity, scored_views
 from mammo_node.writers.sr import ReportContext, build_exam_report, build_view_report
 
 logger = logging.getLogger(__name__)
@@ -41,6 +54,7 @@ class OutputObject:
     kind: OutputKind
     slot: Slot | None
     dataset: Dataset
+    operating_point: str | None = None  # CAD SR: the operating point its rendering intents use
 
     @property
     def sop_instance_uid(self) -> str:
@@ -60,7 +74,40 @@ def sop_classes_for_outputs() -> list[str]:
 
     Every output is encoded Explicit VR Little Endian.
     """
-    return [ComprehensiveSRStorage, SecondaryCaptureImageStorage, SegmentationStorage]
+    return [
+        ComprehensiveSRStorage,
+        SecondaryCaptureImageStorage,
+        SegmentationStorage,
+        MammographyCADSRStorage,
+        GrayscaleSoftcopyPresentationStateStorage,
+        KeyObjectSelectionDocumentStorage,
+    ]
+
+
+def _cad_reports(
+    inference: ExamInference,
+    revision: int,
+    plan: Mapping[tuple[OutputKind, Slot | None], OutputIdentity],
+    names: Sequence[str | None],
+) -> list[tuple[str | None, OutputIdentity]]:
+    """(operating point, identity) of each CAD SR: the bundle's first point uses the planned
+    identity (the one the other reports reference), another point one of its own."""
+    points = inference.bundle.operating_points
+    default = points[0].name if points else None
+    wanted: list[str | None] = []
+    for name in names or (None,):
+        name = name or default
+        if name not in wanted:
+            wanted.append(name)
+    return [
+        (
+            name,
+            plan[OutputKind.CAD_SR, None]
+            if name == default
+            else cad_identity(inference.study_uid, inference.bundle, revision, str(name)),
+        )
+        for name in wanted
+    ]
 
 
 def build_outputs(
@@ -74,8 +121,15 @@ def build_outputs(
     now: datetime.datetime | None = None,
     sc_max_pixels: int = DEFAULT_MAX_PIXELS,
     seg_top_fraction: float = DEFAULT_TOP_FRACTION,
+    cad_operating_points: Sequence[str | None] = (None,),
+    withdrawn: Sequence[ReferencedDocument] = (),
 ) -> list[OutputObject]:
-    """Exam report SR, then per view: report SR, Secondary Capture, Segmentation.
+    """Exam report SR, then per view: report SR, Secondary Capture, Segmentation; then the
+    Mammography CAD SR and the presentation state of the exam.
+
+    ``cad_operating_points`` name the bundle operating points above which CAD marks are
+    "Presentation Required", one CAD SR each (None: the bundle's first); ``withdrawn`` are the
+    SC / SEG / GSPS of the result this one replaces: a rejection note (KOS) for them comes last.
 
     ``sources`` are the scored For Presentation images (pixels included) by view;
     ``revision`` numbers the exam's results (a re-run gets a new one, hence new UIDs);
@@ -87,7 +141,13 @@ def build_outputs(
     codes.check_score_kind(inference.bundle)
     views = scored_views(sources, inference)
     now = now or datetime.datetime.now()
-    plan = plan_identities(inference.study_uid, inference.bundle, revision, [v.slot for v in views])
+    plan = plan_identities(
+        inference.study_uid,
+        inference.bundle,
+        revision,
+        [v.slot for v in views],
+        rejection=bool(withdrawn),
+    )
     ctx = ReportContext(
         inference=inference,
         revision=revision,
@@ -129,7 +189,7 @@ def build_outputs(
                     plan[OutputKind.SEG, v.slot],
                     tracking_uid=tracking_uid(
                         inference.study_uid,
-                        inference.bundle.version,
+                        bundle_key(inference.bundle),
                         revision,
                         f"{v.slot} saliency",
                     ),
@@ -141,6 +201,52 @@ def build_outputs(
             )
             for v in views
         ]
+        outputs += [
+            OutputObject(
+                OutputKind.CAD_SR,
+                None,
+                build_cad_report(views, ctx, identity, operating_point=name),
+                operating_point=name,
+            )
+            for name, identity in _cad_reports(inference, revision, plan, cad_operating_points)
+        ]
+        outputs.append(
+            OutputObject(
+                OutputKind.GSPS,
+                None,
+                build_presentation_state(
+                    views,
+                    inference.bundle,
+                    plan[OutputKind.GSPS, None],
+                    institution_name=institution_name,
+                    station_name=station_name,
+                    now=now,
+                ),
+            )
+        )
+        if withdrawn:
+            outputs.append(
+                OutputObject(
+                    OutputKind.KOS,
+                    None,
+                    build_rejection_note(
+                        withdrawn,
+                        views,
+                        inference.bundle,
+                        plan[OutputKind.KOS, None],
+                        revision=revision,
+                        institution_name=institution_name,
+                        station_name=station_name,
+                        now=now,
+                    ),
+                )
+            )
+        by_slot = {v.slot: v.header for v in views}
+        for out in outputs:
+            source = by_slot.get(out.slot) if out.slot else views[0].header
+            copy_identity(
+                out.dataset, source or views[0].header, is_sr=out.dataset.Modality == "SR"
+            )
     except (ValueError, TypeError, AttributeError) as exc:
         # highdicom validates in its constructors; say which exam failed and why
         raise OutputError(

@@ -142,20 +142,25 @@ def _lines(view: ScoredView, inference: ExamInference) -> list[tuple[str, tuple[
     """ASCII text lines with their colours."""
     bundle, scores = inference.bundle, inference.scores
     fmt = partial(codes.format_score, bundle)
+    agg = partial(codes.format_aggregate, bundle)  # sums of view scores: never a % probability
     kind = "" if codes.is_probability(bundle) else " (uncalibrated)"
     texts = [f"{view.slot}  image score {fmt(view.result.ensemble)}{kind}"]
+    if inference.probability is not None:
+        texts.append(f"exam probability {inference.probability * 100:.1f} % (calibrated)")
+    if inference.category is not None:
+        texts.append(f"category {inference.category} of 10")
     breasts = [
-        f"breast {lat.value} {fmt(scores.breast_scores[lat])}"
+        f"breast {lat.value} {agg(scores.breast_scores[lat])}"
         for lat in (Laterality.L, Laterality.R)
         if lat in scores.breast_scores
     ]
     if breasts:
         texts.append(" | ".join(breasts))
-    texts.append(f"exam score {fmt(scores.exam_score)}")
+    texts.append(f"exam score {agg(scores.exam_score)}")
     for point in bundle.operating_points:
         hit = inference.verdicts.get(point.name, scores.exam_score >= point.threshold)
         word, sign = ("RECALL suggested", ">=") if hit else ("recall not suggested", "<")
-        texts.append(f"{word} at {point.name} (exam {sign} {fmt(point.threshold)})")
+        texts.append(f"{word} at {point.name} (exam {sign} {agg(point.threshold)})")
     texts.append(f"model {bundle.name} {bundle.version}")
     lines = [(text, TEXT_RGB) for text in texts]
     if bundle.is_demo:

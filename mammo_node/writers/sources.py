@@ -7,6 +7,7 @@ grid, ROI and COA inside the image). Every later step can then trust its inputs.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -165,3 +166,86 @@ def algorithm_parameters(bundle: BundleInfo) -> list[str]:
         params.append(f"manifest_sha256={bundle.manifest_sha256}")
     params.append(f"is_demo={str(bundle.is_demo).lower()}")
     return params
+
+
+# Patient, Patient Study and General Study module attributes every output copies from its
+# source (present ones only), so an issuer-matching PACS files each output under the source's
+# patient and study. highdicom copies some of them per IOD, the SC fewest.
+IDENTITY_KEYWORDS = (
+    # Patient module
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "TypeOfPatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "PatientComments",
+    "PatientIdentityRemoved",
+    "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+    "ReferencedPatientSequence",
+    # Patient Study module
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "AdmittingDiagnosesDescription",
+    # General Study module
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "ReferringPhysicianIdentificationSequence",
+    "StudyID",
+    "AccessionNumber",
+    "IssuerOfAccessionNumberSequence",
+    "StudyDescription",
+    "PhysiciansOfRecord",
+    "ProcedureCodeSequence",
+    "ReferencedStudySequence",
+)
+
+
+def copy_identity(target: Dataset, source: Dataset, *, is_sr: bool) -> None:
+    """Copy the patient / study identity and the request attributes of ``source``.
+
+    Images and presentation states carry the order in RequestAttributesSequence (General
+    Series); SR documents in ReferencedRequestSequence (SR Document General), built from the
+    source's request attributes and accession number.
+    """
+    for keyword in ("SpecificCharacterSet", *IDENTITY_KEYWORDS):
+        if keyword in source:
+            target[keyword] = copy.deepcopy(source[keyword])
+    requests = list(source.get("RequestAttributesSequence", []))
+    if not is_sr:
+        if requests:
+            target.RequestAttributesSequence = copy.deepcopy(requests)
+        return
+    if not requests and not source.get("AccessionNumber"):
+        return
+    items = []
+    for request in requests or [Dataset()]:
+        item = Dataset()
+        item.StudyInstanceUID = source.StudyInstanceUID
+        item.ReferencedStudySequence = []  # Type 2
+        item.AccessionNumber = request.get("AccessionNumber", source.get("AccessionNumber", ""))
+        if "IssuerOfAccessionNumberSequence" in source:
+            item.IssuerOfAccessionNumberSequence = copy.deepcopy(
+                source.IssuerOfAccessionNumberSequence
+            )
+        item.PlacerOrderNumberImagingServiceRequest = request.get(
+            "PlacerOrderNumberImagingServiceRequest", ""
+        )
+        item.FillerOrderNumberImagingServiceRequest = request.get(
+            "FillerOrderNumberImagingServiceRequest", ""
+        )
+        item.RequestedProcedureID = request.get("RequestedProcedureID", "")
+        item.RequestedProcedureDescription = request.get("RequestedProcedureDescription", "")
+        item.RequestedProcedureCodeSequence = copy.deepcopy(
+            list(request.get("RequestedProcedureCodeSequence", []))
+        )
+        items.append(item)
+    target.ReferencedRequestSequence = items

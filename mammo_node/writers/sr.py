@@ -5,14 +5,17 @@ Structure (all Comprehensive SR 1.2.840.10008.5.1.4.1.1.88.33, document title DC
 
 - **Per-view report** (``OutputKind.SR_VIEW``, series 9101..9104, one per scored view): Image
   Library with that one image (laterality and view appended as Image Laterality 111027 / Image
-  View 111031), and in "Imaging Measurements" (126010) two TID 1410 planar-ROI groups on it:
-  the region of attention (closed POLYLINE box, geometric purpose SCT "Bounded by", the image
-  score as a NUM, finding site Breast + laterality) and the centre of attention (POINT,
-  purpose DCM 111010 "Center"). Every group and NUM carries the algorithm identification
-  (TID 4019: bundle name, version, family DCM 123110). Notes in "Qualitative Evaluations".
+  View 111031), and in "Imaging Measurements" (126010) one TID 1410 planar-ROI group on it: the
+  region of attention (closed POLYLINE box, geometric purpose SCT "Bounded by", finding site
+  Breast + laterality) with the image score as a NUM that is INFERRED FROM the box (DCM 111030
+  "Image Region") and from the centre of attention (POINT, DCM 111010 "Center"), and a Comment
+  (DCM 121106) repeating the score as text. Every group and NUM carries the algorithm
+  identification (TID 4019: bundle name, version, family DCM 123110). "Qualitative Evaluations"
+  holds the coded verdict (DCM 111053 "Recommended Follow-up": SCT 386053000 / DCM 111140) and
+  the notes.
 - **Exam report** (``OutputKind.SR``, series 9100, the primary result whose SOP Instance UID is
   reported as ``sr_sop_instance_uid``): Image Library with all scored images; in "Imaging
-  Measurements" the two TID 1410 groups of the *index view* - the highest-scoring view of the
+  Measurements" the TID 1410 group of the *index view* - the highest-scoring view of the
   breast that sets the exam score; in "Derived Imaging Measurements" (126011) every image score,
   both breast scores (derivation SCT "Total", inferred from the CC and MLO images) and the exam
   score (derivation SCT "Maximum", inferred from all images), each a TID 300 NUM with tracking
@@ -37,6 +40,15 @@ Tracking UID differs per document on purpose: OHIF uses the Tracking UID as the 
 so a UID shared by two SRs of one study makes the second SR draw nothing. A re-run lists the
 previous result's SRs in Predecessor Documents.
 
+Why one group with the centre under the score. OHIF 3.12.10's read-only SR display sometimes
+renders before the viewport knows the SR's tracking UIDs and never redraws: no box, no label
+(a forced render draws them). Its fallback, "track measurements" hydration (cornerstone
+adapters), needs the SCOORD under the group's NUM ("No spatial coordinates group found"
+otherwise) and turns a NUM-less POINT group into a Probe labelled with a pixel value, which
+reads like a measurement. With the layout above the box hydrates as a RectangleROI labelled
+with the score (the Comment), and the centre, under the NUM, is never a probe; both paths show
+the box and the score, which ../shared/tools/ohif-check confirms (tests/test_viewer_ohif.py).
+
 Coordinates are SCOORD image coordinates in the stored pixel grid of the source: (0, 0) is the
 top-left corner of the top-left pixel, a pixel centre is at +0.5 (the convention of
 ``mammo_node.ml.preprocess``). The ROI (x0, y0, x1, y1), exclusive, is the closed polyline
@@ -56,12 +68,14 @@ from pydicom.sr.codedict import codes as pcodes
 from pydicom.uid import ExplicitVRLittleEndian
 
 import mammo_node
-from mammo_node.domain import ExamInference, Laterality, Slot
+from mammo_node.domain import ExamInference, Laterality, OperatingPoint, Slot
+from mammo_node.errors import OutputError
 from mammo_node.writers import codes
 from mammo_node.writers.identity import (
     OutputIdentity,
     OutputKind,
     ReferencedDocument,
+    bundle_key,
     tracking_uid,
 )
 from mammo_node.writers.sources import (
@@ -77,6 +91,7 @@ DERIVED_IMAGING_MEASUREMENTS = hd.sr.CodedConcept(*pcodes.DCM.DerivedImagingMeas
 SOURCE = hd.sr.CodedConcept("260753009", "SCT", "Source")
 PIXELS = hd.sr.CodedConcept("{pixels}", "UCUM", "Pixels")
 MILLIMETER = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
+IMAGE_REGION = hd.sr.CodedConcept("111030", "DCM", "Image Region")
 
 Plan = Mapping[tuple[OutputKind, Slot | None], OutputIdentity]
 
@@ -107,9 +122,37 @@ class ReportContext:
         """Identifier ``what``; its UID is unique per document (see the module docstring)."""
         bundle = self.inference.bundle
         uid = tracking_uid(
-            self.inference.study_uid, bundle.version, self.revision, f"{document}: {what}"
+            self.inference.study_uid, bundle_key(bundle), self.revision, f"{document}: {what}"
         )
         return hd.sr.TrackingIdentifier(uid=uid, identifier=what)
+
+    @property
+    def probability(self) -> float | None:
+        """The result's calibrated probability of cancer (0..1), None when it has none."""
+        value = self.inference.probability
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise OutputError(f"Calibrated probability {value!r} is outside 0..1.")
+        return value
+
+    def verdict_sentence(self, point: OperatingPoint | None) -> str:
+        """One sentence for the chosen operating point (or "no operating point")."""
+        if point is None:
+            return "No operating point in the model bundle: no recall verdict."
+        bundle = self.inference.bundle
+        exam = self.inference.scores.exam_score
+        word = "suggested" if recall_suggested(self, point) else "not suggested"
+        return (
+            f"Recall {word} at operating point {point.name}: exam score "
+            f"{codes.format_aggregate(bundle, exam)}, threshold "
+            f"{codes.format_aggregate(bundle, point.threshold)}."
+        )
+
+    def score_label(self, score: float) -> str:
+        """``"<concept>: <value> <unit>"``, the way OHIF labels a NUM (two decimals)."""
+        bundle = self.inference.bundle
+        value = codes.reported_value(bundle, score)
+        unit = codes.score_unit(bundle).value
+        return f"{codes.score_concept(bundle).meaning}: {value:.2f} {unit}"
 
     def score_measurement(
         self,
@@ -119,13 +162,20 @@ class ReportContext:
         derivation: hd.sr.CodedConcept | None = None,
         laterality: Laterality | None = None,
         images: Sequence[Dataset] = (),
+        aggregate: bool = False,
     ) -> hd.sr.Measurement:
-        """One honestly labelled score NUM (TID 300)."""
+        """One honestly labelled score NUM (TID 300); ``aggregate`` for breast / exam scores."""
         bundle = self.inference.bundle
+        if aggregate:
+            name, value = codes.aggregate_concept(bundle), codes.aggregate_value(bundle, score)
+            unit = codes.SCORE_UNIT
+        else:
+            name, value = codes.score_concept(bundle), codes.reported_value(bundle, score)
+            unit = codes.score_unit(bundle)
         return hd.sr.Measurement(
-            name=codes.score_concept(bundle),
-            value=codes.reported_value(bundle, score),
-            unit=codes.score_unit(bundle),
+            name=name,
+            value=value,
+            unit=unit,
             tracking_identifier=self.tracking(what, "exam") if what else None,
             derivation=derivation,
             finding_sites=[codes.breast_site(laterality)] if images else None,
@@ -133,6 +183,23 @@ class ReportContext:
             referenced_images=[hd.sr.SourceImageForMeasurement.from_source_image(i) for i in images]
             or None,
         )
+
+
+def recall_suggested(ctx: ReportContext, point: OperatingPoint | None) -> bool:
+    """The verdict at ``point``: the worker's when it gave one, else exam score >= threshold."""
+    if point is None:
+        return False
+    exam = ctx.inference.scores.exam_score
+    return bool(ctx.inference.verdicts.get(point.name, exam >= point.threshold))
+
+
+def coded_verdict(ctx: ReportContext, point: OperatingPoint | None) -> hd.sr.CodeContentItem:
+    """Recommended Follow-up (CID 6028): recall (evaluation procedure) or normal interval."""
+    return hd.sr.CodeContentItem(
+        name=codes.RECOMMENDED_FOLLOW_UP,
+        value=codes.RECALL_SUGGESTED if recall_suggested(ctx, point) else codes.NO_RECALL,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -156,34 +223,60 @@ def index_view(views: Sequence[ScoredView], inference: ExamInference) -> ScoredV
 def region_groups(
     view: ScoredView, ctx: ReportContext, document: str
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
-    """The two TID 1410 groups of one view: ROI box with the image score, and the COA."""
+    """The one TID 1410 group of a view: ROI box, image score, COA (see the module docstring).
+
+    The group's Image Region is the closed POLYLINE box (purpose SCT "Bounded by"); the score NUM
+    is INFERRED FROM that box and from the centre of attention (POINT, concept DCM 111010
+    "Center"); a Comment (DCM 121106) repeats the score as text.
+    """
     x0, y0, x1, y1 = (float(v) for v in view.result.roi)
     cx, cy = (float(v) for v in view.result.coa)
     source = hd.sr.SourceImageForRegion.from_source_image(view.header)
     box = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float64)
-    site = [codes.breast_site(view.slot.laterality)]
     region = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=ctx.tracking(f"{view.slot} region of attention", document),
         referenced_region=hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=box, source_image=source
         ),
-        finding_sites=site,
+        finding_sites=[codes.breast_site(view.slot.laterality)],
         algorithm_id=ctx.algorithm,
         measurements=[ctx.score_measurement(view.result.ensemble)],
         geometric_purpose=codes.BOUNDED_BY,
     )
-    centre = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=ctx.tracking(f"{view.slot} centre of attention", document),
-        referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POINT,
-            graphic_data=np.array([[cx, cy]], dtype=np.float64),
-            source_image=source,
-        ),
-        finding_sites=site,
-        algorithm_id=ctx.algorithm,
-        geometric_purpose=codes.CENTER,
+    # highdicom refuses coordinates under a TID 1410 measurement; TID 300 allows them (row 8)
+    num = next(item for item in region[0].ContentSequence if item.ValueType == "NUM")
+    num.ContentSequence.extend(
+        [
+            _inferred_from_scoord(IMAGE_REGION, hd.sr.GraphicTypeValues.POLYLINE, box, view),
+            _inferred_from_scoord(
+                codes.CENTER,
+                hd.sr.GraphicTypeValues.POINT,
+                np.array([[cx, cy]], dtype=np.float64),
+                view,
+            ),
+        ]
     )
-    return [region, centre]
+    region[0].ContentSequence.append(_text(codes.COMMENT, ctx.score_label(view.result.ensemble)))
+    return [region]
+
+
+def _inferred_from_scoord(
+    name: hd.sr.CodedConcept,
+    graphic_type: hd.sr.GraphicTypeValues,
+    data: np.ndarray,
+    view: ScoredView,
+) -> hd.sr.ScoordContentItem:
+    """A SCOORD (TID 320) the score is INFERRED FROM, SELECTED FROM the source image."""
+    item = hd.sr.ScoordContentItem(
+        name=name,
+        graphic_type=graphic_type,
+        graphic_data=data,
+        relationship_type=hd.sr.RelationshipTypeValues.INFERRED_FROM,
+    )
+    item.ContentSequence = hd.sr.ContentSequence(
+        [hd.sr.SourceImageForRegion.from_source_image(view.header)]
+    )
+    return item
 
 
 def image_library(views: Sequence[ScoredView]) -> hd.sr.ContainerContentItem:
@@ -286,6 +379,7 @@ def derived_measurements(
                     derivation=codes.TOTAL,
                     laterality=laterality,
                     images=[v.header for v in breast_views],
+                    aggregate=True,
                 )
             )
     items.append(
@@ -295,8 +389,33 @@ def derived_measurements(
             derivation=codes.MAXIMUM,
             laterality=None,
             images=[v.header for v in views],
+            aggregate=True,
         )
     )
+    if ctx.probability is not None:  # calibrated by the bundle: DCM 111047 in %
+        items.append(
+            hd.sr.Measurement(
+                name=codes.PROBABILITY_OF_CANCER,
+                value=round(100.0 * ctx.probability, 6),
+                unit=codes.PERCENT,
+                tracking_identifier=ctx.tracking("exam probability", "exam"),
+                finding_sites=[codes.breast_site(None)],
+                algorithm_id=ctx.algorithm,
+                referenced_images=[
+                    hd.sr.SourceImageForMeasurement.from_source_image(v.header) for v in views
+                ],
+            )
+        )
+    if ctx.inference.category is not None:
+        items.append(
+            hd.sr.Measurement(
+                name=codes.READING_CATEGORY,
+                value=int(ctx.inference.category),
+                unit=hd.sr.CodedConcept("1", "UCUM", "no units"),
+                tracking_identifier=ctx.tracking("exam category", "exam"),
+                algorithm_id=ctx.algorithm,
+            )
+        )
     container = hd.sr.ContainerContentItem(
         name=DERIVED_IMAGING_MEASUREMENTS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
@@ -311,8 +430,8 @@ def verdict_texts(ctx: ReportContext) -> list[str]:
     texts = []
     for point in bundle.operating_points:
         at_or_above = ctx.inference.verdicts.get(point.name, exam >= point.threshold)
-        exam_text = codes.format_score(bundle, exam)
-        threshold = codes.format_score(bundle, point.threshold)
+        exam_text = codes.format_aggregate(bundle, exam)
+        threshold = codes.format_aggregate(bundle, point.threshold)
         if at_or_above:
             head = (
                 f"Recall suggested at {point.name}: exam score {exam_text} >= threshold {threshold}"
@@ -336,6 +455,8 @@ def qualitative_evaluations(
 ) -> hd.sr.ContainerContentItem:
     bundle = ctx.inference.bundle
     items: list[hd.sr.ContentItem] = [_text(codes.OPERATING_POINT_VERDICT, text) for text in extra]
+    first = bundle.operating_points[0] if bundle.operating_points else None
+    items.insert(0, coded_verdict(ctx, first))  # a RIS / worklist can act on a code
     notice = codes.demo_notice(bundle)
     if notice:
         items.append(_text(codes.COMMENT, f"{notice}: results of a demonstration model bundle."))
@@ -548,6 +669,12 @@ def read_report(dataset: Dataset) -> ReportReading:
         for measurement in group.get_measurements():
             reading.unit = measurement.unit.value
             reading.box_scores[sop_uid] = _model_units(measurement.value, reading.unit)
+            for child in measurement[0].get("ContentSequence", []):
+                if child.ValueType == "SCOORD" and child.GraphicType == "POINT":
+                    reading.centres[sop_uid] = (
+                        float(child.GraphicData[0]),
+                        float(child.GraphicData[1]),
+                    )
     for item in report[0].ContentSequence:
         if item.name == DERIVED_IMAGING_MEASUREMENTS:
             for num in item.ContentSequence:

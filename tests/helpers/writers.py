@@ -125,6 +125,21 @@ def make_exam(spec: ExamSpec | None = None) -> dict[Slot, Dataset]:
     study.StudyID = "S1"
     study.ReferringPhysicianName = ""
     study.StudyDescription = "Screening mammography"
+    study.IssuerOfPatientID = "HOSP-A"
+    other = Dataset()
+    other.PatientID, other.IssuerOfPatientID, other.TypeOfPatientID = "NAT-77", "NATION", "TEXT"
+    study.OtherPatientIDsSequence = [other]
+    procedure = Dataset()
+    procedure.CodeValue, procedure.CodingSchemeDesignator = "24623002", "SCT"
+    procedure.CodeMeaning = "Screening mammography"
+    study.ProcedureCodeSequence = [procedure]
+    request = Dataset()
+    request.AccessionNumber = "ACC42"
+    request.RequestedProcedureID = "RP42"
+    request.RequestedProcedureDescription = "Screening mammography"
+    request.RequestedProcedureCodeSequence = [procedure]
+    request.ScheduledProcedureStepID = "SPS42"
+    study.RequestAttributesSequence = [request]
     return {slot: view_dataset(slot, spec, study, i) for i, slot in enumerate(SLOTS)}
 
 
@@ -235,19 +250,43 @@ def synth_exam(
     return exam.datasets, make_inference(exam.datasets, centres=centres), centres
 
 
-def write_scored_exam(
-    folder: Path, *, rows: int = 256, columns: int = 208, seed: int = 3, revision: int = 1
+# what OHIF 3.12 displays; it shows neither Mammography CAD SR nor GSPS (ohif-check README)
+OHIF_KINDS = ("sr", "sr_view", "sc", "seg")
+
+
+def write_outputs(
+    folder: Path,
+    exam: dict[Slot, Dataset],
+    inference: ExamInference,
+    *,
+    revision: int = 1,
+    kinds: tuple[str, ...] | None = None,
 ) -> list[Path]:
-    """A synthetic exam's MG images and every result object, as Part-10 files in ``folder``."""
+    """The exam's MG images and its result objects (``kinds`` only, if given) as Part-10 files."""
     from mammo_node.writers import build_outputs
 
-    exam, inference, _ = synth_exam(rows, columns, seed=seed)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for slot, ds in exam.items():
         paths.append(folder / f"mg_{slot}.dcm")
         ds.save_as(paths[-1], enforce_file_format=True)
     for out in build_outputs(exam, inference, revision=revision):
+        if kinds is not None and out.kind.value not in kinds:
+            continue
         paths.append(folder / f"{out.kind}_{out.slot or 'exam'}.dcm")
         out.dataset.save_as(paths[-1], enforce_file_format=True)
     return paths
+
+
+def write_scored_exam(
+    folder: Path,
+    *,
+    rows: int = 256,
+    columns: int = 208,
+    seed: int = 3,
+    revision: int = 1,
+    kinds: tuple[str, ...] | None = None,
+) -> list[Path]:
+    """A synthetic exam's MG images and its result objects, as Part-10 files in ``folder``."""
+    exam, inference, _ = synth_exam(rows, columns, seed=seed)
+    return write_outputs(folder, exam, inference, revision=revision, kinds=kinds)
