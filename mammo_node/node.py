@@ -16,6 +16,7 @@ from mammo_node.filing.storage import InstanceStore
 from mammo_node.grouping.service import Grouper, GrouperThread
 from mammo_node.ml.loading import load_scorer
 from mammo_node.observe.audit import AuditLog
+from mammo_node.operations.retention import RetentionPolicy, RetentionThread
 from mammo_node.receive.scp import StorageSCP
 from mammo_node.web.server import WebServer
 from mammo_node.worker import Worker, WorkerThread
@@ -49,6 +50,9 @@ class Node:
                 on_result=self.exporter.wake,
             )
             self.worker = WorkerThread(worker)
+        self.retention: RetentionThread | None = None
+        if RetentionPolicy.from_settings(settings).active:
+            self.retention = RetentionThread(settings, self.db, self.store)
         self.audit = AuditLog(self.db)
         self.web = WebServer(
             settings,
@@ -77,6 +81,8 @@ class Node:
         if self.worker is not None:
             self.worker.start()
         self.exporter.start()
+        if self.retention is not None:
+            self.retention.start()
         logger.info("node %s ready (data in %s)", self.settings.ae_title, self.settings.data_dir)
 
     def stop(self) -> None:
@@ -84,7 +90,9 @@ class Node:
         logger.info("stopping")
         self.web.stop()
         self.scp.stop()
-        threads = [t for t in (self.grouper, self.worker, self.exporter) if t is not None]
+        threads = [
+            t for t in (self.grouper, self.worker, self.exporter, self.retention) if t is not None
+        ]
         for thread in threads:
             thread.stop()
         # the exam being scored may finish within the grace period; if not, it is abandoned:

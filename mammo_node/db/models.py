@@ -115,6 +115,9 @@ class Exam(Base):
     claimed_by: Mapped[str] = mapped_column(String(128), default="")
     claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # retention never prunes a held exam's images (a case under review, a legal hold)
+    retention_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    retention_hold_reason: Mapped[str] = mapped_column(Text, default="")
 
     patient: Mapped[Patient] = relationship(back_populates="exams")
     series: Mapped[list[Series]] = relationship(back_populates="exam")
@@ -184,6 +187,8 @@ class Instance(Base):
         ForeignKey("results.id"), default=None, index=True
     )
     output_kind: Mapped[str] = mapped_column(String(16), default="")
+    # set when retention deleted the file: the row (and the exam's result) stay as the record
+    pruned_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
     exam: Mapped[Exam] = relationship(back_populates="instances")
     series: Mapped[Series] = relationship(back_populates="instances")
@@ -251,6 +256,11 @@ class Result(Base):
     worker: Mapped[str] = mapped_column(String(128), default="")
     sr_sop_instance_uid: Mapped[str] = mapped_column(UID, default="")
     previous_result_fk: Mapped[int | None] = mapped_column(ForeignKey("results.id"), default=None)
+    # sha256 of the bundle's manifest.json (which holds the sha256 of each weights file)
+    bundle_sha256: Mapped[str] = mapped_column(String(64), default="")
+    # the scanner of the scored images, for monitoring per scanner (never patient data)
+    manufacturer: Mapped[str] = mapped_column(String(64), default="")
+    manufacturer_model: Mapped[str] = mapped_column(String(64), default="")
 
     __table_args__ = (Index("ix_results_exam_revision", "exam_fk", "exam_revision"),)
 
@@ -307,3 +317,17 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str] = mapped_column(String(128), default="")  # a UID, a destination...
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Outcome(Base):
+    """What screening later found for an exam (imported by ``mammo-node outcomes import``)."""
+
+    __tablename__ = "outcomes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exam_fk: Mapped[int] = mapped_column(ForeignKey("exams.id"), unique=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # screening, interval, normal
+    cancer_laterality: Mapped[str] = mapped_column(String(1), default="")  # L, R, B or ""
+    readers: Mapped[dict[str, Any]] = mapped_column(default=dict)  # reader1_L ... scores
+    source: Mapped[str] = mapped_column(String(255), default="")
+    imported_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -308,15 +308,19 @@ class Ingestor:
             if instance is None:
                 instance = Instance(sop_instance_uid=facts.sop_uid, replaced_count=0)
                 session.add(instance)
+            elif instance.pruned_at is not None and self._same_bytes(instance, stored, sha256):
+                # retention had deleted the file; the same bytes sent again go back on file
+                outcome = "restored"
+                old_path, instance.rel_path, instance.pruned_at = None, stored.rel_path, None
             elif self._same_bytes(instance, stored, sha256):
                 outcome = "duplicate"  # another association stored these bytes meanwhile
             else:
                 outcome = "replaced"
                 old_path = instance.rel_path
                 instance.replaced_count += 1
-            if outcome != "duplicate":
+            if outcome not in ("duplicate", "restored"):
                 self._fill(instance, facts, stored, arrival, sha256, now, series.id, exam.id)
-            if arrival.origin is Origin.RECEIVED and outcome != "duplicate":
+            if arrival.origin is Origin.RECEIVED and outcome not in ("duplicate", "restored"):
                 reopened = _note_arrival(session, exam, facts.sop_uid, outcome, now, arrival)
         for obsolete in (old_path, stored.rel_path if outcome == "duplicate" else None):
             if obsolete:
