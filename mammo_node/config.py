@@ -93,19 +93,35 @@ class Settings(BaseSettings):
 
     # --- retention (see mammo_node.operations.retention) ------------------------------
     retention_days: float | None = Field(
-        None, ge=0, description="delete received images this many days after their exam's "
-        "results were all delivered; unset = keep for ever"
+        None,
+        ge=0,
+        description="delete received images this many days after their exam's "
+        "results were all delivered; unset = keep for ever",
     )
     max_storage_gb: float | None = Field(
-        None, gt=0, description="above this many GB of stored images, recycle the oldest "
-        "fully-delivered exams first; unset = no limit"
+        None,
+        gt=0,
+        description="above this many GB of stored images, recycle the oldest "
+        "fully-delivered exams first; unset = no limit",
     )
     retention_output_days: float | None = Field(
-        None, ge=0, description="delete the node's own outputs (SR, SC, SEG) this many days "
-        "after delivery, never before their sources; unset = keep for ever"
+        None,
+        ge=0,
+        description="delete the node's own outputs (SR, SC, SEG) this many days "
+        "after delivery, never before their sources; unset = keep for ever",
     )
     retention_interval_seconds: float = Field(
         3600.0, gt=0, description="how often `serve` prunes (when a retention limit is set)"
+    )
+
+    # --- monitoring (see mammo_node.observe.monitor) ------------------------------------
+    monitor_weeks: int = Field(26, ge=1, description="weeks the /monitor page covers")
+    drift_psi_threshold: float = Field(
+        0.25, gt=0, description="PSI of a week's scores above this raises the drift alert"
+    )
+    drift_min_exams: int = Field(20, ge=1, description="fewer exams in a week: no drift value")
+    drift_reference_weeks: int = Field(
+        4, ge=1, description="without a calibration population: a version's first weeks"
     )
 
     # --- logging ---------------------------------------------------------------------
