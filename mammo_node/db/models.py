@@ -331,3 +331,46 @@ class Outcome(Base):
     readers: Mapped[dict[str, Any]] = mapped_column(default=dict)  # reader1_L ... scores
     source: Mapped[str] = mapped_column(String(255), default="")
     imported_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ModelBundleRow(Base):
+    """A model bundle installed on the node (``mammo-node models add``) and its role:
+    installed, active (scores and sends) or shadow (scores every exam, sends nothing)."""
+
+    __tablename__ = "model_bundles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    manifest_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    role: Mapped[str] = mapped_column(String(16), default="installed")
+    is_demo: Mapped[bool] = mapped_column(Boolean, default=False)
+    added_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    changed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ShadowResult(Base):
+    """A shadow bundle's scoring of an exam the active bundle scored: kept, never sent."""
+
+    __tablename__ = "shadow_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exam_fk: Mapped[int] = mapped_column(ForeignKey("exams.id"))
+    exam_revision: Mapped[int] = mapped_column(Integer)
+    active_result_fk: Mapped[int] = mapped_column(ForeignKey("results.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    bundle_sha256: Mapped[str] = mapped_column(String(64))
+    exam_score: Mapped[float]
+    breast_scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    images: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    verdicts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    __table_args__ = (
+        UniqueConstraint(
+            "exam_fk", "exam_revision", "bundle_sha256", name="uq_shadow_results_exam_bundle"
+        ),
+    )

@@ -97,6 +97,19 @@ class OutcomeStats:
 
 
 @dataclass
+class ShadowComparison:
+    """A shadow bundle against the active one, on the same exams."""
+
+    active: str
+    shadow: str
+    exams: int
+    mean_difference: float  # shadow - active
+    mean_abs_difference: float
+    correlation: float | None  # Pearson, of the exam scores
+    verdict_agreement: dict[str, float]  # operating point -> share of exams with the same call
+
+
+@dataclass
 class MonitorReport:
     weeks: list[str]
     groups: list[GroupStats]
@@ -105,6 +118,7 @@ class MonitorReport:
     outcomes: list[OutcomeStats]
     threshold: float
     operating_points: list[str] = field(default_factory=list)
+    shadow: list[ShadowComparison] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -117,6 +131,7 @@ class MonitorReport:
             "outcomes": [asdict(o) for o in self.outcomes],
             "drift_psi_threshold": self.threshold,
             "operating_points": self.operating_points,
+            "shadow": [asdict(c) for c in self.shadow],
         }
 
 
@@ -321,6 +336,63 @@ def calibration_population(bundle_dir: Path | None) -> dict[str, list[float]]:
     return {f"{manifest.get('name')} {manifest.get('version')}": values}
 
 
+def shadow_comparisons(db: Database, since: dt.datetime | None = None) -> list[ShadowComparison]:
+    from mammo_node.db.models import ShadowResult
+
+    query = select(
+        Result.model_name,
+        Result.model_version,
+        Result.exam_score,
+        Result.verdicts,
+        ShadowResult.model_name,
+        ShadowResult.model_version,
+        ShadowResult.exam_score,
+        ShadowResult.verdicts,
+    ).join(Result, ShadowResult.active_result_fk == Result.id)
+    if since is not None:
+        query = query.where(ShadowResult.created_at >= since)
+    pairs: dict[tuple[str, str], list[tuple[float, float, dict[str, Any], dict[str, Any]]]] = (
+        defaultdict(list)
+    )
+    with db.read() as session:
+        for (
+            a_name,
+            a_version,
+            a_score,
+            a_calls,
+            s_name,
+            s_version,
+            s_score,
+            s_calls,
+        ) in session.execute(query):
+            pairs[(f"{a_name} {a_version}", f"{s_name} {s_version}")].append(
+                (float(a_score), float(s_score), dict(a_calls or {}), dict(s_calls or {}))
+            )
+    out = []
+    for (active, shadow), rows in sorted(pairs.items()):
+        a = np.array([r[0] for r in rows])
+        b = np.array([r[1] for r in rows])
+        correlation = None
+        if len(rows) >= 3 and a.std() > 0 and b.std() > 0:
+            correlation = float(np.corrcoef(a, b)[0, 1])
+        points = sorted(set(rows[0][2]) & set(rows[0][3]))
+        out.append(
+            ShadowComparison(
+                active=active,
+                shadow=shadow,
+                exams=len(rows),
+                mean_difference=float(np.mean(b - a)),
+                mean_abs_difference=float(np.mean(np.abs(b - a))),
+                correlation=correlation,
+                verdict_agreement={
+                    p: sum(bool(r[2].get(p)) == bool(r[3].get(p)) for r in rows) / len(rows)
+                    for p in points
+                },
+            )
+        )
+    return out
+
+
 def operating_points(exams: Iterable[ScoredExam]) -> list[str]:
     return sorted({name for exam in exams for name in exam.verdicts})
 
@@ -347,6 +419,7 @@ def monitor_report(
         outcomes=outcome_stats(load_scored(db), points),
         threshold=settings.drift_psi_threshold,
         operating_points=points,
+        shadow=shadow_comparisons(db, since),
     )
 
 
