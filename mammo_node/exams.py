@@ -158,6 +158,7 @@ def _latest_result(session: Session, exam: Exam) -> dict[str, Any] | None:
             "name": result.model_name,
             "version": result.model_version,
             "demo": result.model_is_demo,
+            "bundle_sha256": result.bundle_sha256,
         },
         "device": result.device,
         "timings": result.timings,

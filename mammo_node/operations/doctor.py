@@ -165,6 +165,18 @@ def check_bundle(settings: Settings) -> Iterator[Check]:
     from mammo_node.ml.loading import bundle_path
 
     path = bundle_path(settings)
+    try:  # an active bundle of the registry (`mammo-node models activate`) wins
+        from mammo_node.operations.models import ModelRole, bundle_with_role
+
+        db = Database(settings.database_url)
+        try:
+            active = bundle_with_role(db, ModelRole.ACTIVE)
+        finally:
+            db.dispose()
+        if active is not None:
+            path = active[0]
+    except MammoNodeError:
+        pass  # the database row reports the database; the configured bundle is checked
     started = time.perf_counter()
     try:
         bundle = load_bundle(path, device="cpu")
