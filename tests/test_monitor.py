@@ -16,7 +16,14 @@ from sqlalchemy import select
 
 from mammo_node.db.models import Exam, Result
 from mammo_node.db.session import Database
-from mammo_node.observe.monitor import ScoredExam, drift_by_week, group_stats, iso_week, psi
+from mammo_node.observe.monitor import (
+    ScoredExam,
+    drift_by_week,
+    group_stats,
+    iso_week,
+    ks_statistic,
+    psi,
+)
 from tests.nodeops import scoring_node
 from tests.test_web_browser import ARTIFACTS, browse
 
@@ -45,6 +52,10 @@ def test_psi_is_small_for_the_same_population_and_large_for_a_shift() -> None:
     assert psi(reference, rng.normal(1.0, 1, 2000)) > 0.25
     with pytest.raises(ValueError, match="both populations"):
         psi(reference, [])
+    from scipy.stats import ks_2samp
+
+    shifted = rng.normal(0.3, 1, 700)
+    assert ks_statistic(reference, shifted) == pytest.approx(ks_2samp(reference, shifted).statistic)
 
 
 def test_drift_against_the_first_weeks_or_the_calibration_population() -> None:

@@ -20,6 +20,8 @@ import datetime as dt
 import json
 import logging
 import math
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -157,9 +159,16 @@ def psi(reference: Sequence[float], current: Sequence[float], bins: int = PSI_BI
 
 
 def ks_statistic(reference: Sequence[float], current: Sequence[float]) -> float:
-    from scipy.stats import ks_2samp
-
-    return float(ks_2samp(reference, current).statistic)
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical
+    distribution functions (numpy only: no scipy import on a Prometheus scrape)."""
+    a = np.sort(np.asarray(reference, dtype=float))
+    b = np.sort(np.asarray(current, dtype=float))
+    pooled = np.concatenate([a, b])
+    gap = (
+        np.searchsorted(a, pooled, side="right") / a.size
+        - np.searchsorted(b, pooled, side="right") / b.size
+    )
+    return float(np.max(np.abs(gap)))
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -315,10 +324,13 @@ def failures_by_week(db: Database, since: dt.datetime | None = None) -> dict[str
 
 def calibration_population(bundle_dir: Path | None) -> dict[str, list[float]]:
     """Exam scores of the bundle's calibration population, keyed "name version", when the
-    manifest carries them (``calibration.exam_scores`` or ``calibration.scores``)."""
-    from mammo_node.ml.bundle import MANIFEST, default_bundle_path
+    manifest carries them (``calibration.exam_scores`` or ``calibration.scores``).
 
-    path = (bundle_dir or default_bundle_path()) / MANIFEST
+    Reads manifest.json only: importing the model code (torch) on a scrape would cost seconds.
+    """
+    import mammo_node
+
+    path = (bundle_dir or Path(mammo_node.__file__).parent / "demo_bundle") / "manifest.json"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -393,16 +405,31 @@ def shadow_comparisons(db: Database, since: dt.datetime | None = None) -> list[S
     return out
 
 
+def _active_bundle_dir(settings: Settings, db: Database) -> Path | None:
+    """The registry's active bundle (``mammo-node models activate``), else the configured one."""
+    from mammo_node.operations.models import ModelRole, bundle_with_role
+
+    try:
+        active = bundle_with_role(db, ModelRole.ACTIVE)
+    except MammoNodeError:
+        active = None
+    return active[0] if active is not None else settings.model_bundle
+
+
 def operating_points(exams: Iterable[ScoredExam]) -> list[str]:
     return sorted({name for exam in exams for name in exam.verdicts})
 
 
 def monitor_report(
-    settings: Settings, db: Database, now: dt.datetime | None = None
+    settings: Settings,
+    db: Database,
+    now: dt.datetime | None = None,
+    exams: list[ScoredExam] | None = None,
 ) -> MonitorReport:
     now = now or utcnow()
     since = now - dt.timedelta(weeks=settings.monitor_weeks)
-    exams = load_scored(db, since)
+    if exams is None:
+        exams = load_scored(db, since)
     points = operating_points(exams)
     weeks = sorted({e.week for e in exams})
     return MonitorReport(
@@ -414,13 +441,34 @@ def monitor_report(
             threshold=settings.drift_psi_threshold,
             min_exams=settings.drift_min_exams,
             reference_weeks=settings.drift_reference_weeks,
-            calibration=calibration_population(settings.model_bundle),
+            calibration=calibration_population(_active_bundle_dir(settings, db)),
         ),
         outcomes=outcome_stats(load_scored(db), points),
         threshold=settings.drift_psi_threshold,
         operating_points=points,
         shadow=shadow_comparisons(db, since),
     )
+
+
+_CACHE_LOCK = threading.Lock()
+_CACHE: dict[int, tuple[float, MonitorReport, list[ScoredExam]]] = {}
+
+
+def cached_report(
+    settings: Settings, db: Database, max_age: float = 15.0
+) -> tuple[MonitorReport, list[ScoredExam]]:
+    """The report and its exams, computed at most every ``max_age`` seconds per database:
+    a page with five plots and a Prometheus scrape every 15 s share one computation."""
+    key = id(db)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and time.monotonic() - hit[0] < max_age:
+            return hit[1], hit[2]
+        now = utcnow()
+        exams = load_scored(db, now - dt.timedelta(weeks=settings.monitor_weeks))
+        report = monitor_report(settings, db, now, exams)
+        _CACHE[key] = (time.monotonic(), report, exams)
+        return report, exams
 
 
 # --- Prometheus ---------------------------------------------------------------------------------
@@ -470,8 +518,8 @@ class MonitorCollector(Collector):
         )
         now = utcnow()
         try:
-            week = load_scored(self.db, now - dt.timedelta(days=7))
-            report = monitor_report(self.settings, self.db, now)
+            report, exams = cached_report(self.settings, self.db)
+            week = [e for e in exams if e.at >= now - dt.timedelta(days=7)]
             failed = failures_by_week(self.db, now - dt.timedelta(days=7))
         except MammoNodeError:
             logger.warning("monitor metrics: database not reachable", exc_info=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from mammo_node.observe.monitor import load_scored, monitor_report
+from mammo_node.observe.monitor import cached_report, monitor_report
 from mammo_node.web.deps import context
 from mammo_node.web.errors import WebError
 
@@ -29,7 +29,7 @@ def monitor_page(request: Request) -> HTMLResponse:
     from mammo_node.web.pages import _page
 
     ctx = context(request)
-    report = monitor_report(ctx.settings, ctx.db)
+    report, _exams = cached_report(ctx.settings, ctx.db)
     return _page(
         request,
         "monitor.html",
@@ -46,8 +46,7 @@ def monitor_plot(request: Request, name: str) -> Response:
     if name not in PLOTS:
         raise WebError(404, f"no plot {name!r}; there are {', '.join(PLOTS)}")
     ctx = context(request)
-    report = monitor_report(ctx.settings, ctx.db)
-    exams = load_scored(ctx.db)
+    report, exams = cached_report(ctx.settings, ctx.db)
     return Response(
         PLOTS[name](report, exams), media_type="image/png", headers={"Cache-Control": "no-store"}
     )
@@ -56,4 +55,4 @@ def monitor_plot(request: Request, name: str) -> Response:
 @router.get("/api/monitor")
 def monitor_json(request: Request) -> JSONResponse:
     ctx = context(request)
-    return JSONResponse(monitor_report(ctx.settings, ctx.db).to_json())
+    return JSONResponse(monitor_report(ctx.settings, ctx.db).to_json())  # always fresh
