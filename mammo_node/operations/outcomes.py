@@ -137,8 +137,9 @@ def import_outcomes(db: Database, path: Path, *, actor: str = "cli") -> ImportRe
         for row in rows:
             exam = _find_exam(session, row)
             if exam is None:
+                # an accession number identifies a patient's visit: the line number says which
                 report.not_on_this_node.append(
-                    f"line {row.line}: {row.study_uid or 'accession ' + row.accession_number}"
+                    f"line {row.line}: {row.study_uid or 'by accession number'}"
                 )
                 continue
             found = session.scalars(select(Outcome).where(Outcome.exam_fk == exam.id)).first()
