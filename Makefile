@@ -15,7 +15,8 @@ PORT      ?= 11112
 HTTP_PORT ?= 8080
 PYTEST_ARGS ?=
 # Debian packages: real DICOM peers and validators for the tests, Chromium for the viewers
-APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium curl iproute2 util-linux
+APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium curl iproute2 util-linux \
+                docker-compose prometheus
 # the project's shared folder: ../shared beside the repository (else this workplace's)
 SHARED ?= $(firstword $(wildcard $(abspath ../shared) /work/shared) $(abspath ../shared))
 OHIF_CHECK := $(SHARED)/tools/ohif-check

@@ -104,6 +104,39 @@ class Settings(BaseSettings):
     outbox_backoff_base: float = Field(2.0, gt=0)
     outbox_backoff_max: float = Field(600.0, gt=0)
 
+    # --- retention (see mammo_node.operations.retention) ------------------------------
+    retention_days: float | None = Field(
+        None,
+        ge=0,
+        description="delete received images this many days after their exam's "
+        "results were all delivered; unset = keep for ever",
+    )
+    max_storage_gb: float | None = Field(
+        None,
+        gt=0,
+        description="above this many GB of stored images, recycle the oldest "
+        "fully-delivered exams first; unset = no limit",
+    )
+    retention_output_days: float | None = Field(
+        None,
+        ge=0,
+        description="delete the node's own outputs (SR, SC, SEG) this many days "
+        "after delivery, never before their sources; unset = keep for ever",
+    )
+    retention_interval_seconds: float = Field(
+        3600.0, gt=0, description="how often `serve` prunes (when a retention limit is set)"
+    )
+
+    # --- monitoring (see mammo_node.observe.monitor) ------------------------------------
+    monitor_weeks: int = Field(26, ge=1, description="weeks the /monitor page covers")
+    drift_psi_threshold: float = Field(
+        0.25, gt=0, description="PSI of a week's scores above this raises the drift alert"
+    )
+    drift_min_exams: int = Field(20, ge=1, description="fewer exams in a week: no drift value")
+    drift_reference_weeks: int = Field(
+        4, ge=1, description="without a calibration population: a version's first weeks"
+    )
+
     # --- logging ---------------------------------------------------------------------
     log_level: str = "INFO"
 
@@ -133,6 +166,16 @@ class Settings(BaseSettings):
     def _tls_pair(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both tls_cert and tls_key (MAMMO_TLS_CERT, MAMMO_TLS_KEY).")
+        return self
+
+    @model_validator(mode="after")
+    def _outputs_outlive_sources(self) -> Settings:
+        days, outputs = self.retention_days, self.retention_output_days
+        if outputs is not None and (days is None or outputs < days):
+            raise ValueError(
+                f"retention_output_days ({outputs}) must be at least retention_days ({days}): "
+                "outputs are kept as long as their sources or longer."
+            )
         return self
 
     # --- derived ---------------------------------------------------------------------

@@ -77,6 +77,7 @@ class IngestOutcome(enum.StrEnum):
     STORED = "stored"  # a new SOP instance
     DUPLICATE = "duplicate"  # the same UID with the same bytes: nothing changed
     REPLACED = "replaced"  # the same UID with other bytes: the new file replaced the old
+    RESTORED = "restored"  # the same bytes again after retention deleted the file: back on file
     CONFLICT = "conflict"  # the same UID with other bytes, not allowed: kept aside, refused
 
 

@@ -14,9 +14,10 @@ from mammo_node.delivery.exporter import Exporter, ExporterThread
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.filing.storage import InstanceStore
 from mammo_node.grouping.service import Grouper, GrouperThread
-from mammo_node.ml.loading import load_scorer
 from mammo_node.observe.audit import AuditLog
 from mammo_node.observe.loops import Loops
+from mammo_node.operations.models import ActiveBundleScorer, ShadowScorer, ShadowThread
+from mammo_node.operations.retention import RetentionPolicy, RetentionThread
 from mammo_node.receive.scp import StorageSCP
 from mammo_node.web.server import WebServer
 from mammo_node.worker import Worker, WorkerThread
@@ -41,15 +42,22 @@ class Node:
         self.grouper = GrouperThread(Grouper(settings, self.db, self.store))
         self.exporter = ExporterThread(Exporter(settings, self.db, self.store))
         self.worker: WorkerThread | None = None
+        self.shadow: ShadowThread | None = None
         if score and settings.serve_worker:
             worker = Worker(
                 settings,
                 self.db,
                 self.ingestor,
-                lambda: load_scorer(settings),
+                lambda: ActiveBundleScorer(settings, self.db),
                 on_result=self.exporter.wake,
             )
             self.worker = WorkerThread(worker)
+            self.shadow = ShadowThread(
+                ShadowScorer(settings, self.db, self.store.root), settings.worker_poll_seconds * 2
+            )
+        self.retention: RetentionThread | None = None
+        if RetentionPolicy.from_settings(settings).active:
+            self.retention = RetentionThread(settings, self.db, self.store)
         self.audit = AuditLog(self.db)
         self.loops = Loops()
         for thread in (self.grouper, self.worker, self.exporter):  # the web app adds audit
@@ -83,6 +91,10 @@ class Node:
         if self.worker is not None:
             self.worker.start()
         self.exporter.start()
+        if self.retention is not None:
+            self.retention.start()
+        if self.shadow is not None:
+            self.shadow.start()
         logger.info("node %s ready (data in %s)", self.settings.ae_title, self.settings.data_dir)
 
     def stop(self) -> None:
@@ -90,7 +102,11 @@ class Node:
         logger.info("stopping")
         self.web.stop()
         self.scp.stop()
-        threads = [t for t in (self.grouper, self.worker, self.exporter) if t is not None]
+        threads = [
+            t
+            for t in (self.grouper, self.worker, self.exporter, self.retention, self.shadow)
+            if t is not None
+        ]
         for thread in threads:
             thread.stop()
         # the exam being scored may finish within the grace period; if not, it is abandoned:

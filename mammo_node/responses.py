@@ -122,11 +122,13 @@ class DestinationDeliveries(Answer):
 
 # --- results ----------------------------------------------------------------------------------
 class ModelInfo(Answer):
-    """The bundle that made a result; ``is_demo`` results are not for clinical use."""
+    """The bundle that made a result; ``is_demo`` results are not for clinical use;
+    ``bundle_sha256`` is its content hash (the manifest's, which lists every weights file's)."""
 
     name: str
     version: str
     is_demo: bool
+    bundle_sha256: str = ""
 
 
 class ViewScore(Answer):
@@ -233,6 +235,7 @@ class Result(Answer):
                 name=result.model_name,
                 version=result.model_version,
                 is_demo=result.model_is_demo,
+                bundle_sha256=result.bundle_sha256 or "",
             ),
             "device": result.device,
             "timings": dict(result.timings or {}),

@@ -192,6 +192,7 @@ class Worker:
         t1 = time.perf_counter()
         outputs = self._build_outputs(sources, inference, claim, previous)
         writers_seconds = time.perf_counter() - t1
+        scanner = _scanner(sources)
         del sources
         t2 = time.perf_counter()
         stored = [self._store_output(obj) for obj in outputs]
@@ -203,7 +204,7 @@ class Worker:
             store=store_seconds,
             worker_total=time.perf_counter() - started,
         )
-        return self._record_result(claim, inference, outputs, stored, previous, timings)
+        return self._record_result(claim, inference, outputs, stored, previous, timings, scanner)
 
     def _previous_result(self, exam_id: int) -> tuple[int, list[ReferencedDocument]] | None:
         """The latest result of this exam and its SRs (they become Predecessor Documents)."""
@@ -303,6 +304,7 @@ class Worker:
         stored: list[str],
         previous: tuple[int, list[ReferencedDocument]] | None,
         timings: dict[str, float],
+        scanner: tuple[str, str] = ("", ""),
     ) -> int | None:
         summary = ScoredExam.of(inference).to_json()
         sr_uid = next(o.sop_instance_uid for o in outputs if o.kind is OutputKind.SR)
@@ -331,6 +333,9 @@ class Worker:
                 sr_sop_instance_uid=sr_uid,
                 selection=claim.selection,
                 previous_result_fk=previous[0] if previous else None,
+                bundle_sha256=inference.bundle.manifest_sha256,
+                manufacturer=scanner[0],
+                manufacturer_model=scanner[1],
             )
             session.add(result)
             session.flush()
@@ -465,6 +470,16 @@ def _selection_summary(selection: dict[str, Any]) -> str:
         )
     parts.extend(selection.get("notes") or [])
     return "".join(f" ({part})" for part in parts)
+
+
+def _scanner(sources: Mapping[Slot, Dataset]) -> tuple[str, str]:
+    """(Manufacturer, ManufacturerModelName) of the scored images, for monitoring per scanner."""
+    for ds in sources.values():
+        maker = str(ds.get("Manufacturer", "") or "").strip()[:64]
+        model = str(ds.get("ManufacturerModelName", "") or "").strip()[:64]
+        if maker or model:
+            return maker, model
+    return "", ""
 
 
 def _device_label(scorer: Scorer) -> str:

@@ -62,7 +62,7 @@ def worker(
     from mammo_node.db.session import Database
     from mammo_node.filing.ingest import Ingestor
     from mammo_node.filing.storage import InstanceStore
-    from mammo_node.ml.loading import load_scorer
+    from mammo_node.operations.models import ActiveBundleScorer
     from mammo_node.worker import Worker, WorkerThread
 
     try:
@@ -70,7 +70,13 @@ def worker(
         db = Database(settings.database_url)
         ingestor = Ingestor(settings, db, InstanceStore(settings.storage_dir))
         thread = WorkerThread(
-            Worker(settings, db, ingestor, lambda: load_scorer(settings), worker_id=worker_id)
+            Worker(
+                settings,
+                db,
+                ingestor,
+                lambda: ActiveBundleScorer(settings, db),
+                worker_id=worker_id,
+            )
         )
     except MammoNodeError as exc:
         raise _fail(exc) from exc

@@ -123,6 +123,9 @@ class Exam(Base):
     claimed_by: Mapped[str] = mapped_column(String(128), default="")
     claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # retention never prunes a held exam's images (a case under review, a legal hold)
+    retention_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    retention_hold_reason: Mapped[str] = mapped_column(Text, default="")
 
     patient: Mapped[Patient] = relationship(back_populates="exams")
     series: Mapped[list[Series]] = relationship(back_populates="exam")
@@ -200,6 +203,8 @@ class Instance(Base):
         ForeignKey("results.id"), default=None, index=True
     )
     output_kind: Mapped[str] = mapped_column(String(16), default="")
+    # set when retention deleted the file: the row (and the exam's result) stay as the record
+    pruned_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
     exam: Mapped[Exam] = relationship(back_populates="instances")
     series: Mapped[Series] = relationship(back_populates="instances")
@@ -292,6 +297,11 @@ class Result(Base):
     # which image filled each slot and why, notes (synthesized 2D, implant), missing breasts
     selection: Mapped[dict[str, Any]] = mapped_column(default=dict)
     previous_result_fk: Mapped[int | None] = mapped_column(ForeignKey("results.id"), default=None)
+    # sha256 of the bundle's manifest.json (which holds the sha256 of each weights file)
+    bundle_sha256: Mapped[str] = mapped_column(String(64), default="")
+    # the scanner of the scored images, for monitoring per scanner (never patient data)
+    manufacturer: Mapped[str] = mapped_column(String(64), default="")
+    manufacturer_model: Mapped[str] = mapped_column(String(64), default="")
 
     __table_args__ = (Index("ix_results_exam_revision", "exam_fk", "exam_revision"),)
 
@@ -354,3 +364,60 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str] = mapped_column(String(128), default="")  # a UID, a destination...
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Outcome(Base):
+    """What screening later found for an exam (imported by ``mammo-node outcomes import``)."""
+
+    __tablename__ = "outcomes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exam_fk: Mapped[int] = mapped_column(ForeignKey("exams.id"), unique=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # screening, interval, normal
+    cancer_laterality: Mapped[str] = mapped_column(String(1), default="")  # L, R, B or ""
+    readers: Mapped[dict[str, Any]] = mapped_column(default=dict)  # reader1_L ... scores
+    source: Mapped[str] = mapped_column(String(255), default="")
+    imported_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ModelBundleRow(Base):
+    """A model bundle installed on the node (``mammo-node models add``) and its role:
+    installed, active (scores and sends) or shadow (scores every exam, sends nothing)."""
+
+    __tablename__ = "model_bundles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    manifest_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    role: Mapped[str] = mapped_column(String(16), default="installed")
+    is_demo: Mapped[bool] = mapped_column(Boolean, default=False)
+    added_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    changed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ShadowResult(Base):
+    """A shadow bundle's scoring of an exam the active bundle scored: kept, never sent."""
+
+    __tablename__ = "shadow_results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    exam_fk: Mapped[int] = mapped_column(ForeignKey("exams.id"))
+    exam_revision: Mapped[int] = mapped_column(Integer)
+    active_result_fk: Mapped[int] = mapped_column(ForeignKey("results.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    bundle_sha256: Mapped[str] = mapped_column(String(64))
+    exam_score: Mapped[float]
+    breast_scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    images: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    verdicts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    __table_args__ = (
+        UniqueConstraint(
+            "exam_fk", "exam_revision", "bundle_sha256", name="uq_shadow_results_exam_bundle"
+        ),
+    )

@@ -435,6 +435,10 @@ class Ingestor:
             if instance is None:
                 instance = Instance(sop_instance_uid=facts.sop_uid, replaced_count=0)
                 session.add(instance)
+            elif instance.pruned_at is not None and self._same_bytes(instance, stored, sha256):
+                # retention had deleted the file; the same bytes sent again go back on file
+                outcome = IngestOutcome.RESTORED
+                old_path, instance.rel_path, instance.pruned_at = None, stored.rel_path, None
             elif self._same_bytes(instance, stored, sha256):
                 outcome = IngestOutcome.DUPLICATE  # stored by another association meanwhile
             else:
@@ -456,7 +460,8 @@ class Ingestor:
                 outcome = IngestOutcome.REPLACED
                 old_path = instance.rel_path
                 instance.replaced_count += 1
-            if outcome is not IngestOutcome.DUPLICATE:
+            unchanged = outcome in (IngestOutcome.DUPLICATE, IngestOutcome.RESTORED)
+            if not unchanged:
                 self._fill(instance, facts, stored, arrival, sha256, now, series.id, exam.id)
             if outcome is IngestOutcome.REPLACED and arrival.origin is Origin.RECEIVED:
                 audit.record_in(
@@ -468,7 +473,7 @@ class Ingestor:
                     peer=arrival.peer_host,
                     policy=self.settings.overwrite_policy.value,
                 )
-            if arrival.origin is Origin.RECEIVED and outcome is not IngestOutcome.DUPLICATE:
+            if arrival.origin is Origin.RECEIVED and not unchanged:
                 reopened = _note_arrival(
                     session, exam, facts.sop_uid, outcome, now, arrival, facts.instance["kind"]
                 )

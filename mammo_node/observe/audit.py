@@ -50,6 +50,11 @@ EXAM_HELD = "exam_held"  # a study's objects disagree on the patient: not scored
 LOGIN = "login"
 LOGIN_FAILED = "login_failed"
 LOGOUT = "logout"
+PRUNED = "pruned"  # retention deleted an exam's files (detail: reason, instances, bytes, UIDs)
+HOLD = "retention_hold"  # an exam was put on retention hold
+HOLD_RELEASED = "retention_released"
+BACKUP = "backup"  # a backup was written (detail: directory, counts)
+OUTCOMES_IMPORTED = "outcomes_imported"  # screening outcomes linked to exams (detail: counts)
 
 _MAX_TARGET = 128
 _MAX_ACTOR = 128

@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from mammo_node.db.models import Exam, OutboxItem
+from mammo_node.db.models import Exam, Instance, OutboxItem
 from mammo_node.db.session import Database
 from mammo_node.domain import ExamState
 from mammo_node.errors import MammoNodeError
@@ -78,6 +78,18 @@ LOOP_FAILURES = Counter(
     ["loop", "error"],
     registry=REGISTRY,
 )
+PRUNED_INSTANCES = Counter(
+    "mammo_pruned_instances",
+    "Instances whose files retention deleted, by origin (received, generated)",
+    ["origin"],
+    registry=REGISTRY,
+)
+PRUNED_BYTES = Counter(
+    "mammo_pruned_bytes",
+    "Bytes retention freed, by origin (received, generated)",
+    ["origin"],
+    registry=REGISTRY,
+)
 HTTP_REQUESTS = Counter(
     "mammo_http_requests",
     "HTTP requests answered, by route group (dicomweb, pages, api, ops) and status class",
@@ -121,6 +133,13 @@ def loop_failed(loop: str, error: str) -> None:
     LOOP_FAILURES.labels(loop=loop, error=error).inc()
 
 
+def instances_pruned(count: int, size: int, origin: str) -> None:
+    """Retention deleted ``count`` files of ``size`` bytes in all."""
+    if count:
+        PRUNED_INSTANCES.labels(origin=origin).inc(count)
+        PRUNED_BYTES.labels(origin=origin).inc(size)
+
+
 def http_request(group: str, status_code: int) -> None:
     HTTP_REQUESTS.labels(group=group, status=f"{status_code // 100}xx").inc()
 
@@ -142,6 +161,11 @@ class DatabaseCollector(Collector):
             "Outbox rows by state (pending, delivered, dead)",
             labels=["state"],
         )
+        stored = GaugeMetricFamily(
+            "mammo_stored_bytes",
+            "Bytes of instance files on record and not pruned, by origin (received, generated)",
+            labels=["origin"],
+        )
         up = GaugeMetricFamily("mammo_database_up", "1 when the database answered this scrape")
         try:
             with self.db.read() as session:
@@ -151,6 +175,13 @@ class DatabaseCollector(Collector):
                 by_outbox = dict(
                     session.execute(
                         select(OutboxItem.state, func.count()).group_by(OutboxItem.state)
+                    ).all()
+                )
+                by_origin = dict(
+                    session.execute(
+                        select(Instance.origin, func.coalesce(func.sum(Instance.size_bytes), 0))
+                        .where(Instance.pruned_at.is_(None))
+                        .group_by(Instance.origin)
                     ).all()
                 )
         except MammoNodeError:
@@ -170,8 +201,10 @@ class DatabaseCollector(Collector):
             *sorted(set(by_outbox) - {"pending", "delivered", "dead"}),
         ):
             outbox.add_metric([state], by_outbox.get(state, 0))
+        for origin in ("received", "generated"):
+            stored.add_metric([origin], float(by_origin.get(origin, 0)))
         up.add_metric([], 1)
-        yield from (exams, queue, outbox, up)
+        yield from (exams, queue, outbox, stored, up)
 
 
 def by_state_ready(exams: GaugeMetricFamily) -> float:

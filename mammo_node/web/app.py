@@ -33,6 +33,7 @@ from mammo_node.observe.audit import AuditLog
 from mammo_node.observe.loops import Loops
 from mammo_node.web import api, dicomweb, health, pages
 from mammo_node.web import metrics as metrics_route
+from mammo_node.web import monitor as monitor_page
 from mammo_node.web.auth import SessionSigner, TokenStore, load_or_create_secret
 from mammo_node.web.deps import ModelReady, WebContext
 from mammo_node.web.dicomjson import HeaderCache
@@ -112,7 +113,7 @@ def create_app(
         openapi_url="/api/openapi.json",
     )
     app.state.mammo = ctx
-    for module in (dicomweb, pages, api, health, metrics_route):
+    for module in (dicomweb, pages, api, health, metrics_route, monitor_page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_error_handlers(app)

@@ -373,6 +373,7 @@ def _stored(ctx: WebContext, study: str, series: str | None, sop: str | None) ->
             Instance.sop_instance_uid,
             Instance.rel_path,
             Instance.transfer_syntax_uid,
+            Instance.pruned_at,
         )
         .join(Series, Instance.series_fk == Series.id)
         .join(Exam, Instance.exam_fk == Exam.id)
@@ -389,7 +390,15 @@ def _stored(ctx: WebContext, study: str, series: str | None, sop: str | None) ->
     if not rows:
         what = f"instance {sop}" if sop else f"series {series}" if series else "study"
         raise DicomWebError(404, f"no {what} in study {study_uid} on this node")
-    return [Stored(*row) for row in rows]
+    on_file = [Stored(*row[:5]) for row in rows if row.pruned_at is None]
+    if not on_file:
+        when = max(row.pruned_at for row in rows).date().isoformat()
+        raise DicomWebError(
+            410,
+            f"the files of this {'instance' if sop else 'series' if series else 'study'} were "
+            f"deleted by retention on {when}; the node keeps the exam's record and result",
+        )
+    return on_file
 
 
 def _retrieve(

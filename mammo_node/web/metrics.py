@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from mammo_node.observe import metrics
+from mammo_node.observe import metrics, monitor
 from mammo_node.web.deps import context
 
 router = APIRouter()
@@ -12,4 +12,7 @@ router = APIRouter()
 
 @router.get("/metrics")
 def prometheus(request: Request) -> Response:
-    return Response(metrics.exposition(context(request).db), media_type=metrics.CONTENT_TYPE)
+    ctx = context(request)
+    text = metrics.exposition(ctx.db)
+    text += monitor.exposition(ctx.settings, ctx.db, ctx.ingestor.store.root)
+    return Response(text, media_type=metrics.CONTENT_TYPE)

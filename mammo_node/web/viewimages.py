@@ -65,13 +65,18 @@ class ViewImages:
                     Instance.view,
                     Instance.rows,
                     Instance.columns,
+                    Instance.pruned_at,
                 )
                 .join(Exam, Instance.exam_fk == Exam.id)
                 .where(Exam.study_uid == study_uid, Instance.sop_instance_uid == sop_uid)
             ).first()
         if row is None:
             raise NotFoundError(f"no image {sop_uid} in exam {study_uid}")
-        return StoredImage(*row)
+        if row.pruned_at is not None:
+            raise NotFoundError(
+                f"image {sop_uid} was deleted by retention on {row.pruned_at.date().isoformat()}"
+            )
+        return StoredImage(*row[:6])
 
     @staticmethod
     def version(image: StoredImage) -> str:

@@ -1,0 +1,1 @@
+"""Looking after a node that runs for years: retention, backup and restore, the doctor."""
