@@ -6,11 +6,14 @@ import math
 
 import numpy as np
 import pytest
+from conftest_trainer import single_thread  # noqa: F401 - fixture
 
 from mammo_node.ml.bundle import default_bundle_path, load_bundle
 from mammo_node.ml.calibration import Calibration
 from mammo_node.ml.inference import EnsembleScorer
 from mammo_node.synth import SynthOptions, generate_exams
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def scorer_bundle_calibration() -> Calibration:

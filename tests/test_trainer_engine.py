@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest_ml import breast_phantom, plant_spot
+from conftest_trainer import single_thread  # noqa: F401 - fixture
 
 from mammo_node.ml.models import build_model
 from trainer.checkpoint import load_checkpoint, save_checkpoint
@@ -18,6 +19,8 @@ from trainer.distributed import DistInfo
 from trainer.engine import BalancedDraw, Sample, StageSpec, TrainImages, train_stage
 from trainer.errors import RunError
 from trainer.progress import Reporter
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SINGLE = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 CFG = TrainConfig(

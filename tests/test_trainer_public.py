@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest_trainer import single_thread  # noqa: F401 - fixture
 from typer.testing import CliRunner
 
 from mammo_node.public_layouts import (
@@ -17,6 +18,8 @@ from mammo_node.public_layouts import (
 from mammo_node.synth import SynthOptions
 from trainer.cli import app
 from trainer.data import Manifest, image_label
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 OPTIONS = SynthOptions(
     rows=80,
