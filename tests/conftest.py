@@ -190,7 +190,7 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     weights (so the default ``--init imagenet`` works with nothing downloaded).
     """
     from mammo_node.synth import SynthOptions, write_synthetic_dataset
-    from tests.helpers.trainer import write_torchvision_weights
+    from tests.helpers.trainer import one_torch_thread, write_torchvision_weights
 
     root = tmp_path_factory.mktemp("cohort")
     write_torchvision_weights(root / "torch_home")
@@ -206,6 +206,15 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             lesion_radius_mm=(8.0, 12.0),
         ),
     )
-    with pytest.MonkeyPatch.context() as patch:
+    with pytest.MonkeyPatch.context() as patch, one_torch_thread():
         patch.setenv("TORCH_HOME", str(root / "torch_home"))
         yield root
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One torch intra-op thread for a module's tiny models (see one_torch_thread)."""
+    from tests.helpers.trainer import one_torch_thread
+
+    with one_torch_thread():
+        yield

@@ -12,6 +12,8 @@ from mammo_node.ml.calibration import Calibration
 from mammo_node.ml.inference import EnsembleScorer
 from mammo_node.synth import SynthOptions, generate_exams
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def scorer_bundle_calibration() -> Calibration:
     calibration = load_bundle(default_bundle_path()).calibration

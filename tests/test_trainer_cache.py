@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from mammo_node.synth import SynthOptions, write_synthetic_dataset
@@ -13,6 +14,8 @@ from trainer.config import TrainConfig
 from trainer.data import index_dataset
 from trainer.distributed import DistInfo
 from trainer.progress import Reporter
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SINGLE = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 

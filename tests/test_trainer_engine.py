@@ -19,6 +19,8 @@ from trainer.engine import BalancedDraw, Sample, StageSpec, TrainImages, train_s
 from trainer.errors import RunError
 from trainer.progress import Reporter
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 SINGLE = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 CFG = TrainConfig(
     arch="resnet18",

@@ -18,6 +18,8 @@ from mammo_node.synth.public_layouts import (
 from trainer.cli import app
 from trainer.data import Manifest, image_label
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 OPTIONS = SynthOptions(
     rows=80,
     columns=64,

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torchvision
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on a shared CPU: one intra-op thread. With two, OpenMP threads spin
+    waiting for a descheduled peer (the CLI sets OMP_WAIT_POLICY=PASSIVE before torch loads;
+    inside pytest torch is already loaded) and a 48 px view takes 2.6 s instead of 0.3 s."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 IMAGENET_RESNET18 = "resnet18-f37072fd.pth"  # torchvision's file name for its ImageNet weights
 
