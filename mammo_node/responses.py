@@ -204,6 +204,10 @@ class Result(Answer):
     created_at: str | None
     exam_score: float
     score_kind: str  # logit_difference (uncalibrated) or probability (calibrated, 0..1)
+    # from the bundle's calibration, None when it has none: P(screening cancer) 0..1 at the
+    # calibration's prevalence, and the 1-10 category (deciles of a screening population)
+    probability: float | None = None
+    category: int | None = None
     breast_scores: dict[str, float]
     images: dict[str, ViewScore]  # SOP Instance UID -> scores
     verdicts: dict[str, bool]  # operating point -> exam score at or above its threshold
@@ -228,6 +232,8 @@ class Result(Answer):
             "created_at": iso(result.created_at),
             "exam_score": result.exam_score,
             "score_kind": result.score_kind,
+            "probability": result.probability,
+            "category": result.category,
             "breast_scores": dict(result.breast_scores or {}),
             "images": dict(result.images or {}),
             "verdicts": dict(result.verdicts or {}),

@@ -334,6 +334,8 @@ class Worker:
                 selection=claim.selection,
                 previous_result_fk=previous[0] if previous else None,
                 bundle_sha256=inference.bundle.manifest_sha256,
+                probability=inference.probability,
+                category=inference.category,
                 manufacturer=scanner[0],
                 manufacturer_model=scanner[1],
             )

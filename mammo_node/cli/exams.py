@@ -90,6 +90,12 @@ def _print_result(result: ResultDetail) -> None:
         f"result {result.id} by {model.name} {model.version}{demo}: exam score "
         f"{result.exam_score:.3f} ({result.score_kind}); breasts {breasts}"
         + (f"; recall at {verdicts}" if verdicts else "")
+        + (f"; category {result.category}/10" if result.category is not None else "")
+        + (
+            f"; probability of screening cancer {result.probability:.1%}"
+            if result.probability is not None
+            else ""
+        )
         + ("" if result.current else "  [an image arrived since: a new result is due]")
     )
     views = Table("view", "holistic", "attention", "ensemble", "COA (x, y)", "ROI x0,y0,x1,y1")

@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -299,6 +300,10 @@ class Result(Base):
     previous_result_fk: Mapped[int | None] = mapped_column(ForeignKey("results.id"), default=None)
     # sha256 of the bundle's manifest.json (which holds the sha256 of each weights file)
     bundle_sha256: Mapped[str] = mapped_column(String(64), default="")
+    # from the bundle's calibration (None for an uncalibrated bundle): probability of screening
+    # cancer at the calibration's prevalence, and the 1-10 category radiologists read
+    probability: Mapped[float | None] = mapped_column(Float, default=None)
+    category: Mapped[int | None] = mapped_column(Integer, default=None)
     # the scanner of the scored images, for monitoring per scanner (never patient data)
     manufacturer: Mapped[str] = mapped_column(String(64), default="")
     manufacturer_model: Mapped[str] = mapped_column(String(64), default="")

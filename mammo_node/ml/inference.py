@@ -94,6 +94,7 @@ class EnsembleScorer:
         self.settings = bundle.manifest.preprocess
         self.batch_size = 4 if self.device.type == "cuda" else 1
         self._info = bundle.info
+        self._calibration = bundle.calibration  # None: the exam score is all there is
         memory = torch.channels_last if self.channels_last else torch.contiguous_format
         self.holistic = bundle.holistic.to(self.device, memory_format=memory).eval()
         self.attention = bundle.attention.to(self.device, memory_format=memory).eval()
@@ -213,6 +214,7 @@ class EnsembleScorer:
             for stage, seconds in view.timings.items():
                 timings[stage] = timings.get(stage, 0.0) + seconds
         timings["total"] = time.perf_counter() - t0
+        probability, category = self.read_exam_score(scores.exam_score)
         return ExamInference(
             study_uid=study_uid,
             views=views,
@@ -220,4 +222,16 @@ class EnsembleScorer:
             bundle=self._info,
             timings=timings,
             verdicts=verdicts(scores.exam_score, self._info.operating_points),
+            probability=probability,
+            category=category,
         )
+
+    def read_exam_score(self, exam_score: float) -> tuple[float | None, int | None]:
+        """What the bundle's calibration makes of an exam score: (probability of screening
+        cancer at its stated prevalence, 1-10 category); (None, None) for an uncalibrated
+        bundle, whose score is reported with its own honest unit only."""
+        calibration = self._calibration
+        if calibration is None:
+            return None, None
+        category = calibration.category(exam_score) if calibration.category_edges else None
+        return calibration.probability(exam_score), category

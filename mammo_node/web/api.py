@@ -22,14 +22,21 @@ def list_exams(
     sort: str = "newest",
     limit: int = 200,
     q: str = "",
+    min_category: int | None = None,
 ) -> list[WorklistRow]:
-    """Exams with their latest result (patient identifiers included: role read or admin)."""
+    """Exams with their latest result (patient identifiers included: role read or admin);
+    ``sort=category`` and ``min_category`` triage by the calibrated 1-10 scale."""
     require_read(request)
-    check_filters(state, sort)
+    check_filters(state, sort, min_category)
     if not 1 <= limit <= 5000:
         raise WebError(400, f"limit {limit}: expected 1..5000")
     return worklist(
-        context(request).db, state=state or None, sort=sort, limit=limit, search=q.strip() or None
+        context(request).db,
+        state=state or None,
+        sort=sort,
+        limit=limit,
+        search=q.strip() or None,
+        min_category=min_category,
     )
 
 

@@ -96,16 +96,25 @@ def worklist_page(
     sort: str = "newest",
     q: str = "",
     refresh: int = 30,
+    min_category: int | None = None,
 ) -> HTMLResponse:
     ctx = context(request)
     principal = current_principal(request)
-    check_filters(state, sort)
+    check_filters(state, sort, min_category)
     search = q.strip() if principal else ""  # searching by name would reveal identifiers
-    rows = worklist(ctx.db, state=state or None, sort=sort, search=search or None)
+    rows = worklist(
+        ctx.db, state=state or None, sort=sort, search=search or None, min_category=min_category
+    )
     refresh = max(0, min(refresh, 3600))
 
     def link(**changes: Any) -> str:
-        params = {"state": state, "sort": sort, "q": search, "refresh": refresh} | changes
+        params = {
+            "state": state,
+            "sort": sort,
+            "q": search,
+            "refresh": refresh,
+            "min_category": min_category,
+        } | changes
         return "/?" + urlencode({k: v for k, v in params.items() if v not in ("", None)})
 
     return _page(
@@ -115,6 +124,7 @@ def worklist_page(
         counts=state_counts(ctx.db),
         state=state,
         sort=sort,
+        min_category=min_category,
         q=search,
         refresh=refresh,
         link=link,

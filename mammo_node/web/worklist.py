@@ -31,13 +31,15 @@ from mammo_node.responses import (
 from mammo_node.web.dicomjson import HeaderCache, first_value
 from mammo_node.web.errors import WebError
 
-SORTS = ("newest", "risk")
+SORTS = ("newest", "risk", "category")
 # screen order of the hanging protocol: R on the left, L on the right; CC on top, MLO below
 HANGING_ORDER: tuple[str, ...] = ("R-CC", "L-CC", "R-MLO", "L-MLO")
 
 
-def check_filters(state: str, sort: str) -> None:
-    """400 for a state or sort order the worklist does not know."""
+def check_filters(state: str, sort: str, min_category: int | None = None) -> None:
+    """400 for a state, sort order or category the worklist does not know."""
+    if min_category is not None and not 1 <= min_category <= 10:
+        raise WebError(400, f"min_category {min_category}: expected 1..10")
     states = [s.value for s in ExamState]
     if state and state not in states:
         raise WebError(400, f"state {state!r}: expected one of {', '.join(states)}")
@@ -53,7 +55,9 @@ def _latest_results() -> Any:
     )
 
 
-def _worklist_query(state: str | None, sort: str, search: str | None) -> Select[Any]:
+def _worklist_query(
+    state: str | None, sort: str, search: str | None, min_category: int | None = None
+) -> Select[Any]:
     latest = _latest_results()
     query = (
         select(Exam, Patient, Result)
@@ -73,6 +77,15 @@ def _worklist_query(state: str | None, sort: str, search: str | None) -> Select[
                 Exam.study_uid.like(f"{search}%"),
             )
         )
+    if min_category is not None:  # triage: only exams at or above this category
+        query = query.where(Result.category >= min_category)
+    if sort == "category":  # the calibrated scale first, then the score within a category
+        return query.order_by(
+            Result.category.desc().nulls_last(),
+            Result.exam_score.desc().nulls_last(),
+            Exam.last_received_at.desc(),
+            Exam.id.desc(),
+        )
     if sort == "risk":
         return query.order_by(
             Result.exam_score.desc().nulls_last(), Exam.last_received_at.desc(), Exam.id.desc()
@@ -87,12 +100,17 @@ def worklist(
     sort: str = "newest",
     limit: int = 200,
     search: str | None = None,
+    min_category: int | None = None,
 ) -> list[WorklistRow]:
-    """Exams with their latest result, newest first or highest exam score first."""
+    """Exams with their latest result: newest first, highest exam score first or highest
+    category first; ``min_category`` keeps exams whose latest result is at least that."""
     if sort not in SORTS:
         raise ValueError(f'Argument "sort" should be one of {SORTS}, got {sort!r}.')
+    if min_category is not None and not 1 <= min_category <= 10:
+        raise ValueError(f'Argument "min_category" should be 1..10, got {min_category!r}.')
     with db.read() as session:
-        rows = session.execute(_worklist_query(state, sort, search).limit(limit)).all()
+        query = _worklist_query(state, sort, search, min_category)
+        rows = session.execute(query.limit(limit)).all()
         counts = image_counts(session, [exam.id for exam, _, _ in rows])
         return [
             WorklistRow.of_row(exam, counts.get(exam.id, 0), patient, result)
