@@ -14,11 +14,10 @@ from mammo_node.delivery.exporter import Exporter, ExporterThread
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.filing.storage import InstanceStore
 from mammo_node.grouping.service import Grouper, GrouperThread
-from mammo_node.ml.loading import load_scorer
 from mammo_node.observe.audit import AuditLog
 from mammo_node.receive.scp import StorageSCP
 from mammo_node.web.server import WebServer
-from mammo_node.worker import Worker, WorkerThread
+from mammo_node.worker_process import WorkerSupervisor
 
 logger = logging.getLogger(__name__)
 
@@ -39,16 +38,11 @@ class Node:
         self.scp = StorageSCP(settings, self.db, self.ingestor)
         self.grouper = GrouperThread(Grouper(settings, self.db, self.store))
         self.exporter = ExporterThread(Exporter(settings, self.db, self.store))
-        self.worker: WorkerThread | None = None
+        self.worker: WorkerSupervisor | None = None
         if score and settings.serve_worker:
-            worker = Worker(
-                settings,
-                self.db,
-                self.ingestor,
-                lambda: load_scorer(settings),
-                on_result=self.exporter.wake,
-            )
-            self.worker = WorkerThread(worker)
+            # scoring decodes images from outside: in a child process, so that a crash or an
+            # out-of-memory there costs that exam an attempt, never the listeners
+            self.worker = WorkerSupervisor(settings, on_result=self.exporter.wake)
         self.audit = AuditLog(self.db)
         self.web = WebServer(
             settings,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import socket
 import threading
 import time
@@ -40,6 +41,7 @@ from mammo_node.db.session import Database
 from mammo_node.domain import ExamInference, ExamState, Origin, Slot
 from mammo_node.errors import MammoNodeError, ModelError
 from mammo_node.filing.ingest import Ingestor
+from mammo_node.limits import ImageLimits, check_before_decode, check_deflate
 from mammo_node.observe import metrics
 from mammo_node.writers import OutputObject, build_outputs
 from mammo_node.writers.identity import OutputKind, ReferencedDocument
@@ -63,8 +65,62 @@ class Claim:
     paths: dict[Slot, str]  # slot -> path in the store
 
 
+def worker_id_prefix(settings: Settings) -> str:
+    return f"{socket.gethostname()}/{settings.ae_title}/worker/"
+
+
 def default_worker_id(settings: Settings) -> str:
-    return f"{socket.gethostname()}/{settings.ae_title}/worker"
+    """Host + process: two workers on one host never share an id (nor release each other's
+    claims); a dead process's claims are found by its pid (``release_dead_claims``)."""
+    return f"{worker_id_prefix(settings)}{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_dead_claims(db: Database, settings: Settings, why: str = "") -> int:
+    """Claims held by worker processes of this host (and AE) that no longer run are taken
+    back at once, instead of after ``claim_timeout_seconds``: the exam goes back to READY, or
+    is parked FAILED when it has used its ``max_attempts`` (whatever killed the worker)."""
+    prefix = worker_id_prefix(settings)
+    released = 0
+    with db.session() as session:
+        exams = session.scalars(
+            select(Exam).where(
+                Exam.state == ExamState.SCORING.value, Exam.claimed_by.startswith(prefix)
+            )
+        ).all()
+        for exam in exams:
+            pid_text = exam.claimed_by[len(prefix) :]
+            if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+                continue
+            message = why or "the scoring process ended while scoring it"
+            exam.last_error = message
+            exam.claimed_by = ""
+            if exam.attempts >= settings.max_attempts:
+                repo.set_exam_state(
+                    session,
+                    exam,
+                    ExamState.FAILED,
+                    f"parked after {exam.attempts} failed attempts: {message}"[:2000],
+                )
+            else:
+                repo.set_exam_state(
+                    session,
+                    exam,
+                    ExamState.READY,
+                    f"claim released: {message} (attempt {exam.attempts} of "
+                    f"{settings.max_attempts})"[:2000],
+                )
+            released += 1
+    return released
 
 
 class Worker:
@@ -110,17 +166,44 @@ class Worker:
                 exam.claimed_by = ""
             return len(exams)
 
+    def park_exhausted(self, session: Session, stale: dt.datetime) -> int:
+        """Exams that used their attempts without a recorded end (the process scoring them
+        died: OOM, a decoder crash, SIGKILL) are parked FAILED here, at claim time."""
+        query = select(Exam).where(
+            Exam.attempts >= self.settings.max_attempts,
+            or_(
+                Exam.state == ExamState.READY.value,
+                (Exam.state == ExamState.SCORING.value) & (Exam.claimed_at < stale),
+            ),
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        exams = session.scalars(query).all()
+        for exam in exams:
+            last = (exam.last_error or "the worker died while scoring it").splitlines()[0]
+            repo.set_exam_state(
+                session,
+                exam,
+                ExamState.FAILED,
+                f"parked after {exam.attempts} failed attempts: {last}"[:2000],
+            )
+            exam.claimed_by = ""
+            logger.warning("exam %s parked after %d attempts", exam.study_uid, exam.attempts)
+        return len(exams)
+
     def claim(self, now: dt.datetime | None = None) -> Claim | None:
         now = now or utcnow()
         stale = now - dt.timedelta(seconds=self.settings.claim_timeout_seconds)
         with self.db.session() as session:
+            self.park_exhausted(session, stale)
             query = (
                 select(Exam)
                 .where(
+                    Exam.attempts < self.settings.max_attempts,
                     or_(
                         Exam.state == ExamState.READY.value,
                         (Exam.state == ExamState.SCORING.value) & (Exam.claimed_at < stale),
-                    )
+                    ),
                 )
                 .order_by(Exam.state_changed_at, Exam.id)
                 .limit(1)
@@ -175,6 +258,11 @@ class Worker:
         if len(claim.slots) != 4:
             raise ModelError(f"exam {claim.study_uid} has {len(claim.slots)} of 4 views")
         t0 = time.perf_counter()
+        limits = ImageLimits.from_settings(self.settings)
+        for path in claim.paths.values():  # every limit on the header, before any pixel
+            header = self.store.path(path)
+            check_deflate(header, limits)
+            check_before_decode(dcmread(header, defer_size=1024), limits, path=header)
         sources: dict[Slot, Dataset] = {
             slot: dcmread(self.store.path(path)) for slot, path in claim.paths.items()
         }
@@ -396,6 +484,7 @@ class WorkerThread(threading.Thread):
     def run(self) -> None:
         try:
             self.worker.release_own_claims()
+            release_dead_claims(self.worker.db, self.worker.settings)
             _ = self.worker.scorer  # load the model before claiming anything
             self.ready.set()
         except Exception as exc:

@@ -187,8 +187,14 @@ def test_dead_letters_are_requeued_and_delivered(
     try:
         assert retry(node.db, destination="pacs") == 13
         wait_for(lambda: len(pacs.received) == 13, timeout=60)
-        result = exam_detail(node.db, exam.study_uid)["result"]
-        assert {d["state"] for d in result["deliveries"]} == {"delivered"}
+
+        def delivery_states() -> set[str]:
+            result = exam_detail(node.db, exam.study_uid)["result"]
+            return {d["state"] for d in result["deliveries"]}
+
+        # the peer acknowledges before the exporter commits the outbox rows: wait for them
+        wait_for(lambda: delivery_states() == {"delivered"}, timeout=30)
+        assert len(pacs.received) == 13
     finally:
         pacs.stop()
 

@@ -28,6 +28,7 @@ from mammo_node.domain import ExamState, IngestOutcome, Origin, PixelCheck
 from mammo_node.errors import DatabaseError, InvalidInstanceError, StorageError
 from mammo_node.filing.storage import InstanceStore, StoredFile, file_sha256, validate_uid
 from mammo_node.grouping.rules import classify
+from mammo_node.limits import ImageLimits, ImageTooLargeError, check_deflate
 from mammo_node.observe import metrics
 from mammo_node.status import Status
 
@@ -45,12 +46,19 @@ class IngestResult:
     reopened: bool = False
 
 
-def read_header(path: Path) -> Dataset:
+def read_header(path: Path, limits: ImageLimits | None = None) -> Dataset:
     """Parse a Part-10 file's header; large values (pixel data) stay on disk, deferred.
 
     pydicom reads short values silently; a value that runs past the end of the file is a
-    truncated dataset and is refused here.
+    truncated dataset and is refused here. A Deflated data set is first inflated as a stream
+    up to ``limits.max_inflated_bytes`` (pydicom would inflate all of it in memory).
     """
+    try:
+        check_deflate(path, limits or ImageLimits())
+    except ImageTooLargeError as exc:
+        raise InvalidInstanceError(
+            str(exc), status=Status.DATA_SET_TOO_LARGE, http_status=413
+        ) from exc
     try:
         ds = dcmread(path, defer_size=4096, force=False)
         size = path.stat().st_size
@@ -229,7 +237,7 @@ class Ingestor:
         expected_sop_instance: str | None,
     ) -> IngestResult:
         try:
-            facts = read_facts(read_header(temp))
+            facts = read_facts(read_header(temp, ImageLimits.from_settings(self.settings)))
             if expected_sop_class and expected_sop_class != facts.sop_class:
                 raise InvalidInstanceError(
                     f"SOPClassUID {facts.sop_class} in the dataset differs from the request's "
@@ -410,6 +418,7 @@ def _note_arrival(
     why = "image replaced" if outcome is IngestOutcome.REPLACED else "late image"
     if outcome is not IngestOutcome.REPLACED:
         exam.revision += 1
+    exam.attempts = 0  # attempts count per revision: new images, a fresh set of tries
     repo.set_exam_state(
         session, exam, ExamState.RECEIVING, f"re-opened: {why} {sop_uid} after {exam.state}"
     )

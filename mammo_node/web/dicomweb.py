@@ -34,6 +34,7 @@ from mammo_node.errors import (
 )
 from mammo_node.filing.ingest import read_header
 from mammo_node.filing.storage import validate_uid
+from mammo_node.limits import ImageLimits, check_before_decode, check_deflate
 from mammo_node.observe import audit, metrics
 from mammo_node.sop_classes import ACCEPTED_SOP_CLASSES
 from mammo_node.status import Status
@@ -193,7 +194,7 @@ def _file_part(
     """Check one part against the request, then file it through the ingest path."""
     try:
         as_part10(part.path)
-        ds = read_header(part.path)
+        ds = read_header(part.path, ImageLimits.from_settings(ctx.settings))
     except InvalidInstanceError as exc:
         metrics.instance_rejected("stow", "invalid")
         return PartOutcome("", "", "", "", exc.status or Status.CANNOT_UNDERSTAND, str(exc))
