@@ -54,10 +54,13 @@ def describe_exit(code: int | None) -> str:
 class Sandbox:
     """One child process with a memory cap, restarted after it dies."""
 
-    def __init__(self, name: str, memory_limit_bytes: int, timeout: float = 300.0) -> None:
+    def __init__(
+        self, name: str, memory_limit_bytes: int, timeout: float = 300.0, processes: int = 1
+    ) -> None:
         self.name = name
         self.memory_limit_bytes = memory_limit_bytes
         self.timeout = timeout
+        self.processes = processes
         self.restarts = 0
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -65,22 +68,24 @@ class Sandbox:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                max_workers=1,
+                max_workers=self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=limit_memory,
                 initargs=(self.memory_limit_bytes,),
             )
         return self._pool
 
-    def _child_pids(self) -> list[int]:
+    def child_pids(self) -> list[int]:
         processes = getattr(self._pool, "_processes", None) or {}
         return [p.pid for p in processes.values() if p.pid]
 
-    def _discard(self) -> str:
-        """Kill and forget the child; returns how it ended."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return "no child"
+    def _discard(self, pool: ProcessPoolExecutor) -> str:
+        """Kill and forget ``pool``'s children (if it is still ours); returns how they ended."""
+        with self._lock:
+            if self._pool is not pool:
+                return "restarted meanwhile"
+            self._pool = None
+            self.restarts += 1
         processes = list((getattr(pool, "_processes", None) or {}).values())
         for process in processes:
             if process.is_alive():
@@ -88,24 +93,30 @@ class Sandbox:
         for process in processes:
             process.join(5)
         pool.shutdown(wait=False, cancel_futures=True)
-        self.restarts += 1
         return ", ".join(describe_exit(p.exitcode) for p in processes) or "ended"
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = None) -> T:
-        """``fn(*args)`` in the child; raises SandboxCrash when the child does not survive it."""
+        """``fn(*args)`` in a child; raises SandboxCrash when the child does not survive it."""
+        limit = timeout or self.timeout
         with self._lock:
-            future = self._executor().submit(fn, *args)
-            try:
-                return future.result(timeout=timeout or self.timeout)
-            except BrokenProcessPool:
-                how = self._discard()
-                raise SandboxCrash(f"the {self.name} process died ({how})") from None
-            except FutureTimeout:
-                self._discard()
-                raise SandboxCrash(
-                    f"the {self.name} process ran past {timeout or self.timeout:.0f} s and was "
-                    "killed"
-                ) from None
+            pool = self._executor()
+        try:
+            future = pool.submit(fn, *args)
+        except (BrokenProcessPool, RuntimeError):  # broken by another call just now
+            self._discard(pool)
+            with self._lock:
+                pool = self._executor()
+            future = pool.submit(fn, *args)
+        try:
+            return future.result(timeout=limit)
+        except BrokenProcessPool:
+            how = self._discard(pool)
+            raise SandboxCrash(f"the {self.name} process died ({how})") from None
+        except FutureTimeout:
+            self._discard(pool)
+            raise SandboxCrash(
+                f"the {self.name} process ran past {limit:.0f} s and was killed"
+            ) from None
 
     def close(self) -> None:
         with self._lock:

@@ -9,6 +9,7 @@ patient's name in a QIDO-RS search.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from mammo_node.observe.audit import AuditLog
 from mammo_node.web import api, dicomweb, health, pages
 from mammo_node.web import metrics as metrics_route
 from mammo_node.web.auth import SessionSigner, TokenStore, load_or_create_secret
+from mammo_node.web.decoding import web_decoder
 from mammo_node.web.deps import ModelReady, WebContext
 from mammo_node.web.dicomjson import HeaderCache
 from mammo_node.web.errors import WebError, warning_header
@@ -82,6 +84,8 @@ def create_app(
         model_ready=model_ready,
         max_stow_bytes=max_stow_bytes,
         public_url=public_url,
+        decoder=web_decoder(settings),
+        stow_slots=threading.BoundedSemaphore(settings.max_stow_concurrency),
     )
     if not ctx.tokens and not settings.loopback_without_token:
         logger.warning(
@@ -96,6 +100,8 @@ def create_app(
             yield
         finally:
             log.stop()
+            if ctx.decoder is not None:
+                ctx.decoder.close()
 
     app = FastAPI(
         title="mammo-node",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from mammo_node.config import Settings
 from mammo_node.db.session import Database
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.observe.audit import AuditLog
+from mammo_node.sandbox import Sandbox
 from mammo_node.web.auth import (
     SESSION_COOKIE,
     Principal,
@@ -43,6 +45,10 @@ class WebContext:
     model_ready: ModelReady | None
     max_stow_bytes: int
     public_url: str | None = None
+    # pixel decodes of the web (renders, frames, transcodes) run in this child process
+    decoder: Sandbox | None = None
+    # STOW-RS requests being filed at once (max_stow_concurrency); the rest get 503
+    stow_slots: threading.BoundedSemaphore | None = None
 
 
 def context(request: Request) -> WebContext:
