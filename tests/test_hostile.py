@@ -5,6 +5,7 @@ node still answers C-ECHO and HTTP afterwards, with nothing acknowledged lost.""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import sqlite3
 import subprocess
@@ -21,7 +22,7 @@ from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentati
 
 from tests.conftest import NodeProcess, dcmtk, storescu, wait_for
 from tests.conftest_web import ADMIN_TOKEN, READ_TOKEN, TOKENS
-from tests.hostile import associate_rq_header, declared_giant, deflate_bomb, j2k_liar
+from tests.hostile import associate_rq_header, big_image, declared_giant, deflate_bomb, j2k_liar
 
 MB = 2**20
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -227,3 +228,43 @@ def test_a_client_trickling_headers_is_disconnected(node: NodeProcess) -> None:
         assert closed, "a trickling client kept its connection for 15 s"
         assert time.monotonic() - started < 8
     still_serving(node)
+
+
+def test_an_exam_that_kills_the_scoring_process_is_parked_and_the_node_stays_up(
+    node_process: Any, tiny_bundle: Path, synth_exams: list[Any], tmp_path: Path
+) -> None:
+    """A real 45-megapixel image (within the pixel limits) needs more memory to score than
+    this node's scoring process may have: the process is killed, each time, while the
+    listeners in the parent carry on; after max_attempts the exam is parked FAILED with why,
+    and the restarted scoring process scores the next exam."""
+    node = node_process(
+        tmp_path / "data",
+        MAMMO_MODEL_BUNDLE=str(tiny_bundle),
+        MAMMO_DEVICE="cpu",
+        MAMMO_MAX_ATTEMPTS="2",
+        MAMMO_WORKER_MEMORY_LIMIT_MB="1300",
+    )
+    node.start()
+    exam = synth_exams[0]
+    heavy = tmp_path / "heavy.dcm"
+    big_image(dcmread(exam.files[0]), 7000, 6500).save_as(heavy, enforce_file_format=True)
+    assert storescu(node.port, [heavy, *exam.files[1:]]).returncode == 0
+
+    def state(study: str) -> dict[str, Any]:
+        return dict(json.loads(node.cli("exams", "show", study, "--json").stdout))
+
+    detail = wait_for(
+        lambda: (d := state(exam.study_uid))["state"] == "failed" and d, timeout=300, interval=1
+    )
+    assert "parked after 2 failed attempts" in detail["reason"]
+    assert "resident memory" in detail["reason"]
+    still_serving(node)
+    assert node.proc is not None
+    assert peak_rss(node.proc.pid) < 1024 * MB, "the decode happened in the listener's process"
+    with sqlite3.connect(node.data_dir / "mammo.db") as db:
+        (stored,) = db.execute("SELECT count(*) FROM instances").fetchone()
+    assert stored == 4, "every acknowledged image is kept"
+    # the scoring process was restarted: the next exam is scored
+    other = synth_exams[1]
+    assert storescu(node.port, other.files).returncode == 0
+    wait_for(lambda: state(other.study_uid)["state"] == "scored", timeout=180, interval=1)
