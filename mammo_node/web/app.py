@@ -39,6 +39,7 @@ from mammo_node.web.deps import ModelReady, WebContext
 from mammo_node.web.dicomjson import HeaderCache
 from mammo_node.web.errors import WebError, warning_header
 from mammo_node.web.qido import Searcher
+from mammo_node.web.trust import TrustedHosts
 from mammo_node.web.viewimages import ViewImages
 
 logger = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_error_handlers(app)
     app.add_middleware(AccessLog)
+    app.add_middleware(TrustedHosts, patterns=list(settings.trusted_hosts))  # outermost
     return app
 
 

@@ -20,7 +20,7 @@ from mammo_node.web.auth import (
     SessionSigner,
     TokenStore,
     bearer_token,
-    is_loopback,
+    is_local_request,
 )
 from mammo_node.web.dicomjson import HeaderCache
 from mammo_node.web.errors import WebError
@@ -115,7 +115,7 @@ def current_principal(request: Request) -> Principal | None:
     if (
         principal is None
         and ctx.settings.loopback_without_token
-        and is_loopback(client_host(request))
+        and is_local_request(client_host(request), request.headers)
     ):
         principal = LOOPBACK
     request.state.principal = principal
