@@ -17,7 +17,6 @@ import os
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,6 +42,7 @@ from mammo_node.errors import MammoNodeError, ModelError
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.limits import ImageLimits, check_before_decode, check_deflate
 from mammo_node.observe import metrics
+from mammo_node.scrub import describe, format_exception
 from mammo_node.writers import OutputObject, build_outputs
 from mammo_node.writers.identity import OutputKind, ReferencedDocument
 
@@ -426,13 +426,13 @@ class Worker:
 
     def _record_failure(self, claim: Claim, exc: BaseException) -> None:
         metrics.scoring_failed()
-        message = f"{type(exc).__name__}: {exc}"
+        message = describe(exc)  # no values: exam reasons are shown on pages and the API
         try:
             with self.db.session() as session:
                 exam = session.get(Exam, claim.exam_id, with_for_update=True)
                 if exam is None or exam.state != ExamState.SCORING.value:
                     return
-                exam.last_error = message + "\n" + "".join(traceback.format_exception(exc))[-4000:]
+                exam.last_error = message + "\n" + format_exception(exc)[-4000:]
                 exam.claimed_by = ""
                 if exam.attempts >= self.settings.max_attempts:
                     repo.set_exam_state(

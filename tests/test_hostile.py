@@ -5,6 +5,7 @@ node still answers C-ECHO and HTTP afterwards, with nothing acknowledged lost.""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import socket
 import sqlite3
@@ -17,6 +18,10 @@ from typing import Any
 import httpx
 import pytest
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.encaps import encapsulate
+from pydicom.tag import Tag
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation
 
@@ -268,3 +273,112 @@ def test_an_exam_that_kills_the_scoring_process_is_parked_and_the_node_stays_up(
     other = synth_exams[1]
     assert storescu(node.port, other.files).returncode == 0
     wait_for(lambda: state(other.study_uid)["state"] == "scored", timeout=180, interval=1)
+
+
+# --- no patient data in logs, answers or reasons -----------------------------------------------
+SECRET_NAME = "ZZSECRET^WILHELMINA"
+SECRET_ID = "PID778899SECRET"
+SECRET_BIRTH = "19211231"
+
+
+def _raw(tag: int, vr: str, value: bytes) -> RawDataElement:
+    return RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
+
+
+def _secret_patient(ds: Any) -> Any:
+    """The patient's name, ID and birth date, also where pydicom quotes them in warnings."""
+    ds = copy.deepcopy(ds)
+    ds.PatientName = SECRET_NAME
+    ds.PatientBirthDate = SECRET_BIRTH
+    ds.PatientID = SECRET_ID
+    long_id = (SECRET_ID + "-") * 6  # longer than LO allows: pydicom warns, quoting it
+    ds[0x00100020] = RawDataElement(
+        Tag(0x00100020), "LO", len(long_id), long_id.encode(), 0, False, True
+    )
+    ds[0x00101010] = RawDataElement(
+        Tag(0x00101010), "AS", 10, f"{SECRET_BIRTH}X ".encode(), 0, False, True
+    )
+    return ds
+
+
+def test_error_paths_carry_no_patient_data(
+    node: NodeProcess, synth_exams: list[Any], tmp_path: Path
+) -> None:
+    exam = synth_exams[2]
+    base = _secret_patient(dcmread(exam.files[1]))
+    files = []
+    # 1. a truncated data set
+    good = tmp_path / "good.dcm"
+    base.save_as(good, enforce_file_format=True)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    files.append(truncated)
+    # 2. a Deflated bomb, 3. a codestream that lies, 4. a declared giant
+    files.append(deflate_bomb(base, tmp_path / "bomb.dcm", 200 * MB))
+    files.append(j2k_liar(base, tmp_path / "liar.dcm", 20000, 20000))
+    files.append(declared_giant(base, tmp_path / "giant.dcm", 60000, 60000, 10))
+    # 5. garbage where the compressed pixel data should be
+    broken = copy.deepcopy(dcmread(files[2]))
+    broken.SOPInstanceUID = generate_uid()
+    broken.file_meta.MediaStorageSOPInstanceUID = broken.SOPInstanceUID
+    broken.PixelData = encapsulate([b"\xff\x4f\xff\x51" + SECRET_NAME.encode() * 20])
+    files.append(tmp_path / "broken.dcm")
+    broken.save_as(files[-1], enforce_file_format=True)
+    # 6. a readable image (its header warnings quote the long ID)
+    files.append(good)
+    answers = [stow(node, path) for path in files]
+    dimse = storescu(node.port, files, "--no-halt")
+    texts = [a.text + str(a.headers) for a in answers] + [dimse.stdout + dimse.stderr]
+    study = str(base.StudyInstanceUID)
+    wait_for(
+        lambda: (
+            json.loads(node.cli("exams", "show", study, "--json").stdout)["state"] != "receiving"
+        ),
+        timeout=60,
+    )
+    shown = json.loads(node.cli("exams", "show", study, "--json").stdout)
+    # the exam's reasons (its patient fields are the operator's to see, not checked here)
+    detail = json.dumps(
+        [shown.get("reason"), shown.get("last_error"), shown.get("not_scored"), shown["events"]]
+    )
+    with sqlite3.connect(node.data_dir / "mammo.db") as db:
+        reasons = [r for (r,) in db.execute("SELECT reason FROM exam_events")]
+        reasons += [r for (r,) in db.execute("SELECT pixel_detail FROM instances")]
+        reasons += [r for (r,) in db.execute("SELECT reject_reason FROM associations")]
+    log = node.log.read_text(errors="replace")
+    assert "Invalid value" in log or "warn" in log.lower(), "no warning was logged at all"
+    for secret in (
+        SECRET_NAME,
+        SECRET_NAME.replace("^", " "),
+        "WILHELMINA",
+        SECRET_ID,
+        SECRET_BIRTH,
+    ):
+        assert secret not in log, f"{secret} in the node's log"
+        assert not any(secret in t for t in texts), f"{secret} in an answer"
+        assert secret not in detail and not any(secret in r for r in reasons), secret
+    still_serving(node)
+
+
+@pytest.mark.postgres
+def test_database_errors_name_no_values(pg_url: str) -> None:
+    from mammo_node.db.models import Patient
+    from mammo_node.db.session import Database, upgrade
+    from mammo_node.errors import DatabaseError
+
+    upgrade(pg_url)
+    db = Database(pg_url)
+    try:
+        for _ in range(2):
+            try:
+                with db.session() as session:
+                    session.add(Patient(patient_key=SECRET_ID, name=SECRET_NAME))
+            except DatabaseError as exc:
+                message = str(exc)
+                break
+        else:
+            raise AssertionError("the duplicate patient was accepted")
+    finally:
+        db.dispose()
+    assert "unique" in message.lower()
+    assert SECRET_ID not in message and SECRET_NAME not in message

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mammo_node.errors import DatabaseError
+from mammo_node.scrub import scrub
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class Database:
             with session.begin():
                 yield session
         except SQLAlchemyError as exc:
-            raise DatabaseError(f"database error ({self.dialect}): {exc}") from exc
+            raise DatabaseError(f"database error ({self.dialect}): {scrub(str(exc))}") from exc
         finally:
             session.close()
 
@@ -117,7 +118,7 @@ class Database:
         try:
             yield session
         except SQLAlchemyError as exc:
-            raise DatabaseError(f"database error ({self.dialect}): {exc}") from exc
+            raise DatabaseError(f"database error ({self.dialect}): {scrub(str(exc))}") from exc
         finally:
             session.rollback()
             session.close()
@@ -150,7 +151,7 @@ def upgrade(url: str, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(url), revision)
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"migration failed: {exc}") from exc
+        raise DatabaseError(f"migration failed: {scrub(str(exc))}") from exc
 
 
 def current_revision(url: str) -> str | None:

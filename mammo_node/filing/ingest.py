@@ -30,6 +30,7 @@ from mammo_node.filing.storage import InstanceStore, StoredFile, file_sha256, va
 from mammo_node.grouping.rules import classify
 from mammo_node.limits import ImageLimits, ImageTooLargeError, check_deflate
 from mammo_node.observe import metrics
+from mammo_node.scrub import describe
 from mammo_node.status import Status
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def read_header(path: Path, limits: ImageLimits | None = None) -> Dataset:
         raise
     except Exception as exc:  # pydicom raises many types on malformed input
         raise InvalidInstanceError(
-            f"cannot parse the dataset ({type(exc).__name__}): {exc}",
+            f"cannot parse the dataset ({describe(exc)})",
             status=Status.CANNOT_DECODE_DATA_SET,
         ) from exc
     return ds
@@ -167,7 +168,7 @@ def read_facts(ds: Dataset) -> HeaderFacts:
         )
     except Exception as exc:  # a malformed value anywhere in the header
         raise InvalidInstanceError(
-            f"cannot read the dataset's attributes ({type(exc).__name__}): {exc}",
+            f"cannot read the dataset's attributes ({describe(exc)})",
             status=Status.CANNOT_DECODE_DATA_SET,
         ) from exc
 

@@ -28,6 +28,7 @@ from mammo_node.filing.storage import InstanceStore, file_sha256
 from mammo_node.grouping.rules import decide
 from mammo_node.limits import ImageLimits, ImageTooLargeError, check_before_decode
 from mammo_node.sandbox import Sandbox, SandboxCrash
+from mammo_node.scrub import describe
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def check_pixels(path: str, limits: ImageLimits | None = None) -> PixelReport:
             ts = dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID.name
         except Exception:  # the header itself may be the problem
             logger.debug("cannot read transfer syntax of %s", path, exc_info=True)
-        return PixelReport(False, f"pixel data cannot be decoded ({ts}): {exc}"[:1000])
+        return PixelReport(False, f"pixel data cannot be decoded ({ts}): {describe(exc)}"[:1000])
     if pixels.ndim != 2:
         return PixelReport(False, f"pixel array has shape {pixels.shape}; one 2D frame expected")
     return PixelReport(True, f"{pixels.shape[1]}x{pixels.shape[0]} decoded")

@@ -36,6 +36,7 @@ from mammo_node.filing.storage import validate_uid
 from mammo_node.limits import ImageLimits, decoded_size
 from mammo_node.observe import audit, metrics
 from mammo_node.sandbox import Sandbox
+from mammo_node.scrub import scrub
 from mammo_node.sop_classes import ACCEPTED_SOP_CLASSES
 from mammo_node.status import Status
 from mammo_node.web import render
@@ -241,12 +242,12 @@ def _file_part(
     try:
         ctx.ingestor.ingest_file(part.path, source="stow", calling_ae=who[:16], peer_host=host)
     except InvalidInstanceError as exc:
-        outcome.failure, outcome.reason = exc.status, str(exc)
+        outcome.failure, outcome.reason = exc.status, scrub(str(exc))
     except StorageError as exc:
-        outcome.failure, outcome.reason = Status.OUT_OF_RESOURCES, str(exc)
+        outcome.failure, outcome.reason = Status.OUT_OF_RESOURCES, scrub(str(exc))
     except DatabaseError as exc:
         logger.exception("STOW-RS: indexing %s failed", outcome.sop_instance)
-        outcome.failure, outcome.reason = Status.PROCESSING_FAILURE, f"database error: {exc}"[:300]
+        outcome.failure, outcome.reason = Status.PROCESSING_FAILURE, scrub(f"{exc}", 300)
     return outcome
 
 
