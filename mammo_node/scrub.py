@@ -59,6 +59,8 @@ class ScrubbingFormatter(logging.Formatter):
         if not record.name.startswith("mammo_node"):
             record.msg = scrub(record.getMessage(), 2000)
             record.args = ()
+        if record.exc_info:
+            record.exc_text = None  # another handler may have cached the unscrubbed text
         return super().format(record)
 
     def formatException(
