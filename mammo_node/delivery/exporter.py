@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from mammo_node.config import Settings
 from mammo_node.db.models import Destination, Instance, OutboxItem, utcnow
@@ -28,6 +31,7 @@ from mammo_node.errors import DeliveryError, MammoNodeError
 from mammo_node.filing.storage import InstanceStore
 from mammo_node.observe import audit, metrics
 from mammo_node.receive.scp import build_client_ssl_context
+from mammo_node.scrub import describe, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +48,30 @@ def backoff_seconds(attempts: int, base: float, cap: float) -> float:
     return float(min(cap, base * 2 ** max(0, attempts - 1)))
 
 
+def default_exporter_id(settings: Settings) -> str:
+    return f"{socket.gethostname()}/{settings.ae_title}/exporter/{os.getpid()}"
+
+
 class Exporter:
-    def __init__(self, settings: Settings, db: Database, store: InstanceStore) -> None:
+    """Delivers the outbox. Rows are leased before they are sent (PostgreSQL: ``FOR UPDATE
+    SKIP LOCKED``), so several node processes sharing a database deliver each object once; a
+    lease left by a process that died runs out after ``lease_seconds``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: InstanceStore,
+        *,
+        exporter_id: str | None = None,
+        lease_seconds: float | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.store = store
+        self.exporter_id = exporter_id or default_exporter_id(settings)
+        # one batch over one association: each object may take up to the DIMSE timeout
+        self.lease_seconds = lease_seconds or max(300.0, 4 * settings.dimse_timeout)
 
     def run_once(self, now: dt.datetime | None = None, batch: int = 64) -> int:
         """Deliver what is due. Returns how many rows were attempted."""
@@ -56,33 +79,74 @@ class Exporter:
         attempted = 0
         for destination_id, due in self._due(now, batch).items():
             attempted += len(due)
-            self._deliver(destination_id, due)
+            try:
+                self._deliver(destination_id, due)
+            except Exception as exc:  # one destination's failure must not stall the others
+                logger.exception("delivering %d output(s) failed", len(due))
+                self._failed_safely(destination_id, due, describe(exc))
         return attempted
 
     def _due(self, now: dt.datetime, batch: int) -> dict[int, list[Due]]:
-        with self.db.read() as session:
-            rows = session.execute(
-                select(
-                    OutboxItem.id,
-                    OutboxItem.destination_fk,
-                    Instance.rel_path,
-                    Instance.sop_instance_uid,
-                )
-                .join(Instance, OutboxItem.instance_fk == Instance.id)
+        """Lease the due rows (committed before anything is sent)."""
+        until = now + dt.timedelta(seconds=self.lease_seconds)
+        with self.db.session() as session:
+            query = (
+                select(OutboxItem)
                 .join(Destination, OutboxItem.destination_fk == Destination.id)
                 .where(
                     OutboxItem.state == OutboxState.PENDING,
                     OutboxItem.next_attempt_at <= now,
+                    or_(OutboxItem.leased_until.is_(None), OutboxItem.leased_until < now),
                     Destination.enabled,
                     Destination.config_error == "",
                 )
                 .order_by(OutboxItem.id)
                 .limit(batch)
-            ).all()
+            )
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(of=OutboxItem, skip_locked=True)
+            items = session.scalars(query).all()
+            for item in items:
+                item.leased_by = self.exporter_id
+                item.leased_until = until
+            ids = [item.id for item in items]
+            rows = (
+                session.execute(
+                    select(
+                        OutboxItem.id,
+                        OutboxItem.destination_fk,
+                        Instance.rel_path,
+                        Instance.sop_instance_uid,
+                    )
+                    .join(Instance, OutboxItem.instance_fk == Instance.id)
+                    .where(OutboxItem.id.in_(ids))
+                    .order_by(OutboxItem.id)
+                ).all()
+                if ids
+                else []
+            )
         due: dict[int, list[Due]] = defaultdict(list)
         for item_id, destination_id, rel_path, sop_uid in rows:
             due[destination_id].append(Due(item_id, self.store.path(rel_path), sop_uid))
         return due
+
+    def _failed_safely(self, destination_id: int, due: list[Due], error: str) -> None:
+        try:
+            with self.db.read() as session:
+                destination = session.get(Destination, destination_id)
+                name = destination.name if destination is not None else str(destination_id)
+            self._failed(name, due, None, error)
+        except MammoNodeError:
+            logger.exception("could not record a failed delivery; its lease runs out")
+
+    def _leased(self, session: Session, item_id: int) -> OutboxItem | None:
+        """The row, if this exporter still holds its lease (else another process took over)."""
+        row = session.get(OutboxItem, item_id)
+        if row is None or row.leased_by != self.exporter_id:
+            return None
+        row.leased_by = ""
+        row.leased_until = None
+        return row
 
     def _peer(self, destination: Destination) -> Peer:
         return Peer(
@@ -103,10 +167,10 @@ class Exporter:
             report = send_files([d.path for d in due], peer)
         except (DeliveryError, OSError) as exc:
             logger.warning("destination %s unreachable: %s", name, exc)
-            self._failed(name, due, None, str(exc))
+            self._failed(name, due, None, scrub(str(exc)))
             return
         if report.rejected:
-            self._rejected(destination_id, name, report.rejected)
+            self._rejected(destination_id, name, report.rejected, due)
             return
         self._record(name, due, report)
 
@@ -125,6 +189,7 @@ class Exporter:
                 row = session.get(OutboxItem, item.item_id)
                 if row is None:
                     continue
+                row.leased_by, row.leased_until = "", None  # delivered, whoever leases it
                 row.state = OutboxState.DELIVERED
                 row.delivered_at = now
                 row.attempts += 1
@@ -153,7 +218,7 @@ class Exporter:
         max_age = dt.timedelta(seconds=self.settings.outbox_max_age_seconds)
         with self.db.session() as session:
             for item in due:
-                row = session.get(OutboxItem, item.item_id)
+                row = self._leased(session, item.item_id)
                 if row is None:
                     continue
                 row.attempts += 1
@@ -186,8 +251,10 @@ class Exporter:
                     )
                     row.next_attempt_at = now + dt.timedelta(seconds=delay)
 
-    def _rejected(self, destination_id: int, name: str, why: str) -> None:
+    def _rejected(self, destination_id: int, name: str, why: str, due: list[Due]) -> None:
         with self.db.session() as session:
+            for item in due:  # not attempted: free for the retry after the fix
+                self._leased(session, item.item_id)
             destination = session.get(Destination, destination_id)
             if destination is None:
                 return
@@ -223,6 +290,7 @@ def retry(db: Database, *, destination: str | None = None, item_id: int | None =
             row.state = OutboxState.PENDING
             row.created_at = now  # a fresh maximum age
             row.next_attempt_at = now
+            row.leased_by, row.leased_until = "", None
         return len(rows)
 
 

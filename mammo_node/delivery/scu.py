@@ -144,9 +144,19 @@ def send_files(paths: Iterable[Path], peer: Peer) -> SendReport:
     if not paths:
         return report
     metas = []
-    for path in paths:
-        meta = read_file_meta_info(path)
-        metas.append((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+    readable = []
+    for path in paths:  # a missing or unreadable file fails its own row, not the batch
+        try:
+            meta = read_file_meta_info(path)
+            metas.append((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+            readable.append(path)
+        except Exception as exc:  # OSError, InvalidDicomError, a meta group without UIDs
+            report.outcomes.append(
+                StoreOutcome(path, "", None, f"cannot read the stored file: {type(exc).__name__}")
+            )
+    paths = readable
+    if not paths:
+        return report
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = _new_ae(peer.calling_ae)
     ae.requested_contexts = _contexts(metas)
@@ -168,8 +178,8 @@ def send_files(paths: Iterable[Path], peer: Peer) -> SendReport:
                     status = assoc.send_c_store(path)  # streamed from disk as stored
                 else:  # the peer took another uncompressed syntax: pynetdicom re-encodes
                     status = assoc.send_c_store(dcmread(path))
-            except (ValueError, AttributeError, RuntimeError) as exc:
-                report.outcomes.append(StoreOutcome(path, sop_uid, None, str(exc)))
+            except Exception as exc:  # contained per object: the others are still sent
+                report.outcomes.append(StoreOutcome(path, sop_uid, None, type(exc).__name__))
                 if not assoc.is_established:
                     break
                 continue
