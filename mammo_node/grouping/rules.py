@@ -156,6 +156,15 @@ def _read_view(ds: Dataset) -> tuple[str | None, str, str]:
     return None, "", ""
 
 
+def _count(ds: Dataset, keyword: str) -> int | None:
+    """A count from the header (1 when absent); None when its value is not a number (found by
+    fuzzing: an IS value of 'T' raised inside the rules)."""
+    try:
+        return int(ds.get(keyword, 1) or 1)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def classify(ds: Dataset) -> Classification:
     """Read laterality, view and the single-image rules from one dataset's tags."""
     sop_class = str(ds.get("SOPClassUID", ""))
@@ -185,8 +194,7 @@ def classify(ds: Dataset) -> Classification:
                 f"Secondary Capture with ConversionType {conversion or 'absent'!r} is not an "
                 "original mammogram (DF, DI or SI expected)",
             )
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples, frames = _count(ds, "SamplesPerPixel"), _count(ds, "NumberOfFrames")
     if samples != 1 or frames != 1:
         return kept_out(
             NotScoredReason.UNSUPPORTED_PIXELS,
