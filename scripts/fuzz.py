@@ -26,7 +26,7 @@ def run_one(target: str, seconds: int) -> None:
     import atheris
 
     sys.path.insert(0, str(ROOT))
-    with atheris.instrument_imports(include=["mammo_node", "pydicom", "multipart"]):
+    with atheris.instrument_imports(include=["mammo_node", "pydicom", "python_multipart"]):
         from tests.fuzz_targets import TARGETS
     fn = TARGETS[target]
     corpus = Path(tempfile.mkdtemp(prefix=f"fuzz-{target}-"))
