@@ -15,6 +15,7 @@ import pytest
 from conftest_web import READ_TOKEN, Site, extra_server, running_site
 
 from mammo_node.db.session import create_db_engine
+from tests.conftest import wait_for
 
 READER = {"Authorization": f"Bearer {READ_TOKEN}"}
 
@@ -101,3 +102,54 @@ def test_the_database_file_is_readable_by_its_owner_only(tmp_path: Path) -> None
         file = path.parent / name
         if file.exists():
             assert stat.S_IMODE(os.stat(file).st_mode) == 0o600, name
+
+
+def test_stow_requests_beyond_the_concurrency_limit_are_told_to_retry(site: Site) -> None:
+    import socket
+
+    from conftest_web import ADMIN_TOKEN
+
+    with extra_server(site, {"max_stow_concurrency": 1}) as limited:
+        host, port = limited.removeprefix("http://").split(":")
+        boundary = "slow-boundary"
+        head = (
+            "POST /dicomweb/studies HTTP/1.1\r\n"
+            f"Host: {host}:{port}\r\n"
+            f"Authorization: Bearer {ADMIN_TOKEN}\r\n"
+            f'Content-Type: multipart/related; type="application/dicom"; boundary={boundary}\r\n'
+            "Content-Length: 100000\r\n\r\n"
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n"
+        )
+        with socket.create_connection((host, int(port)), timeout=30) as slow:
+            slow.sendall(head.encode())  # ...and the rest of the body never comes
+
+            def refused() -> httpx.Response | None:
+                answer = httpx.post(
+                    f"{limited}/dicomweb/studies",
+                    content=b"--x--\r\n",
+                    headers={
+                        "Authorization": f"Bearer {ADMIN_TOKEN}",
+                        "Content-Type": 'multipart/related; type="application/dicom"; boundary=x',
+                    },
+                    timeout=30,
+                )
+                return answer if answer.status_code == 503 else None
+
+            answer = wait_for(refused, timeout=10)
+            assert answer.headers["retry-after"] == "5"
+            assert "STOW-RS requests are being filed" in answer.text
+        # the slow client gone, the slot is free again
+        wait_for(
+            lambda: (
+                httpx.post(
+                    f"{limited}/dicomweb/studies",
+                    content=b"--x--\r\n",
+                    headers={
+                        "Authorization": f"Bearer {ADMIN_TOKEN}",
+                        "Content-Type": 'multipart/related; type="application/dicom"; boundary=x',
+                    },
+                ).status_code
+                == 400
+            ),
+            timeout=10,
+        )
