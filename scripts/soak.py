@@ -148,10 +148,17 @@ class Node:
         _STARTED.append(self.proc)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if self.echo():
+            if self.healthy():  # not C-ECHO: a "full" node refuses associations
                 return
             time.sleep(0.3)
         raise RuntimeError("the node did not come up; see node.log")
+
+    def healthy(self) -> bool:
+        try:
+            url = f"http://127.0.0.1:{self.http_port}/healthz"
+            return httpx.get(url, timeout=3).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def echo(self) -> bool:
         ae = AE(ae_title="SOAK")
