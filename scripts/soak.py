@@ -37,6 +37,7 @@ from mammo_node.synth import SynthOptions, generate_exams  # noqa: E402
 from mammo_node.writers import sop_classes_for_outputs  # noqa: E402
 
 TOKEN = "soak-admin-token-0123456789abcdef"
+PACE_SECONDS = float(os.environ.get("SOAK_PACE_SECONDS", 4))
 
 
 def free_port() -> int:
@@ -296,7 +297,7 @@ def sender(node: Node, ledger: Ledger, index: int, stop: threading.Event) -> Non
                 send_stow(node, datasets, ledger)
             else:
                 send_dimse(node, datasets, ledger, f"MODALITY{index}")
-            if stop.wait(0.5):
+            if stop.wait(PACE_SECONDS):  # a pace two CPU cores can also score
                 return
 
 
@@ -369,7 +370,7 @@ def _soak() -> int:
         thread.join(60)
     # let the node finish scoring and delivering what it acknowledged
     db_path = node.data / "mammo.db"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         node.sample_memory()
         with sqlite3.connect(db_path) as db:

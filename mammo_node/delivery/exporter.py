@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from mammo_node.config import Settings
 from mammo_node.db.models import Destination, Instance, OutboxItem, utcnow
 from mammo_node.db.session import Database
-from mammo_node.delivery.scu import Peer, SendReport, send_files
+from mammo_node.delivery.scu import Peer, SendReport, StoreOutcome, send_files
 from mammo_node.domain import OutboxState
 from mammo_node.errors import DeliveryError, MammoNodeError
 from mammo_node.filing.storage import InstanceStore
@@ -163,8 +163,19 @@ class Exporter:
             assert destination is not None
             peer = self._peer(destination)
             name = destination.name
+        by_path = {d.path: d for d in due}
+        recorded: set[int] = set()
+
+        def on_outcome(outcome: StoreOutcome) -> None:
+            # each acknowledged object is committed as delivered at once: a kill mid-batch
+            # re-sends at most the object in flight, not the whole batch
+            item = by_path.get(outcome.path)
+            if item is not None and outcome.delivered:
+                self._mark_delivered(name, [(item, outcome.status, outcome.comment)])
+                recorded.add(item.item_id)
+
         try:
-            report = send_files([d.path for d in due], peer)
+            report = send_files([d.path for d in due], peer, on_outcome=on_outcome)
         except (DeliveryError, OSError) as exc:
             logger.warning("destination %s unreachable: %s", name, exc)
             self._failed(name, due, None, scrub(str(exc)))
@@ -172,9 +183,9 @@ class Exporter:
         if report.rejected:
             self._rejected(destination_id, name, report.rejected, due)
             return
-        self._record(name, due, report)
+        self._record(name, [d for d in due if d.item_id not in recorded], report, len(recorded))
 
-    def _record(self, name: str, due: list[Due], report: SendReport) -> None:
+    def _record(self, name: str, due: list[Due], report: SendReport, already: int = 0) -> None:
         by_path = {o.path: o for o in report.outcomes}
         delivered, failed = [], []
         for item in due:
@@ -183,6 +194,19 @@ class Exporter:
                 delivered.append((item, outcome.status, outcome.comment))
             else:
                 failed.append((item, outcome))
+        self._mark_delivered(name, delivered)
+        for item, outcome in failed:
+            status = outcome.status if outcome else None
+            why = (outcome.comment if outcome else "") or "no response"
+            code = f"status 0x{status:04X}" if status is not None else "not sent"
+            self._failed(name, [item], status, f"{code}: {why}")
+        if delivered or already:
+            metrics.delivery_succeeded(name, len(delivered) + already)
+            logger.info("delivered %d output(s) to %s", len(delivered) + already, name)
+
+    def _mark_delivered(self, name: str, delivered: list[tuple[Due, int | None, str]]) -> None:
+        if not delivered:
+            return
         now = utcnow()
         with self.db.session() as session:
             for item, status, comment in delivered:
@@ -203,14 +227,6 @@ class Exporter:
                     destination=name,
                     status=status,
                 )
-        for item, outcome in failed:
-            status = outcome.status if outcome else None
-            why = (outcome.comment if outcome else "") or "no response"
-            code = f"status 0x{status:04X}" if status is not None else "not sent"
-            self._failed(name, [item], status, f"{code}: {why}")
-        if delivered:
-            metrics.delivery_succeeded(name, len(delivered))
-            logger.info("delivered %d output(s) to %s", len(delivered), name)
 
     def _failed(self, name: str, due: list[Due], status: int | None, error: str) -> None:
         metrics.delivery_failed(name, len(due))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,8 +137,14 @@ def _contexts(metas: Sequence[tuple[str, str]]) -> list[PresentationContext]:
     return contexts
 
 
-def send_files(paths: Iterable[Path], peer: Peer) -> SendReport:
-    """C-STORE every file over one association; returns each file's status."""
+def send_files(
+    paths: Iterable[Path],
+    peer: Peer,
+    *,
+    on_outcome: Callable[[StoreOutcome], None] | None = None,
+) -> SendReport:
+    """C-STORE every file over one association; returns each file's status. ``on_outcome``
+    is called after each answer (the exporter commits each delivery at once)."""
     paths = list(paths)
     report = SendReport()
     if not paths:
@@ -187,7 +193,10 @@ def send_files(paths: Iterable[Path], peer: Peer) -> SendReport:
                 report.outcomes.append(StoreOutcome(path, sop_uid, None, "no response"))
                 break
             comment = str(status.get("ErrorComment", ""))
-            report.outcomes.append(StoreOutcome(path, sop_uid, int(status.Status), comment))
+            outcome = StoreOutcome(path, sop_uid, int(status.Status), comment)
+            report.outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
     finally:
         if assoc.is_established:
             assoc.release()
