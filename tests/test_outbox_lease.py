@@ -15,10 +15,10 @@ from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentati
 from sqlalchemy import select
 
 from mammo_node.config import Settings
-from mammo_node.db.models import Destination, Instance, OutboxItem
+from mammo_node.db.models import Destination, Instance, OutboxItem, utcnow
 from mammo_node.db.session import Database, upgrade
 from mammo_node.delivery.destinations import add_destination
-from mammo_node.delivery.exporter import Exporter
+from mammo_node.delivery.exporter import Exporter, default_exporter_id
 from mammo_node.domain import OutboxState
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.filing.storage import InstanceStore
@@ -121,5 +121,31 @@ def test_a_missing_or_broken_file_fails_its_own_row_only(
         assert [state for state, _ in rows] == ["pending", "pending", "delivered", "delivered"]
         assert all("cannot read the stored file" in error for _, error in rows[:2])
         assert len(peer.received) == 2
+    finally:
+        peer.stop()
+
+
+def test_leases_of_an_exporter_that_ended_are_freed_on_start(
+    tmp_path: Path, synth_exams: list[Any]
+) -> None:
+    import subprocess
+    import sys
+
+    peer = Peer("PACS0")
+    try:
+        db_url = f"sqlite:///{tmp_path / 'node.db'}"
+        settings, db, store = _outbox(db_url, tmp_path, synth_exams[:1], [peer])
+        ended = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        dead_id = f"{default_exporter_id(settings).rsplit('/', 1)[0]}/{ended.stdout.strip()}"
+        Exporter(settings, db, store, exporter_id=dead_id)._due(utcnow(), 64)  # leases all 4
+        exporter = Exporter(settings, db, store)
+        assert exporter.run_once() == 0, "leased rows are not taken"
+        assert exporter.release_dead_leases() == 4
+        assert exporter.run_once() == 4 and len(peer.received) == 4
     finally:
         peer.stop()

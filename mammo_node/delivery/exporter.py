@@ -48,8 +48,24 @@ def backoff_seconds(attempts: int, base: float, cap: float) -> float:
     return float(min(cap, base * 2 ** max(0, attempts - 1)))
 
 
+def exporter_id_prefix(settings: Settings) -> str:
+    return f"{socket.gethostname()}/{settings.ae_title}/exporter/"
+
+
 def default_exporter_id(settings: Settings) -> str:
-    return f"{socket.gethostname()}/{settings.ae_title}/exporter/{os.getpid()}"
+    return f"{exporter_id_prefix(settings)}{os.getpid()}"
+
+
+def _process_gone(pid_text: str) -> bool:
+    if not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 class Exporter:
@@ -72,6 +88,26 @@ class Exporter:
         self.exporter_id = exporter_id or default_exporter_id(settings)
         # one batch over one association: each object may take up to the DIMSE timeout
         self.lease_seconds = lease_seconds or max(300.0, 4 * settings.dimse_timeout)
+
+    def release_dead_leases(self) -> int:
+        """Leases held by exporter processes of this host that no longer run are freed at
+        once (not after ``lease_seconds``): their rows are due again."""
+        prefix = exporter_id_prefix(self.settings)
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(OutboxItem).where(
+                    OutboxItem.state == OutboxState.PENDING,
+                    OutboxItem.leased_by.startswith(prefix),
+                )
+            ).all()
+            freed = 0
+            for row in rows:
+                if _process_gone(row.leased_by[len(prefix) :]):
+                    row.leased_by, row.leased_until = "", None
+                    freed += 1
+        if freed:
+            logger.info("freed %d outbox lease(s) of exporters that ended", freed)
+        return freed
 
     def run_once(self, now: dt.datetime | None = None, batch: int = 64) -> int:
         """Deliver what is due. Returns how many rows were attempted."""
@@ -323,6 +359,10 @@ class ExporterThread(threading.Thread):
         self._wakeup.set()
 
     def run(self) -> None:
+        try:
+            self.exporter.release_dead_leases()
+        except MammoNodeError:
+            logger.exception("could not free the outbox leases of ended exporters")
         while not self.stopping.is_set():
             self._wakeup.clear()
             try:
