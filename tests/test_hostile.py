@@ -23,7 +23,7 @@ from pydicom.encaps import encapsulate
 from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation
+from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation, Verification
 
 from tests.conftest import NodeProcess, dcmtk, storescu, wait_for
 from tests.conftest_web import ADMIN_TOKEN, READ_TOKEN, TOKENS
@@ -382,3 +382,26 @@ def test_database_errors_name_no_values(pg_url: str) -> None:
         db.dispose()
     assert "unique" in message.lower()
     assert SECRET_ID not in message and SECRET_NAME not in message
+
+
+def test_a_host_outside_the_allow_list_is_disconnected_before_a_byte_is_read(
+    node_factory: Any,
+) -> None:
+    node = node_factory(allowed_peers=["*@127.0.0.2"])
+    with socket.create_connection(("127.0.0.1", node.scp.port), timeout=10) as sock:
+        sock.settimeout(10)
+        with contextlib.suppress(ConnectionResetError):  # a reset is a close too
+            assert sock.recv(1024) == b"", "the node kept a connection from a refused host"
+    ae = AE(ae_title="ANY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(
+        "127.0.0.1", node.scp.port, ae_title="MAMMO_NODE", bind_address=("127.0.0.2", 0)
+    )
+    assert assoc.is_established, "an allowed host is served"
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+    with node.db.read() as session:
+        from mammo_node.db.models import Association
+
+        refused = [r.reject_reason for r in session.query(Association) if not r.accepted]
+    assert any("not in allowed_peers; disconnected before reading" in r for r in refused)
