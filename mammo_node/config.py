@@ -137,10 +137,47 @@ class Settings(BaseSettings):
         4, ge=1, description="without a calibration population: a version's first weeks"
     )
 
+    # --- limits checked before work (hostile input) -----------------------------------
+    max_image_pixels: int = Field(
+        60_000_000, ge=1, description="Rows x Columns of one frame (mammograms are < 30 MP)"
+    )
+    max_image_bytes: int = Field(
+        512 * 2**20, ge=1, description="decoded pixel bytes one decode may produce"
+    )
+    max_inflated_bytes: int = Field(
+        512 * 2**20, ge=1, description="a Deflated data set may inflate to at most this"
+    )
+    max_associate_rq_bytes: int = Field(
+        64 * 1024, ge=1024, description="largest A-ASSOCIATE-RQ PDU read from a peer"
+    )
+    max_stow_concurrency: int = Field(4, ge=1, description="STOW-RS requests filed at once")
+    http_header_timeout: float = Field(
+        10.0, gt=0, description="seconds a client may take to send its request headers"
+    )
+    http_keepalive_timeout: float = Field(5.0, gt=0, description="idle keep-alive connection")
+    worker_memory_limit_mb: int = Field(
+        0, ge=0, description="address-space limit of the scoring process; 0 = automatic"
+    )
+    decoder_memory_limit_mb: int = Field(
+        0, ge=0, description="address-space limit of the pixel-check process; 0 = automatic"
+    )
+    max_pixel_check_attempts: int = Field(3, ge=1, description="before an image is failed")
+
+    # --- web trust -------------------------------------------------------------------
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header values accepted (DNS rebinding); empty = any, '*.x' wildcards",
+    )
+    anonymous_view: bool = Field(
+        False, description="worklist pages without sign-in (counts only, no patient data)"
+    )
+    https_cert: Path | None = Field(None, description="certificate for HTTPS on http_port")
+    https_key: Path | None = None
+
     # --- logging ---------------------------------------------------------------------
     log_level: str = "INFO"
 
-    @field_validator("allowed_peers", "api_tokens", mode="before")
+    @field_validator("allowed_peers", "api_tokens", "trusted_hosts", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -166,6 +203,10 @@ class Settings(BaseSettings):
     def _tls_pair(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both tls_cert and tls_key (MAMMO_TLS_CERT, MAMMO_TLS_KEY).")
+        if (self.https_cert is None) != (self.https_key is None):
+            raise ValueError(
+                "HTTPS needs both https_cert and https_key (MAMMO_HTTPS_CERT, MAMMO_HTTPS_KEY)."
+            )
         return self
 
     @model_validator(mode="after")

@@ -16,11 +16,11 @@ from mammo_node.filing.storage import InstanceStore
 from mammo_node.grouping.service import Grouper, GrouperThread
 from mammo_node.observe.audit import AuditLog
 from mammo_node.observe.loops import Loops
-from mammo_node.operations.models import ActiveBundleScorer, ShadowScorer, ShadowThread
+from mammo_node.operations.models import ShadowScorer, ShadowThread
 from mammo_node.operations.retention import RetentionPolicy, RetentionThread
 from mammo_node.receive.scp import StorageSCP
 from mammo_node.web.server import WebServer
-from mammo_node.worker import Worker, WorkerThread
+from mammo_node.worker_process import WorkerSupervisor
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +41,13 @@ class Node:
         self.scp = StorageSCP(settings, self.db, self.ingestor)
         self.grouper = GrouperThread(Grouper(settings, self.db, self.store))
         self.exporter = ExporterThread(Exporter(settings, self.db, self.store))
-        self.worker: WorkerThread | None = None
+        self.worker: WorkerSupervisor | None = None
         self.shadow: ShadowThread | None = None
         if score and settings.serve_worker:
-            worker = Worker(
-                settings,
-                self.db,
-                self.ingestor,
-                lambda: ActiveBundleScorer(settings, self.db),
-                on_result=self.exporter.wake,
-            )
-            self.worker = WorkerThread(worker)
+            # scoring decodes images from outside: in a child process, so that a crash or an
+            # out-of-memory there costs that exam an attempt, never the listeners; the child
+            # scores with the registry's active bundle (activation needs no restart)
+            self.worker = WorkerSupervisor(settings, on_result=self.exporter.wake)
             self.shadow = ShadowThread(
                 ShadowScorer(settings, self.db, self.store.root), settings.worker_poll_seconds * 2
             )

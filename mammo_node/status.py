@@ -32,6 +32,7 @@ class Status(enum.IntEnum):
     MISSING_ATTRIBUTE = 0xC220  # a required UID is absent
     INVALID_UID = 0xC221  # a UID breaks the UID grammar (e.g. a path)
     SOP_INSTANCE_MISMATCH = 0xC222  # SOP Instance UID in the data set ≠ the request's
+    DATA_SET_TOO_LARGE = 0xC230  # inflates or decodes past the node's limits (limits.py)
 
     @property
     def is_success(self) -> bool:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -41,9 +41,11 @@ from mammo_node.domain import ExamInference, ExamState, Origin, Slot
 from mammo_node.errors import MammoNodeError, ModelError, NotFoundError
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.grouping.rules import Resolution
+from mammo_node.limits import ImageLimits, check_before_decode, check_deflate
 from mammo_node.observe import metrics
 from mammo_node.observe.loops import LoopHealth
 from mammo_node.responses import ScoredExam
+from mammo_node.scrub import describe, format_exception
 from mammo_node.writers import OutputObject, build_outputs
 from mammo_node.writers.identity import OutputKind, ReferencedDocument, output_kinds_for
 
@@ -67,8 +69,62 @@ class Claim:
     selection: dict[str, Any]  # why these images: rules, notes, missing breasts
 
 
+def worker_id_prefix(settings: Settings) -> str:
+    return f"{socket.gethostname()}/{settings.ae_title}/worker/"
+
+
 def default_worker_id(settings: Settings) -> str:
-    return f"{socket.gethostname()}/{settings.ae_title}/worker"
+    """Host + process: two workers on one host never share an id (nor release each other's
+    claims); a dead process's claims are found by its pid (``release_dead_claims``)."""
+    return f"{worker_id_prefix(settings)}{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release_dead_claims(db: Database, settings: Settings, why: str = "") -> int:
+    """Claims held by worker processes of this host (and AE) that no longer run are taken
+    back at once, instead of after ``claim_timeout_seconds``: the exam goes back to READY, or
+    is parked FAILED when it has used its ``max_attempts`` (whatever killed the worker)."""
+    prefix = worker_id_prefix(settings)
+    released = 0
+    with db.session() as session:
+        exams = session.scalars(
+            select(Exam).where(
+                Exam.state == ExamState.SCORING.value, Exam.claimed_by.startswith(prefix)
+            )
+        ).all()
+        for exam in exams:
+            pid_text = exam.claimed_by[len(prefix) :]
+            if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+                continue
+            message = why or "the scoring process ended while scoring it"
+            exam.last_error = message
+            exam.claimed_by = ""
+            if exam.attempts >= settings.max_attempts:
+                repo.set_exam_state(
+                    session,
+                    exam,
+                    ExamState.FAILED,
+                    f"parked after {exam.attempts} failed attempts: {message}"[:2000],
+                )
+            else:
+                repo.set_exam_state(
+                    session,
+                    exam,
+                    ExamState.READY,
+                    f"claim released: {message} (attempt {exam.attempts} of "
+                    f"{settings.max_attempts})"[:2000],
+                )
+            released += 1
+    return released
 
 
 class Worker:
@@ -114,17 +170,44 @@ class Worker:
                 exam.claimed_by = ""
             return len(exams)
 
+    def park_exhausted(self, session: Session, stale: dt.datetime) -> int:
+        """Exams that used their attempts without a recorded end (the process scoring them
+        died: OOM, a decoder crash, SIGKILL) are parked FAILED here, at claim time."""
+        query = select(Exam).where(
+            Exam.attempts >= self.settings.max_attempts,
+            or_(
+                Exam.state == ExamState.READY.value,
+                (Exam.state == ExamState.SCORING.value) & (Exam.claimed_at < stale),
+            ),
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        exams = session.scalars(query).all()
+        for exam in exams:
+            last = (exam.last_error or "the worker died while scoring it").splitlines()[0]
+            repo.set_exam_state(
+                session,
+                exam,
+                ExamState.FAILED,
+                f"parked after {exam.attempts} failed attempts: {last}"[:2000],
+            )
+            exam.claimed_by = ""
+            logger.warning("exam %s parked after %d attempts", exam.study_uid, exam.attempts)
+        return len(exams)
+
     def claim(self, now: dt.datetime | None = None) -> Claim | None:
         now = now or utcnow()
         stale = now - dt.timedelta(seconds=self.settings.claim_timeout_seconds)
         with self.db.session() as session:
+            self.park_exhausted(session, stale)
             query = (
                 select(Exam)
                 .where(
+                    Exam.attempts < self.settings.max_attempts,
                     or_(
                         Exam.state == ExamState.READY.value,
                         (Exam.state == ExamState.SCORING.value) & (Exam.claimed_at < stale),
-                    )
+                    ),
                 )
                 .order_by(Exam.state_changed_at, Exam.id)
                 .limit(1)
@@ -183,6 +266,11 @@ class Worker:
                 f"(missing: {', '.join(claim.selection.get('missing_views', [])) or '-'})"
             )
         t0 = time.perf_counter()
+        limits = ImageLimits.from_settings(self.settings)
+        for path in claim.paths.values():  # every limit on the header, before any pixel
+            header = self.store.path(path)
+            check_deflate(header, limits)
+            check_before_decode(dcmread(header, defer_size=1024), limits, path=header)
         sources: dict[Slot, Dataset] = {
             slot: dcmread(self.store.path(path)) for slot, path in claim.paths.items()
         }
@@ -420,13 +508,13 @@ class Worker:
 
     def _record_failure(self, claim: Claim, exc: BaseException) -> None:
         metrics.scoring_failed()
-        message = f"{type(exc).__name__}: {exc}"
+        message = describe(exc)  # no values: exam reasons are shown on pages and the API
         try:
             with self.db.session() as session:
                 exam = session.get(Exam, claim.exam_id, with_for_update=True)
                 if exam is None or exam.state != ExamState.SCORING.value:
                     return
-                exam.last_error = message + "\n" + "".join(traceback.format_exception(exc))[-4000:]
+                exam.last_error = message + "\n" + format_exception(exc)[-4000:]
                 exam.claimed_by = ""
                 if exam.attempts >= self.settings.max_attempts:
                     repo.set_exam_state(
@@ -516,6 +604,7 @@ class WorkerThread(threading.Thread):
         self.health.started = True
         try:
             self.worker.release_own_claims()
+            release_dead_claims(self.worker.db, self.worker.settings)
             _ = self.worker.scorer  # load the model before claiming anything
             self.ready.set()
         except Exception as exc:

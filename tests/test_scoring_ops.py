@@ -188,12 +188,13 @@ def test_dead_letters_are_requeued_and_delivered(
         assert retry(node.db, destination="pacs") == 13
         wait_for(lambda: len(pacs.received) == 13, timeout=60)
 
-        def states() -> set[str]:
-            deliveries = exam_detail(node.db, exam.study_uid)["result"]["deliveries"]
-            return {d["state"] for d in deliveries}
+        def delivery_states() -> set[str]:
+            result = exam_detail(node.db, exam.study_uid)["result"]
+            return {d["state"] for d in result["deliveries"]}
 
-        # the peer has them; the exporter records each delivery just after the C-STORE returns
-        wait_for(lambda: states() == {"delivered"}, timeout=30)
+        # the peer acknowledges before the exporter commits the outbox rows: wait for them
+        wait_for(lambda: delivery_states() == {"delivered"}, timeout=30)
+        assert len(pacs.received) == 13
     finally:
         pacs.stop()
 

@@ -199,6 +199,8 @@ class Instance(Base):
     # pixel decodability (domain.PixelCheck): pending, ok, failed, skipped
     pixel_check: Mapped[str] = mapped_column(String(16), default=PixelCheck.PENDING.value)
     pixel_detail: Mapped[str] = mapped_column(Text, default="")
+    # pixel checks started (each counted before the decoder runs; see grouping.service)
+    pixel_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # outputs written by the node: which result and what kind (sr, sr_view, sc, seg)
     result_fk: Mapped[int | None] = mapped_column(
         ForeignKey("results.id"), default=None, index=True
@@ -352,6 +354,9 @@ class OutboxItem(Base):
     delivered_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_status: Mapped[int | None] = mapped_column(Integer, default=None)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # the exporter process delivering this row now, and until when its lease holds
+    leased_by: Mapped[str] = mapped_column(String(128), default="", server_default="")
+    leased_until: Mapped[dt.datetime | None] = mapped_column(default=None)
 
     __table_args__ = (
         UniqueConstraint("instance_fk", "destination_fk", name="uq_outbox_instance_destination"),

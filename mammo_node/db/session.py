@@ -8,6 +8,7 @@ instead of failing. PostgreSQL is used as is.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mammo_node.errors import DatabaseError
+from mammo_node.scrub import scrub
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,12 @@ def create_db_engine(url: str, *, read_only: bool = False) -> Engine:
         path = make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+            _create_private(Path(path))
+        # hide_parameters: an error message (logged, or raised as DatabaseError) shows the
+        # statement, never the bound values (patient names, IDs)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 60}, hide_parameters=True
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -60,7 +67,18 @@ def create_db_engine(url: str, *, read_only: bool = False) -> Engine:
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True
+    )
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (it holds patient data); SQLite
+    gives its -wal and -shm files the same permissions."""
+    if path.exists():
+        return
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
 
 
 class Database:
@@ -89,7 +107,7 @@ class Database:
             with session.begin():
                 yield session
         except SQLAlchemyError as exc:
-            raise DatabaseError(f"database error ({self.dialect}): {exc}") from exc
+            raise DatabaseError(f"database error ({self.dialect}): {scrub(str(exc))}") from exc
         finally:
             session.close()
 
@@ -100,7 +118,7 @@ class Database:
         try:
             yield session
         except SQLAlchemyError as exc:
-            raise DatabaseError(f"database error ({self.dialect}): {exc}") from exc
+            raise DatabaseError(f"database error ({self.dialect}): {scrub(str(exc))}") from exc
         finally:
             session.rollback()
             session.close()
@@ -133,7 +151,7 @@ def upgrade(url: str, revision: str = "head") -> None:
     try:
         command.upgrade(alembic_config(url), revision)
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"migration failed: {exc}") from exc
+        raise DatabaseError(f"migration failed: {scrub(str(exc))}") from exc
 
 
 def current_revision(url: str) -> str | None:

@@ -12,23 +12,27 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import socket
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from mammo_node.config import Settings
 from mammo_node.db.models import Destination, Instance, OutboxItem, utcnow
 from mammo_node.db.session import Database
-from mammo_node.delivery.scu import Peer, SendReport, send_files
+from mammo_node.delivery.scu import Peer, SendReport, StoreOutcome, send_files
 from mammo_node.domain import OutboxState
 from mammo_node.errors import DeliveryError, MammoNodeError
 from mammo_node.filing.storage import InstanceStore
 from mammo_node.observe import audit, metrics
 from mammo_node.observe.loops import LoopHealth
 from mammo_node.receive.scp import build_client_ssl_context
+from mammo_node.scrub import describe, scrub
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +49,66 @@ def backoff_seconds(attempts: int, base: float, cap: float) -> float:
     return float(min(cap, base * 2 ** max(0, attempts - 1)))
 
 
+def exporter_id_prefix(settings: Settings) -> str:
+    return f"{socket.gethostname()}/{settings.ae_title}/exporter/"
+
+
+def default_exporter_id(settings: Settings) -> str:
+    return f"{exporter_id_prefix(settings)}{os.getpid()}"
+
+
+def _process_gone(pid_text: str) -> bool:
+    if not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class Exporter:
-    def __init__(self, settings: Settings, db: Database, store: InstanceStore) -> None:
+    """Delivers the outbox. Rows are leased before they are sent (PostgreSQL: ``FOR UPDATE
+    SKIP LOCKED``), so several node processes sharing a database deliver each object once; a
+    lease left by a process that died runs out after ``lease_seconds``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store: InstanceStore,
+        *,
+        exporter_id: str | None = None,
+        lease_seconds: float | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.store = store
+        self.exporter_id = exporter_id or default_exporter_id(settings)
+        # one batch over one association: each object may take up to the DIMSE timeout
+        self.lease_seconds = lease_seconds or max(300.0, 4 * settings.dimse_timeout)
+
+    def release_dead_leases(self) -> int:
+        """Leases held by exporter processes of this host that no longer run are freed at
+        once (not after ``lease_seconds``): their rows are due again."""
+        prefix = exporter_id_prefix(self.settings)
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(OutboxItem).where(
+                    OutboxItem.state == OutboxState.PENDING,
+                    OutboxItem.leased_by.startswith(prefix),
+                )
+            ).all()
+            freed = 0
+            for row in rows:
+                if _process_gone(row.leased_by[len(prefix) :]):
+                    row.leased_by, row.leased_until = "", None
+                    freed += 1
+        if freed:
+            logger.info("freed %d outbox lease(s) of exporters that ended", freed)
+        return freed
 
     def run_once(self, now: dt.datetime | None = None, batch: int = 64) -> int:
         """Deliver what is due. Returns how many rows were attempted."""
@@ -57,33 +116,74 @@ class Exporter:
         attempted = 0
         for destination_id, due in self._due(now, batch).items():
             attempted += len(due)
-            self._deliver(destination_id, due)
+            try:
+                self._deliver(destination_id, due)
+            except Exception as exc:  # one destination's failure must not stall the others
+                logger.exception("delivering %d output(s) failed", len(due))
+                self._failed_safely(destination_id, due, describe(exc))
         return attempted
 
     def _due(self, now: dt.datetime, batch: int) -> dict[int, list[Due]]:
-        with self.db.read() as session:
-            rows = session.execute(
-                select(
-                    OutboxItem.id,
-                    OutboxItem.destination_fk,
-                    Instance.rel_path,
-                    Instance.sop_instance_uid,
-                )
-                .join(Instance, OutboxItem.instance_fk == Instance.id)
+        """Lease the due rows (committed before anything is sent)."""
+        until = now + dt.timedelta(seconds=self.lease_seconds)
+        with self.db.session() as session:
+            query = (
+                select(OutboxItem)
                 .join(Destination, OutboxItem.destination_fk == Destination.id)
                 .where(
                     OutboxItem.state == OutboxState.PENDING,
                     OutboxItem.next_attempt_at <= now,
+                    or_(OutboxItem.leased_until.is_(None), OutboxItem.leased_until < now),
                     Destination.enabled,
                     Destination.config_error == "",
                 )
                 .order_by(OutboxItem.id)
                 .limit(batch)
-            ).all()
+            )
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(of=OutboxItem, skip_locked=True)
+            items = session.scalars(query).all()
+            for item in items:
+                item.leased_by = self.exporter_id
+                item.leased_until = until
+            ids = [item.id for item in items]
+            rows = (
+                session.execute(
+                    select(
+                        OutboxItem.id,
+                        OutboxItem.destination_fk,
+                        Instance.rel_path,
+                        Instance.sop_instance_uid,
+                    )
+                    .join(Instance, OutboxItem.instance_fk == Instance.id)
+                    .where(OutboxItem.id.in_(ids))
+                    .order_by(OutboxItem.id)
+                ).all()
+                if ids
+                else []
+            )
         due: dict[int, list[Due]] = defaultdict(list)
         for item_id, destination_id, rel_path, sop_uid in rows:
             due[destination_id].append(Due(item_id, self.store.path(rel_path), sop_uid))
         return due
+
+    def _failed_safely(self, destination_id: int, due: list[Due], error: str) -> None:
+        try:
+            with self.db.read() as session:
+                destination = session.get(Destination, destination_id)
+                name = destination.name if destination is not None else str(destination_id)
+            self._failed(name, due, None, error)
+        except MammoNodeError:
+            logger.exception("could not record a failed delivery; its lease runs out")
+
+    def _leased(self, session: Session, item_id: int) -> OutboxItem | None:
+        """The row, if this exporter still holds its lease (else another process took over)."""
+        row = session.get(OutboxItem, item_id)
+        if row is None or row.leased_by != self.exporter_id:
+            return None
+        row.leased_by = ""
+        row.leased_until = None
+        return row
 
     def _peer(self, destination: Destination) -> Peer:
         return Peer(
@@ -100,18 +200,29 @@ class Exporter:
             assert destination is not None
             peer = self._peer(destination)
             name = destination.name
+        by_path = {d.path: d for d in due}
+        recorded: set[int] = set()
+
+        def on_outcome(outcome: StoreOutcome) -> None:
+            # each acknowledged object is committed as delivered at once: a kill mid-batch
+            # re-sends at most the object in flight, not the whole batch
+            item = by_path.get(outcome.path)
+            if item is not None and outcome.delivered:
+                self._mark_delivered(name, [(item, outcome.status, outcome.comment)])
+                recorded.add(item.item_id)
+
         try:
-            report = send_files([d.path for d in due], peer)
+            report = send_files([d.path for d in due], peer, on_outcome=on_outcome)
         except (DeliveryError, OSError) as exc:
             logger.warning("destination %s unreachable: %s", name, exc)
-            self._failed(name, due, None, str(exc))
+            self._failed(name, due, None, scrub(str(exc)))
             return
         if report.rejected:
-            self._rejected(destination_id, name, report.rejected)
+            self._rejected(destination_id, name, report.rejected, due)
             return
-        self._record(name, due, report)
+        self._record(name, [d for d in due if d.item_id not in recorded], report, len(recorded))
 
-    def _record(self, name: str, due: list[Due], report: SendReport) -> None:
+    def _record(self, name: str, due: list[Due], report: SendReport, already: int = 0) -> None:
         by_path = {o.path: o for o in report.outcomes}
         delivered, failed = [], []
         for item in due:
@@ -120,12 +231,26 @@ class Exporter:
                 delivered.append((item, outcome.status, outcome.comment))
             else:
                 failed.append((item, outcome))
+        self._mark_delivered(name, delivered)
+        for item, outcome in failed:
+            status = outcome.status if outcome else None
+            why = (outcome.comment if outcome else "") or "no response"
+            code = f"status 0x{status:04X}" if status is not None else "not sent"
+            self._failed(name, [item], status, f"{code}: {why}")
+        if delivered or already:
+            metrics.delivery_succeeded(name, len(delivered) + already)
+            logger.info("delivered %d output(s) to %s", len(delivered) + already, name)
+
+    def _mark_delivered(self, name: str, delivered: list[tuple[Due, int | None, str]]) -> None:
+        if not delivered:
+            return
         now = utcnow()
         with self.db.session() as session:
             for item, status, comment in delivered:
                 row = session.get(OutboxItem, item.item_id)
                 if row is None:
                     continue
+                row.leased_by, row.leased_until = "", None  # delivered, whoever leases it
                 row.state = OutboxState.DELIVERED
                 row.delivered_at = now
                 row.attempts += 1
@@ -139,14 +264,6 @@ class Exporter:
                     destination=name,
                     status=status,
                 )
-        for item, outcome in failed:
-            status = outcome.status if outcome else None
-            why = (outcome.comment if outcome else "") or "no response"
-            code = f"status 0x{status:04X}" if status is not None else "not sent"
-            self._failed(name, [item], status, f"{code}: {why}")
-        if delivered:
-            metrics.delivery_succeeded(name, len(delivered))
-            logger.info("delivered %d output(s) to %s", len(delivered), name)
 
     def _failed(self, name: str, due: list[Due], status: int | None, error: str) -> None:
         metrics.delivery_failed(name, len(due))
@@ -154,7 +271,7 @@ class Exporter:
         max_age = dt.timedelta(seconds=self.settings.outbox_max_age_seconds)
         with self.db.session() as session:
             for item in due:
-                row = session.get(OutboxItem, item.item_id)
+                row = self._leased(session, item.item_id)
                 if row is None:
                     continue
                 row.attempts += 1
@@ -187,8 +304,10 @@ class Exporter:
                     )
                     row.next_attempt_at = now + dt.timedelta(seconds=delay)
 
-    def _rejected(self, destination_id: int, name: str, why: str) -> None:
+    def _rejected(self, destination_id: int, name: str, why: str, due: list[Due]) -> None:
         with self.db.session() as session:
+            for item in due:  # not attempted: free for the retry after the fix
+                self._leased(session, item.item_id)
             destination = session.get(Destination, destination_id)
             if destination is None:
                 return
@@ -224,6 +343,7 @@ def retry(db: Database, *, destination: str | None = None, item_id: int | None =
             row.state = OutboxState.PENDING
             row.created_at = now  # a fresh maximum age
             row.next_attempt_at = now
+            row.leased_by, row.leased_until = "", None
         return len(rows)
 
 
@@ -242,6 +362,10 @@ class ExporterThread(threading.Thread):
 
     def run(self) -> None:
         self.health.started = True
+        try:
+            self.exporter.release_dead_leases()
+        except MammoNodeError:
+            logger.exception("could not free the outbox leases of ended exporters")
         while not self.stopping.is_set():
             self._wakeup.clear()
             try:

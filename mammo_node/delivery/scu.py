@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,16 +137,32 @@ def _contexts(metas: Sequence[tuple[str, str]]) -> list[PresentationContext]:
     return contexts
 
 
-def send_files(paths: Iterable[Path], peer: Peer) -> SendReport:
-    """C-STORE every file over one association; returns each file's status."""
+def send_files(
+    paths: Iterable[Path],
+    peer: Peer,
+    *,
+    on_outcome: Callable[[StoreOutcome], None] | None = None,
+) -> SendReport:
+    """C-STORE every file over one association; returns each file's status. ``on_outcome``
+    is called after each answer (the exporter commits each delivery at once)."""
     paths = list(paths)
     report = SendReport()
     if not paths:
         return report
     metas = []
-    for path in paths:
-        meta = read_file_meta_info(path)
-        metas.append((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+    readable = []
+    for path in paths:  # a missing or unreadable file fails its own row, not the batch
+        try:
+            meta = read_file_meta_info(path)
+            metas.append((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+            readable.append(path)
+        except Exception as exc:  # OSError, InvalidDicomError, a meta group without UIDs
+            report.outcomes.append(
+                StoreOutcome(path, "", None, f"cannot read the stored file: {type(exc).__name__}")
+            )
+    paths = readable
+    if not paths:
+        return report
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = _new_ae(peer.calling_ae)
     ae.requested_contexts = _contexts(metas)
@@ -168,8 +184,8 @@ def send_files(paths: Iterable[Path], peer: Peer) -> SendReport:
                     status = assoc.send_c_store(path)  # streamed from disk as stored
                 else:  # the peer took another uncompressed syntax: pynetdicom re-encodes
                     status = assoc.send_c_store(dcmread(path))
-            except (ValueError, AttributeError, RuntimeError) as exc:
-                report.outcomes.append(StoreOutcome(path, sop_uid, None, str(exc)))
+            except Exception as exc:  # contained per object: the others are still sent
+                report.outcomes.append(StoreOutcome(path, sop_uid, None, type(exc).__name__))
                 if not assoc.is_established:
                     break
                 continue
@@ -177,7 +193,10 @@ def send_files(paths: Iterable[Path], peer: Peer) -> SendReport:
                 report.outcomes.append(StoreOutcome(path, sop_uid, None, "no response"))
                 break
             comment = str(status.get("ErrorComment", ""))
-            report.outcomes.append(StoreOutcome(path, sop_uid, int(status.Status), comment))
+            outcome = StoreOutcome(path, sop_uid, int(status.Status), comment)
+            report.outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
     finally:
         if assoc.is_established:
             assoc.release()

@@ -41,7 +41,9 @@ from mammo_node.domain import (
 from mammo_node.errors import DatabaseError, InvalidInstanceError, StorageError
 from mammo_node.filing.storage import InstanceStore, StoredFile, file_sha256, validate_uid
 from mammo_node.grouping.rules import classify, object_kind, selection_facts
+from mammo_node.limits import ImageLimits, ImageTooLargeError, check_deflate
 from mammo_node.observe import audit, metrics
+from mammo_node.scrub import describe
 from mammo_node.status import Status
 
 logger = logging.getLogger(__name__)
@@ -62,12 +64,19 @@ class IngestResult:
 _SELECTION_KINDS = {ObjectKind.IMAGE.value, ObjectKind.REJECTION_NOTE.value}
 
 
-def read_header(path: Path) -> Dataset:
+def read_header(path: Path, limits: ImageLimits | None = None) -> Dataset:
     """Parse a Part-10 file's header; large values (pixel data) stay on disk, deferred.
 
     pydicom reads short values silently; a value that runs past the end of the file is a
-    truncated dataset and is refused here.
+    truncated dataset and is refused here. A Deflated data set is first inflated as a stream
+    up to ``limits.max_inflated_bytes`` (pydicom would inflate all of it in memory).
     """
+    try:
+        check_deflate(path, limits or ImageLimits())
+    except ImageTooLargeError as exc:
+        raise InvalidInstanceError(
+            str(exc), status=Status.DATA_SET_TOO_LARGE, http_status=413
+        ) from exc
     try:
         ds = dcmread(path, defer_size=4096, force=False)
         size = path.stat().st_size
@@ -86,7 +95,7 @@ def read_header(path: Path) -> Dataset:
         raise
     except Exception as exc:  # pydicom raises many types on malformed input
         raise InvalidInstanceError(
-            f"cannot parse the dataset ({type(exc).__name__}): {exc}",
+            f"cannot parse the dataset ({describe(exc)})",
             status=Status.CANNOT_DECODE_DATA_SET,
         ) from exc
     return ds
@@ -186,7 +195,7 @@ def read_facts(ds: Dataset) -> HeaderFacts:
         )
     except Exception as exc:  # a malformed value anywhere in the header
         raise InvalidInstanceError(
-            f"cannot read the dataset's attributes ({type(exc).__name__}): {exc}",
+            f"cannot read the dataset's attributes ({describe(exc)})",
             status=Status.CANNOT_DECODE_DATA_SET,
         ) from exc
 
@@ -256,7 +265,7 @@ class Ingestor:
         expected_sop_instance: str | None,
     ) -> IngestResult:
         try:
-            facts = read_facts(read_header(temp))
+            facts = read_facts(read_header(temp, ImageLimits.from_settings(self.settings)))
             if expected_sop_class and expected_sop_class != facts.sop_class:
                 raise InvalidInstanceError(
                     f"SOPClassUID {facts.sop_class} in the dataset differs from the request's "
@@ -591,6 +600,7 @@ def _note_arrival(
     why = "image replaced" if outcome is IngestOutcome.REPLACED else f"late {late}"
     if outcome is not IngestOutcome.REPLACED:
         exam.revision += 1
+    exam.attempts = 0  # attempts count per revision: new images, a fresh set of tries
     repo.set_exam_state(
         session, exam, ExamState.RECEIVING, f"re-opened: {why} {sop_uid} after {exam.state}"
     )

@@ -193,21 +193,22 @@ def _secondary_capture_refusal(ds: Dataset) -> tuple[NotScoredReason, str] | Non
             f"{body_part or 'absent'!r}: not a mammogram (MG or BREAST expected)",
         )
     photometric = _text(ds, "PhotometricInterpretation").strip().upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    samples = _count(ds, "SamplesPerPixel")
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         return (
             NotScoredReason.UNSUPPORTED_PIXELS,
             f"Secondary Capture in {photometric or 'unknown'} ({samples} samples): a picture, "
             "not a greyscale mammogram",
         )
-    bits = int(ds.get("BitsStored", 0) or 0)
+    bits = _count(ds, "BitsStored", absent=0) or 0
     if bits < 8 or (bits == 8 and conversion not in _SC_FILM_CONVERSIONS):
         return (
             NotScoredReason.NOT_AN_IMAGE,
             f"Secondary Capture of {bits} bits with ConversionType {conversion}: a screenshot "
             "(mammograms have 10 bits or more; 8 only from a film digitiser: DF, DI, SI)",
         )
-    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    rows = _count(ds, "Rows", absent=0) or 0
+    columns = _count(ds, "Columns", absent=0) or 0
     if min(rows, columns) < _SC_MIN_SIDE:
         return (
             NotScoredReason.NOT_AN_IMAGE,
@@ -227,6 +228,15 @@ def object_kind(ds: Dataset) -> ObjectKind:
     if sop_class == KEY_OBJECT_SELECTION and _rejection_title(ds):
         return ObjectKind.REJECTION_NOTE
     return ObjectKind.COMPANION
+
+
+def _count(ds: Dataset, keyword: str, *, absent: int = 1) -> int | None:
+    """A count from the header (``absent`` when missing); None when its value is not a number
+    (found by fuzzing: an IS value of 'T' raised inside the rules)."""
+    try:
+        return int(ds.get(keyword, absent) or absent)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def classify(ds: Dataset) -> Classification:
@@ -282,8 +292,7 @@ def classify(ds: Dataset) -> Classification:
             NotScoredReason.PARTIAL_VIEW,
             f"partial view ({what}): one tile of a mosaic, the model reads whole breasts",
         )
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples, frames = _count(ds, "SamplesPerPixel"), _count(ds, "NumberOfFrames")
     if samples != 1 or frames != 1:
         return kept_out(
             NotScoredReason.UNSUPPORTED_PIXELS,

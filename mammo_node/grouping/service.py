@@ -11,8 +11,10 @@ import datetime as dt
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.pixels import pixel_array
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -23,8 +25,11 @@ from mammo_node.db.session import Database
 from mammo_node.domain import ExamState, PixelCheck
 from mammo_node.filing.storage import InstanceStore, file_sha256
 from mammo_node.grouping.rules import decide
+from mammo_node.limits import ImageLimits, ImageTooLargeError, check_before_decode
 from mammo_node.observe import audit
 from mammo_node.observe.loops import LoopHealth
+from mammo_node.sandbox import Sandbox, SandboxCrash
+from mammo_node.scrub import describe
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +40,17 @@ class PixelReport:
     detail: str
 
 
-def _native_length_check(path: str) -> PixelReport | None:
+def _native_length_check(path: str, limits: ImageLimits) -> PixelReport | None:
     """For uncompressed pixel data the check is arithmetic: the value must hold every pixel.
 
-    Returns None when the data is encapsulated (compressed) and must really be decoded.
+    Returns None when the data is encapsulated (compressed) and must really be decoded; refuses
+    (before any decode) an image larger than the limits or whose codestream disagrees with it.
     """
     ds = dcmread(path, defer_size=1024)
+    try:
+        check_before_decode(ds, limits, path=Path(path), frames=1)
+    except ImageTooLargeError as exc:
+        return PixelReport(False, str(exc))
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is None or syntax.is_compressed or syntax.is_deflated:
         return None
@@ -64,30 +74,49 @@ def _native_length_check(path: str) -> PixelReport | None:
     return PixelReport(True, f"{columns}x{rows} uncompressed, {length} bytes")
 
 
-def check_pixels(path: str) -> PixelReport:
-    """Can the pixels be read? Uncompressed: the length adds up; compressed: decode once.
+def check_pixels(path: str, limits: ImageLimits | None = None) -> PixelReport:
+    """Can the pixels be read? Uncompressed: the length adds up; compressed: decode the first
+    frame once (in the decoder sandbox when called by the grouper).
 
     Any decoder failure is a reason for not scoring, not a crash.
     """
+    limits = limits or ImageLimits()
     try:
-        native = _native_length_check(path)
+        native = _native_length_check(path, limits)
         if native is not None:
             return native
     except Exception as exc:  # a header pydicom cannot parse: let the decoder say why
-        logger.debug("length check of %s failed: %s", path, exc)
+        logger.debug("length check of %s failed: %s", path, type(exc).__name__)
     try:
-        ds = dcmread(path)
-        pixels = ds.pixel_array
+        pixels = pixel_array(path, index=0)
     except Exception as exc:  # decoders raise many types; the message is what matters
         ts = "unknown transfer syntax"
         try:
             ts = dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID.name
         except Exception:  # the header itself may be the problem
             logger.debug("cannot read transfer syntax of %s", path, exc_info=True)
-        return PixelReport(False, f"pixel data cannot be decoded ({ts}): {exc}"[:1000])
+        return PixelReport(False, f"pixel data cannot be decoded ({ts}): {describe(exc)}"[:1000])
     if pixels.ndim != 2:
         return PixelReport(False, f"pixel array has shape {pixels.shape}; one 2D frame expected")
     return PixelReport(True, f"{pixels.shape[1]}x{pixels.shape[0]} decoded")
+
+
+def needs_decoder(path: str) -> bool:
+    """Whether checking this file means running a decoder (compressed or Deflated data)."""
+    try:
+        syntax = dcmread(path, stop_before_pixels=True, defer_size=64).file_meta.get(
+            "TransferSyntaxUID"
+        )
+    except Exception:  # an unreadable header goes to the sandbox, which reports why
+        return True
+    return syntax is None or syntax.is_compressed or syntax.is_deflated
+
+
+def decoder_memory_limit(settings: Settings) -> int:
+    """Address-space cap of the pixel-check process (bytes)."""
+    if settings.decoder_memory_limit_mb:
+        return settings.decoder_memory_limit_mb * 2**20
+    return 1024 * 2**20 + 3 * settings.max_image_bytes
 
 
 class Grouper:
@@ -95,6 +124,7 @@ class Grouper:
         self.settings = settings
         self.db = db
         self.store = store
+        self._sandbox: Sandbox | None = None
 
     def run_once(self, now: dt.datetime | None = None) -> int:
         """One pass: pixel checks, exam decisions, then hashing. Returns rows changed."""
@@ -133,6 +163,9 @@ class Grouper:
         return len(pending)
 
     def check_pending_pixels(self, limit: int = 16) -> int:
+        """Check new images. Compressed ones are decoded in the decoder sandbox; each check
+        counts an attempt (committed before it starts), so an image that kills the decoder,
+        or the whole node, is failed with its reason after ``max_pixel_check_attempts``."""
         with self.db.read() as session:
             pending = session.execute(
                 select(Instance.id, Instance.rel_path)
@@ -141,7 +174,20 @@ class Grouper:
                 .limit(limit)
             ).all()
         for instance_id, rel_path in pending:
-            result = check_pixels(str(self.store.path(rel_path)))
+            attempt = self._count_attempt(instance_id, rel_path)
+            if attempt is None:
+                continue
+            if attempt > self.settings.max_pixel_check_attempts:
+                result = PixelReport(
+                    False,
+                    f"pixel check did not finish in {attempt - 1} attempt(s) (the decoder "
+                    "process died each time); not decoded again",
+                )
+            else:
+                checked = self._check(str(self.store.path(rel_path)), attempt)
+                if checked is None:
+                    continue  # the decoder died: tried again on a later pass
+                result = checked
             with self.db.session() as session:
                 instance = session.get(Instance, instance_id)
                 if instance is None or instance.rel_path != rel_path:
@@ -151,6 +197,39 @@ class Grouper:
                 if not result.ok:
                     logger.warning("undecodable %s: %s", instance.sop_instance_uid, result.detail)
         return len(pending)
+
+    def _count_attempt(self, instance_id: int, rel_path: str) -> int | None:
+        with self.db.session() as session:
+            instance = session.get(Instance, instance_id)
+            if instance is None or instance.rel_path != rel_path:
+                return None
+            instance.pixel_attempts += 1
+            return instance.pixel_attempts
+
+    def _check(self, path: str, attempt: int) -> PixelReport | None:
+        """The check's report; None when the decoder died and attempts remain."""
+        limits = ImageLimits.from_settings(self.settings)
+        if not needs_decoder(path):
+            return check_pixels(path, limits)
+        try:
+            return self.sandbox.call(check_pixels, path, limits, timeout=120)
+        except SandboxCrash as exc:
+            logger.warning("pixel check of %s, attempt %d: %s", Path(path).name, attempt, exc)
+            if attempt < self.settings.max_pixel_check_attempts:
+                return None
+            return PixelReport(
+                False, f"pixel check failed after {attempt} attempt(s): {exc}; not decoded again"
+            )
+
+    @property
+    def sandbox(self) -> Sandbox:
+        if self._sandbox is None:
+            self._sandbox = Sandbox("decoder", decoder_memory_limit(self.settings))
+        return self._sandbox
+
+    def close(self) -> None:
+        if self._sandbox is not None:
+            self._sandbox.close()
 
     def decide_exams(self, now: dt.datetime | None = None) -> int:
         now = now or utcnow()
@@ -224,6 +303,7 @@ class GrouperThread(threading.Thread):
                 self.health.succeeded()
             if not busy:
                 self.stopping.wait(interval)
+        self.grouper.close()
 
     def stop(self) -> None:
         self.health.stopped = True

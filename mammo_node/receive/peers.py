@@ -66,6 +66,13 @@ class AllowList:
     def enabled(self) -> bool:
         return bool(self.rules)
 
+    def host_admitted(self, host: str) -> bool:
+        """Could any rule admit a peer from ``host`` (whatever its AE title)? Checked on
+        accept, before a byte of the association request is read."""
+        if not self.rules:
+            return True
+        return any(rule.matches(rule.ae_title, host) for rule in self.rules)
+
     def check(self, ae_title: str, host: str) -> str | None:
         """None when allowed, else the reason for refusing."""
         if not self.rules or any(rule.matches(ae_title, host) for rule in self.rules):

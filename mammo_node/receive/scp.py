@@ -40,6 +40,7 @@ from mammo_node.errors import (
 from mammo_node.filing.ingest import Ingestor, IngestResult
 from mammo_node.observe import audit
 from mammo_node.receive import chunked as receive
+from mammo_node.receive.guard import start_guarded_server
 from mammo_node.receive.peers import AllowList
 from mammo_node.receive.syntaxes import preferred_syntaxes
 from mammo_node.sop_classes import STORAGE_SOP_CLASSES, is_storage_sop_class
@@ -121,13 +122,14 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        server = self.build_ae().start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
+        # the allow-list (by host) and PDU length limits apply before pynetdicom reads a PDU
+        server = start_guarded_server(
+            self.build_ae(),
+            self.settings,
             evt_handlers=handlers,
             ssl_context=build_ssl_context(self.settings),
+            on_refused=self._on_refused_connection,
         )
-        assert server is not None  # block=False returns the running server
         self.server = server
         logger.info(
             "DICOM SCP %s listening on %s:%d (TLS %s, allow-list %s)",
@@ -158,6 +160,10 @@ class StorageSCP:
         logger.info("DICOM SCP stopped")
 
     # --- associations ----------------------------------------------------------------
+    def _on_refused_connection(self, host: str, port: int, reason: str) -> None:
+        """A connection cut before its association request was read (receive.guard)."""
+        self._audit("", self.settings.ae_title, host, port, accepted=False, reason=reason)
+
     def _on_requested(self, event: evt.Event) -> None:
         assoc: PnAssociation = event.assoc
         request = assoc.requestor.primitive

@@ -9,6 +9,7 @@ patient's name in a QIDO-RS search.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,10 +36,12 @@ from mammo_node.web import api, dicomweb, health, pages
 from mammo_node.web import metrics as metrics_route
 from mammo_node.web import monitor as monitor_page
 from mammo_node.web.auth import SessionSigner, TokenStore, load_or_create_secret
+from mammo_node.web.decoding import web_decoder
 from mammo_node.web.deps import ModelReady, WebContext
 from mammo_node.web.dicomjson import HeaderCache
 from mammo_node.web.errors import WebError, warning_header
 from mammo_node.web.qido import Searcher
+from mammo_node.web.trust import TrustedHosts
 from mammo_node.web.viewimages import ViewImages
 
 logger = logging.getLogger(__name__)
@@ -89,6 +92,8 @@ def create_app(
         loops=loops,
         max_stow_bytes=max_stow_bytes,
         public_url=public_url,
+        decoder=web_decoder(settings),
+        stow_slots=threading.BoundedSemaphore(settings.max_stow_concurrency),
     )
     if not ctx.tokens and not settings.loopback_without_token:
         logger.warning(
@@ -103,6 +108,8 @@ def create_app(
             yield
         finally:
             log.stop()
+            if ctx.decoder is not None:
+                ctx.decoder.close()
 
     app = FastAPI(
         title="mammo-node",
@@ -118,6 +125,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_error_handlers(app)
     app.add_middleware(AccessLog)
+    app.add_middleware(TrustedHosts, patterns=list(settings.trusted_hosts))  # outermost
     return app
 
 

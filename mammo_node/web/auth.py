@@ -29,8 +29,8 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
 from mammo_node.config import Settings
 from mammo_node.errors import ConfigError
@@ -157,13 +157,34 @@ class TokenStore:
         return None
 
 
+LOOPBACK_ADDRESSES = frozenset({"127.0.0.1", "::1"})
+#: headers a proxy adds: a request that carries one did not start on this machine
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+
 def is_loopback(host: str | None) -> bool:
-    if not host:
+    """Exactly 127.0.0.1 or ::1: not all of 127.0.0.0/8 (a sidecar proxy such as Istio's
+    listens on 127.0.0.6 and forwards requests from anywhere)."""
+    return bool(host) and host in LOOPBACK_ADDRESSES
+
+
+def host_name(header: str) -> str:
+    """The name of a Host header without its port (``[::1]:8080`` -> ``[::1]``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header.split("]", 1)[0] + "]"
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def is_local_request(client: str | None, headers: Any) -> bool:
+    """A request made on this machine, straight to us: from 127.0.0.1 / ::1, with no
+    forwarding header, addressed to a loopback name (a DNS-rebound page sends its own name)."""
+    if not is_loopback(client):
         return False
-    try:
-        return ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
+    if any(name in headers for name in FORWARDING_HEADERS):
         return False
+    return host_name(headers.get("host", "")) in LOOPBACK_NAMES
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from mammo_node.db.session import Database
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.observe.audit import AuditLog
 from mammo_node.observe.loops import Loops
+from mammo_node.sandbox import Sandbox
 from mammo_node.web.auth import (
     SESSION_COOKIE,
     Principal,
@@ -19,7 +21,7 @@ from mammo_node.web.auth import (
     SessionSigner,
     TokenStore,
     bearer_token,
-    is_loopback,
+    is_local_request,
 )
 from mammo_node.web.dicomjson import HeaderCache
 from mammo_node.web.errors import WebError
@@ -45,6 +47,10 @@ class WebContext:
     loops: Loops
     max_stow_bytes: int
     public_url: str | None = None
+    # pixel decodes of the web (renders, frames, transcodes) run in this child process
+    decoder: Sandbox | None = None
+    # STOW-RS requests being filed at once (max_stow_concurrency); the rest get 503
+    stow_slots: threading.BoundedSemaphore | None = None
 
 
 def context(request: Request) -> WebContext:
@@ -111,7 +117,7 @@ def current_principal(request: Request) -> Principal | None:
     if (
         principal is None
         and ctx.settings.loopback_without_token
-        and is_loopback(client_host(request))
+        and is_local_request(client_host(request), request.headers)
     ):
         principal = LOOPBACK
     request.state.principal = principal

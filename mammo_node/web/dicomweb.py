@@ -9,12 +9,12 @@ JPEG through the DICOM greyscale pipeline. Reads need role read, STOW-RS role ad
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ import anyio
 from fastapi import APIRouter, Request, Response
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
-from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import select
 
 from mammo_node.db.models import Exam, Instance, Series
@@ -34,10 +33,21 @@ from mammo_node.errors import (
 )
 from mammo_node.filing.ingest import read_header
 from mammo_node.filing.storage import validate_uid
+from mammo_node.limits import ImageLimits, decoded_size
 from mammo_node.observe import audit, metrics
+from mammo_node.sandbox import Sandbox
+from mammo_node.scrub import scrub
 from mammo_node.sop_classes import is_storage_sop_class
 from mammo_node.status import Status
 from mammo_node.web import render
+from mammo_node.web.decoding import (
+    check_file,
+    decoded_frame,
+    in_sandbox,
+    render_file,
+    transcoded,
+    web_decoder,
+)
 from mammo_node.web.deps import (
     WebContext,
     actor,
@@ -141,6 +151,13 @@ async def _store(request: Request, study_uid: str | None) -> Response:
     except StorageError as exc:
         raise DicomWebError(503, f"not accepting instances: {exc}", {"Retry-After": "60"}) from exc
     boundary = content_type.params.get("boundary", "")
+    slots = ctx.stow_slots
+    if slots is not None and not slots.acquire(blocking=False):
+        raise DicomWebError(
+            503,
+            f"{ctx.settings.max_stow_concurrency} STOW-RS requests are being filed; try again",
+            {"Retry-After": "5"},
+        )
     receiver = MultipartReceiver(boundary, ctx.ingestor.store.temp_path)
     try:
         parts = await _receive(request, receiver, ctx.max_stow_bytes)
@@ -150,6 +167,8 @@ async def _store(request: Request, study_uid: str | None) -> Response:
         )
     finally:
         receiver.cleanup()
+        if slots is not None:
+            slots.release()
     return _store_answer(request, ctx, outcomes, study_uid, media)
 
 
@@ -193,7 +212,7 @@ def _file_part(
     """Check one part against the request, then file it through the ingest path."""
     try:
         as_part10(part.path)
-        ds = read_header(part.path)
+        ds = read_header(part.path, ImageLimits.from_settings(ctx.settings))
     except InvalidInstanceError as exc:
         metrics.instance_rejected("stow", "invalid")
         return PartOutcome("", "", "", "", exc.status or Status.CANNOT_UNDERSTAND, str(exc))
@@ -223,12 +242,12 @@ def _file_part(
     try:
         ctx.ingestor.ingest_file(part.path, source="stow", calling_ae=who[:16], peer_host=host)
     except InvalidInstanceError as exc:
-        outcome.failure, outcome.reason = exc.status, str(exc)
+        outcome.failure, outcome.reason = exc.status, scrub(str(exc))
     except StorageError as exc:
-        outcome.failure, outcome.reason = Status.OUT_OF_RESOURCES, str(exc)
+        outcome.failure, outcome.reason = Status.OUT_OF_RESOURCES, scrub(str(exc))
     except DatabaseError as exc:
         logger.exception("STOW-RS: indexing %s failed", outcome.sop_instance)
-        outcome.failure, outcome.reason = Status.PROCESSING_FAILURE, f"database error: {exc}"[:300]
+        outcome.failure, outcome.reason = Status.PROCESSING_FAILURE, scrub(f"{exc}", 300)
     return outcome
 
 
@@ -427,7 +446,8 @@ def _retrieve(
         if syntax == item.transfer_syntax:
             parts.append(Part(content_type, path=path, location=location))
         else:
-            parts.append(Part(content_type, produce=_transcoder(path), location=location))
+            check_file(path, _limits(ctx), frames=None)  # before a byte of the answer
+            parts.append(Part(content_type, produce=_transcoder(ctx, path), location=location))
     ctx.audit.record(
         actor(request),
         audit.RETRIEVED,
@@ -438,15 +458,19 @@ def _retrieve(
     return multipart_response(parts, DICOM)
 
 
-def _transcoder(path: Path) -> Any:
+def _limits(ctx: WebContext) -> ImageLimits:
+    return ImageLimits.from_settings(ctx.settings)
+
+
+def _decoder(ctx: WebContext) -> Sandbox:
+    if ctx.decoder is None:
+        ctx.decoder = web_decoder(ctx.settings)
+    return ctx.decoder
+
+
+def _transcoder(ctx: WebContext, path: Path) -> Any:
     def produce() -> bytes:
-        ds = dcmread(path)
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
-            ds.decompress()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue()
+        return bytes(in_sandbox(_decoder(ctx), transcoded, path))
 
     return produce
 
@@ -515,7 +539,9 @@ def _render(request: Request, study: str, series: str, sop: str, frame: int) -> 
         raise DicomWebError(400, str(exc)) from exc
     item = _stored(ctx, study, series, sop)[0]
     try:
-        data = render.render_file(
+        data = render_file(
+            _decoder(ctx),
+            _limits(ctx),
             ctx.ingestor.store.path(item.rel_path),
             media,
             frame=frame,
@@ -549,13 +575,14 @@ def frame_rendered(request: Request, study: str, series: str, sop: str, frame: s
 
 
 def _frame_numbers(text: str) -> list[int]:
+    """Frame numbers of a WADO-RS frame list, each once, in the order first asked."""
     try:
         numbers = [int(n) for n in text.split(",") if n.strip()]
     except ValueError:
-        raise DicomWebError(400, f"frame list {text!r}: expected numbers such as 1,2,3") from None
+        raise DicomWebError(400, "frame list: expected numbers such as 1,2,3") from None
     if not numbers or min(numbers) < 1:
-        raise DicomWebError(400, f"frame list {text!r}: frame numbers start at 1")
-    return numbers
+        raise DicomWebError(400, "frame list: frame numbers start at 1")
+    return list(dict.fromkeys(numbers))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/frames/{frames}")
@@ -565,47 +592,57 @@ def retrieve_frames(request: Request, study: str, series: str, sop: str, frames:
     choose_media(request.headers.get("accept"), ["multipart/related"])
     numbers = _frame_numbers(frames)
     item = _stored(ctx, study, series, sop)[0]
-    chunks = _native_frames(ctx.ingestor.store.path(item.rel_path), numbers)
-    parts = [
-        Part(f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LE}", produce=(lambda c=c: c))
-        for c in chunks
-    ]
-    return multipart_response(parts, "application/octet-stream")
+    parts, size = _frame_parts(ctx, ctx.ingestor.store.path(item.rel_path), numbers)
+    return multipart_response(parts, "application/octet-stream", expected_bytes=size)
 
 
-def _native_frames(path: Path, numbers: list[int]) -> list[bytes]:
-    """Uncompressed frame bytes: sliced from the file when native, decoded otherwise."""
+def _frame_parts(ctx: WebContext, path: Path, numbers: list[int]) -> tuple[list[Part], int]:
+    """One part per frame, produced while the answer streams (never all frames in memory):
+    sliced from the file when native, decoded one frame at a time in the sandbox otherwise.
+    Returns the parts and the bytes they will hold."""
     ds = dcmread(path, defer_size=1024)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     bad = [n for n in numbers if n > frames]
     if bad:
-        raise DicomWebError(404, f"frame(s) {bad} requested; the instance has {frames}")
+        raise DicomWebError(404, f"frame(s) {bad[:10]} requested; the instance has {frames}")
     if "PixelData" not in ds:
         raise DicomWebError(404, "the instance has no pixel data")
+    limits = _limits(ctx)
+    check_file(path, limits, frames=1)
+    size = decoded_size(ds).frame_bytes
+    content_type = f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LE}"
     if ds.file_meta.TransferSyntaxUID.is_compressed:
-        try:
-            array = render.frame_pixels(ds, 1) if frames == 1 else ds.pixel_array
-        except PixelDataError as exc:
-            raise DicomWebError(406, str(exc)) from exc
-        stack = array[None] if frames == 1 else array
-        return [stack[n - 1].tobytes() for n in numbers]
+        decoder = _decoder(ctx)
+        return [
+            Part(content_type, produce=partial(in_sandbox, decoder, decoded_frame, path, n))
+            for n in numbers
+        ], size * len(numbers)
     raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
-    size = (
-        int(ds.Rows)
-        * int(ds.Columns)
-        * int(ds.get("SamplesPerPixel", 1))
-        * int(ds.BitsAllocated)
-        // 8
-    )
     if isinstance(raw, RawDataElement) and raw.value is None:
-        with path.open("rb") as fh:
-            out = []
-            for n in numbers:
-                fh.seek(raw.value_tell + (n - 1) * size)
-                out.append(fh.read(size))
-            return out
+        start = raw.value_tell
+        return [
+            Part(content_type, produce=partial(_read_at, path, start + (n - 1) * size, size))
+            for n in numbers
+        ], size * len(numbers)
     data = ds.PixelData
-    return [data[(n - 1) * size : n * size] for n in numbers]
+    return [
+        Part(content_type, produce=partial(_slice, data, (n - 1) * size, size)) for n in numbers
+    ], size * len(numbers)
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        return fh.read(size)
+
+
+def _slice(data: bytes, offset: int, size: int) -> bytes:
+    return data[offset : offset + size]
+
+
+def _native_frames(ctx: WebContext, path: Path, numbers: list[int]) -> list[bytes]:
+    parts, _ = _frame_parts(ctx, path, numbers)
+    return [p.produce() for p in parts if p.produce is not None]
 
 
 @router.get("/studies/{study}/series/{series}/instances/{sop}/bulk/{tag}")
@@ -621,8 +658,9 @@ def retrieve_bulk(request: Request, study: str, series: str, sop: str, tag: str)
     path = ctx.ingestor.store.path(item.rel_path)
     if number == PIXEL_DATA:
         ds = dcmread(path, stop_before_pixels=True)
-        chunks = _native_frames(path, list(range(1, int(ds.get("NumberOfFrames", 1) or 1) + 1)))
-        data = b"".join(chunks)
+        check_file(path, _limits(ctx), frames=None)  # all frames in one answer: bounded
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        data = b"".join(_native_frames(ctx, path, list(range(1, frames + 1))))
     else:
         ds = dcmread(path, stop_before_pixels=True)
         if number not in ds:

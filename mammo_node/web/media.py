@@ -182,13 +182,14 @@ def stream_multipart(parts: list[Part], boundary: str) -> Iterator[bytes]:
 
 
 def multipart_response(
-    parts: list[Part], part_type: str, *, in_memory_below: int = 2**21
+    parts: list[Part], part_type: str, *, in_memory_below: int = 2**21, expected_bytes: int = 0
 ) -> Response:
     """A multipart/related answer: built in memory when the files are small (one write, no
-    thread hop per chunk), streamed from disk in 1 MiB chunks otherwise."""
+    thread hop per chunk), streamed from disk in 1 MiB chunks otherwise. ``expected_bytes``
+    is what the produced parts will hold (frames), so large answers stream part by part."""
     boundary = new_boundary()
     media_type = multipart_related_type(boundary, part_type)
-    on_disk = sum(p.path.stat().st_size for p in parts if p.path is not None)
+    on_disk = expected_bytes + sum(p.path.stat().st_size for p in parts if p.path is not None)
     if on_disk < in_memory_below:
         return Response(b"".join(stream_multipart(parts, boundary)), media_type=media_type)
     return StreamingResponse(stream_multipart(parts, boundary), media_type=media_type)

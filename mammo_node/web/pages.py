@@ -1,9 +1,10 @@
 """Server-rendered pages: the worklist, the exam page, sign-in. No JavaScript framework.
 
-Anyone who can reach the port sees exam states, scores and reasons (what an operator's wall
-screen needs). Patient identifiers (name, ID, birth date, accession number) and the images
-themselves are shown only to signed-in users (a token of role read or admin, or loopback when
-``loopback_without_token`` is on). UIDs are not treated as identifiers here, as in the logs.
+Exams, their patient identifiers, scores, verdicts, reasons and images are shown only to
+signed-in users (a token of role read or admin, or a local request when
+``loopback_without_token`` is on); anyone else is sent to the sign-in page. With
+``anonymous_view`` the worklist shows the counts per state to anyone (an operator's wall
+screen), nothing more.
 """
 
 from __future__ import annotations
@@ -89,7 +90,13 @@ def _page(request: Request, name: str, status: int = 200, **values: Any) -> HTML
 
 
 # --- worklist ---------------------------------------------------------------------------------
-@router.get("/", response_class=HTMLResponse)
+def _to_login(request: Request) -> Response:
+    """Pages show patient data, scores, verdicts and errors only after sign-in."""
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+
+
+@router.get("/", response_class=HTMLResponse, response_model=None)
 def worklist_page(
     request: Request,
     state: str = "",
@@ -97,13 +104,24 @@ def worklist_page(
     q: str = "",
     refresh: int = 30,
     min_category: int | None = None,
-) -> HTMLResponse:
+) -> Response:
     ctx = context(request)
     principal = current_principal(request)
     check_filters(state, sort, min_category)
+    if principal is None and not ctx.settings.anonymous_view:
+        return _to_login(request)
     search = q.strip() if principal else ""  # searching by name would reveal identifiers
-    rows = worklist(
-        ctx.db, state=state or None, sort=sort, search=search or None, min_category=min_category
+    # anonymous_view: the counts per state only (no exams, scores, verdicts or reasons)
+    rows = (
+        worklist(
+            ctx.db,
+            state=state or None,
+            sort=sort,
+            search=search or None,
+            min_category=min_category,
+        )
+        if principal
+        else []
     )
     refresh = max(0, min(refresh, 3600))
 
@@ -133,11 +151,13 @@ def worklist_page(
 
 
 # --- one exam ---------------------------------------------------------------------------------
-@router.get("/exams/{study_uid}", response_class=HTMLResponse)
-def exam_page(request: Request, study_uid: str, heat: int = 1, boxes: int = 1) -> HTMLResponse:
+@router.get("/exams/{study_uid}", response_class=HTMLResponse, response_model=None)
+def exam_page(request: Request, study_uid: str, heat: int = 1, boxes: int = 1) -> Response:
     """The exam; ``heat=0`` / ``boxes=0`` open it with the heat map / ROI boxes switched off."""
     ctx = context(request)
     principal = current_principal(request)
+    if principal is None:
+        return _to_login(request)
     view = exam_view(ctx.db, ctx.headers, study_uid)
     cells = [_cell(ctx, study_uid, cell, principal) for cell in view.views]
     ctx.audit.record(
@@ -260,7 +280,9 @@ def login(request: Request, token: str = Form(""), next: str = Form("/")) -> Res
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=request.url.scheme == "https"
+        or (ctx.public_url or "").lower().startswith("https://")
+        or ctx.settings.https_cert is not None,
     )
     return response
 

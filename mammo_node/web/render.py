@@ -28,6 +28,7 @@ from pydicom import Dataset, dcmread
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from mammo_node.errors import PixelDataError
+from mammo_node.scrub import describe
 
 MEDIA_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG"}
 
@@ -124,7 +125,7 @@ def frame_pixels(ds: Dataset, frame: int = 1) -> np.ndarray:
     except Exception as exc:  # decoders raise many types
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
         raise PixelDataError(
-            f"pixel data of {ds.get('SOPInstanceUID')} cannot be decoded ({ts}): {exc}"
+            f"pixel data of {ds.get('SOPInstanceUID')} cannot be decoded ({ts}): {describe(exc)}"
         ) from exc
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if frames > 1:
@@ -220,7 +221,7 @@ def render_file(
     try:
         ds = dcmread(path)
     except Exception as exc:  # pydicom raises many types on malformed files
-        raise PixelDataError(f"cannot read {path.name}: {exc}") from exc
+        raise PixelDataError(f"cannot read {path.name}: {describe(exc)}") from exc
     image = Image.fromarray(display_image(ds, frame, window))
     if viewport is not None:
         image = fit(image, viewport)

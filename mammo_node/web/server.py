@@ -23,6 +23,7 @@ from mammo_node.observe.audit import AuditLog
 from mammo_node.observe.loops import Loops
 from mammo_node.web.app import DEFAULT_MAX_STOW_BYTES, create_app
 from mammo_node.web.deps import ModelReady
+from mammo_node.web.protocol import protocol_with_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,13 @@ class WebServer:
             timeout_graceful_shutdown=int(self.grace),
             proxy_headers=True,
             backlog=2048,
+            # slowloris: request headers within http_header_timeout, idle keep-alive closed
+            http=protocol_with_timeout(self.settings.http_header_timeout),
+            timeout_keep_alive=max(1, int(self.settings.http_keepalive_timeout)),
+            h11_max_incomplete_event_size=64 * 1024,
+            limit_concurrency=1024,
+            ssl_certfile=str(self.settings.https_cert) if self.settings.https_cert else None,
+            ssl_keyfile=str(self.settings.https_key) if self.settings.https_key else None,
         )
         server = uvicorn.Server(config)
         self._server = server
@@ -104,7 +112,12 @@ class WebServer:
                     f"the HTTP server on {self.settings.host}:{self.port} did not start"
                 )
             time.sleep(0.01)
-        logger.info("HTTP (DICOMweb, worklist) listening on %s:%d", self.settings.host, self.port)
+        logger.info(
+            "HTTP%s (DICOMweb, worklist) listening on %s:%d",
+            "S" if self.settings.https_cert else "",
+            self.settings.host,
+            self.port,
+        )
 
     def stop(self) -> None:
         server, thread = self._server, self._thread
