@@ -78,10 +78,8 @@ def test_two_nodes_share_postgres_and_the_store(
     assert sorted(n for _, n in per_exam) == [1, 1, 1]  # each exam scored once
     attempts = [d["attempts"] for detail in details for d in detail["result"]["deliveries"]]
     assert len(attempts) == 39
-    if any(a != 1 for a in attempts):
-        # known: the exporter takes no lease on an outbox row, so both nodes send it
-        # (attempts 2, no error); issue 12 adds exporter leasing, then this passes
-        pytest.xfail(f"outputs delivered by both nodes: attempts {sorted(set(attempts))}")
+    # each outbox row is leased by one node's exporter (FOR UPDATE SKIP LOCKED): sent once
+    assert all(a == 1 for a in attempts), f"delivery attempts {sorted(set(attempts))}"
     events = first_node.cli("audit", "export", "--action", "delivered").stdout.splitlines()
     delivered_uids = [json.loads(e)["target"] for e in events]
     assert len(delivered_uids) == 39 and len(set(delivered_uids)) == 39  # each output once
