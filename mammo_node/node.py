@@ -56,7 +56,8 @@ class Node:
             self.retention = RetentionThread(settings, self.db, self.store)
         self.audit = AuditLog(self.db)
         self.loops = Loops()
-        for thread in (self.grouper, self.worker, self.exporter):  # the web app adds audit
+        loops = (self.grouper, self.worker, self.exporter, self.shadow, self.retention)
+        for thread in loops:  # the web app adds audit
             if thread is not None:
                 self.loops.add(thread.health)
         self.web = WebServer(

@@ -76,12 +76,13 @@ def test_backup_while_running_and_restore_into_a_new_data_dir(
 
     folder = tmp_path / "backup"
     made = json.loads(node.cli("backup", str(folder), "--json").stdout)
-    assert made["files"] == 2 * 17 and made["copied"] == 34 and made["missing"] == []
+    # per exam: 4 images + 15 outputs (exam SR, 4 view SRs, 4 SC, 4 SEG, CAD SR, GSPS)
+    assert made["files"] == 2 * 19 and made["copied"] == 38 and made["missing"] == []
     assert made["counts"]["exams"] == {"scored": 2}
     assert made["counts"]["outbox"]["delivered"] == 26 and made["counts"]["outbox"]["pending"] == 13
     # again into the same folder: nothing new to copy
     again = json.loads(node.cli("backup", str(folder), "--json").stdout)
-    assert again["copied"] == 0 and again["files"] == 34
+    assert again["copied"] == 0 and again["files"] == 38
 
     # the node goes on after the backup: this exam is not in it
     send_and_wait(node, third.files, third.study_uid, delivered=False)
@@ -90,7 +91,7 @@ def test_backup_while_running_and_restore_into_a_new_data_dir(
     target_url = request.getfixturevalue("pg_url") if db_url.startswith("postgresql") else None
     restored = node_process(tmp_path / "restored", db_url=target_url)
     report = json.loads(restored.cli("restore", str(folder), "--json").stdout)
-    assert report["files"] == 34 and report["counts"] == again["counts"]
+    assert report["files"] == 38 and report["counts"] == again["counts"]
     listed = json.loads(restored.cli("exams", "list", "--json").stdout)
     assert sorted(e["study_uid"] for e in listed) == sorted(before)
     for uid, expected in before.items():

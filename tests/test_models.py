@@ -114,7 +114,7 @@ def test_shadow_scores_beside_active_and_activation_without_restart(
         assert row["shadow"]["model"] == "mammo-node-test-random 0.0.2"
         assert row["shadow"]["bundle_sha256"] == _sha(second_bundle)
         assert row["active"]["exam_score"] != pytest.approx(row["shadow"]["exam_score"])
-    # the shadow sent nothing and wrote no objects: one result and 13 outputs per exam
+    # the shadow sent nothing and wrote no objects: one result and its 15 outputs per exam
     assert exam_json(node, second.study_uid)["result"]["model"]["version"] == "0.0.1"
     db = Database(db_url)
     try:
@@ -125,7 +125,7 @@ def test_shadow_scores_beside_active_and_activation_without_restart(
                 .join(Exam, Instance.exam_fk == Exam.id)
                 .where(Exam.study_uid == second.study_uid, Instance.origin == "generated")
             )
-        assert outputs == 13
+        assert outputs == 15
     finally:
         db.dispose()
     monitor = httpx.get(f"http://127.0.0.1:{node.http_port}/api/monitor", timeout=60).json()

@@ -52,7 +52,8 @@ def _result(exam_revision: int) -> ResultRow:
 
 def test_a_result_is_current_until_an_image_changes_the_exam() -> None:
     fresh = Result.of(_result(1), _exam(1)).to_json()
-    assert fresh["current"] and fresh["model"] == {"name": "m", "version": "1", "is_demo": True}
+    model = {"name": "m", "version": "1", "is_demo": True, "bundle_sha256": ""}
+    assert fresh["current"] and fresh["model"] == model
     assert fresh["seconds_to_result"] == 12.5
     assert fresh["images"]["1.2.3.4"]["coa"] == [10.5, 20.5]
     assert not Result.of(_result(1), _exam(2)).current

@@ -17,6 +17,10 @@ from mammo_node.db.session import Database
 from tests.helpers.nodeops import StoreSCP, exam_json, scoring_node, send_and_wait
 from tests.helpers.tools import free_port, storescu, wait_for
 
+# stored per scored exam: 4 images + 15 outputs (exam SR, 4 view SRs, 4 SC, 4 SEG, CAD SR, GSPS)
+FILES_PER_EXAM = 19
+OUTPUTS_PER_EXAM = 15
+
 
 @pytest.fixture
 def results_scp(tmp_path: Path) -> Iterator[StoreSCP]:
@@ -90,7 +94,7 @@ def test_prune_frees_delivered_exams_and_spares_undelivered_and_held(
         node.cli("storage", "prune", "--retention-days", "0", "--dry-run", "--json").stdout
     )
     assert [e["study_uid"] for e in planned["exams"]] == [first.study_uid]
-    assert planned["dry_run"] and len(_files_on_disk(node, first.study_uid)) == 17  # 4 + 13
+    assert planned["dry_run"] and len(_files_on_disk(node, first.study_uid)) == FILES_PER_EXAM
 
     pruned = json.loads(node.cli("storage", "prune", "--retention-days", "0", "--json").stdout)
     assert [e["study_uid"] for e in pruned["exams"]] == [first.study_uid]
@@ -98,10 +102,10 @@ def test_prune_frees_delivered_exams_and_spares_undelivered_and_held(
     assert item["reason"] == "age" and item["source_instances"] == 4
     assert item["output_instances"] == 0  # outputs are kept (retention_output_days unset)
     assert pruned["freed_bytes"] == item["source_bytes"] > 0
-    # the four received images are gone, the 13 outputs stay; other exams untouched
-    assert len(_files_on_disk(node, first.study_uid)) == 13
-    assert len(_files_on_disk(node, second.study_uid)) == 17
-    assert len(_files_on_disk(node, third.study_uid)) == 17
+    # the four received images are gone, the 15 outputs stay; other exams untouched
+    assert len(_files_on_disk(node, first.study_uid)) == OUTPUTS_PER_EXAM
+    assert len(_files_on_disk(node, second.study_uid)) == FILES_PER_EXAM
+    assert len(_files_on_disk(node, third.study_uid)) == FILES_PER_EXAM
 
     # the record and the result stay
     detail = exam_json(node, first.study_uid)
@@ -123,7 +127,7 @@ def test_prune_frees_delivered_exams_and_spares_undelivered_and_held(
     study = httpx.get(
         base, timeout=30, headers={"Accept": 'multipart/related; type="application/dicom"'}
     )
-    assert study.status_code == 200 and study.content.count(b"DICM") == 13
+    assert study.status_code == 200 and study.content.count(b"DICM") == OUTPUTS_PER_EXAM
 
     # audited, with counts and no patient data
     events = [
@@ -141,7 +145,7 @@ def test_prune_frees_delivered_exams_and_spares_undelivered_and_held(
     )
     assert [e["study_uid"] for e in recycled["exams"]] == [second.study_uid]
     assert recycled["exams"][0]["reason"] == "storage"
-    assert len(_files_on_disk(node, third.study_uid)) == 17
+    assert len(_files_on_disk(node, third.study_uid)) == FILES_PER_EXAM
     again = json.loads(node.cli("storage", "prune", "--retention-days", "0", "--json").stdout)
     assert again["exams"] == []
 
@@ -177,7 +181,7 @@ def test_serve_prunes_on_its_own(
     )
     exam = synth_exams[0]
     send_and_wait(node, exam.files, exam.study_uid, delivered=True)
-    wait_for(lambda: len(_files_on_disk(node, exam.study_uid)) == 13, timeout=60)
+    wait_for(lambda: len(_files_on_disk(node, exam.study_uid)) == OUTPUTS_PER_EXAM, timeout=60)
     status = json.loads(node.cli("storage", "status", "--json").stdout)
     assert status["pruned_instances"] == 4
     assert exam_json(node, exam.study_uid)["state"] == "scored"

@@ -36,6 +36,8 @@ from mammo_node.db.session import Database
 from mammo_node.domain import ExamInference, ExamState, Slot
 from mammo_node.errors import DatabaseError, MammoNodeError, ModelError
 from mammo_node.observe import audit
+from mammo_node.observe.loops import LoopHealth
+from mammo_node.responses import ScoredExam
 
 logger = logging.getLogger(__name__)
 
@@ -353,7 +355,7 @@ class ShadowScorer:
     def _record(
         self, result_id: int, exam_id: int, revision: int, sha: str, inference: ExamInference
     ) -> None:
-        summary = inference.to_json()
+        summary = ScoredExam.of(inference).to_json()
         try:
             with self.db.session() as session:
                 session.add(
@@ -383,18 +385,23 @@ class ShadowThread(threading.Thread):
         self.scorer = scorer
         self.poll_seconds = poll_seconds
         self.stopping = threading.Event()
+        self.health = LoopHealth("shadow", is_alive=self.is_alive)
 
     def run(self) -> None:
+        self.health.started = True
         while not self.stopping.is_set():
             try:
                 busy = self.scorer.run_once()
-            except (MammoNodeError, OSError) as exc:
-                logger.warning("shadow scoring failed: %s", exc)
+            except Exception as exc:  # any fault: counted, logged, shown; the loop goes on
+                self.health.failed(exc, "shadow scoring pass")
                 busy = False
+            else:
+                self.health.succeeded()
             if not busy:
                 self.stopping.wait(self.poll_seconds)
 
     def stop(self) -> None:
+        self.health.stopped = True
         self.stopping.set()
 
 

@@ -39,6 +39,7 @@ from mammo_node.domain import ExamState, Origin
 from mammo_node.errors import MammoNodeError, StorageError
 from mammo_node.filing.storage import InstanceStore
 from mammo_node.observe import audit, metrics
+from mammo_node.observe.loops import LoopHealth
 
 logger = logging.getLogger(__name__)
 
@@ -462,15 +463,21 @@ class RetentionThread(threading.Thread):
         self.store = store
         self.view_cache = settings.data_dir / "cache" / "views"
         self.stopping = threading.Event()
+        self.health = LoopHealth("retention", is_alive=self.is_alive)
 
     def run(self) -> None:
-        sweep_pruned_files(self.db, self.store)
+        self.health.started = True
+        try:
+            sweep_pruned_files(self.db, self.store)
+        except Exception as exc:  # the sweep is retried by every prune pass
+            self.health.failed(exc, "sweeping pruned files")
         while not self.stopping.wait(self.interval):
             try:
                 report = prune(self.db, self.store, self.policy, view_cache=self.view_cache)
-            except MammoNodeError:
-                logger.exception("retention pass failed; retried in %.0f s", self.interval)
+            except Exception as exc:  # any fault: counted, logged, shown; retried next pass
+                self.health.failed(exc, f"retention pass (retried in {self.interval:.0f} s)")
                 continue
+            self.health.succeeded()
             if report.exams:
                 logger.info(
                     "retention freed %d bytes from %d exam(s)",
@@ -479,4 +486,5 @@ class RetentionThread(threading.Thread):
                 )
 
     def stop(self) -> None:
+        self.health.stopped = True
         self.stopping.set()
