@@ -23,7 +23,6 @@ from mammo_node.responses import (
     ExamPage,
     NotScoredImage,
     OutputFile,
-    PatientInfo,
     ResultDetail,
     ViewCell,
     WorklistRow,
@@ -142,8 +141,7 @@ def exam_view(db: Database, headers: HeaderCache, study_uid: str) -> ExamPage:
         outputs = _outputs(session, detail.result.id) if detail.result else []
         deliveries = _by_destination(session, detail.result) if detail.result else []
         view = ExamPage(
-            **dict(detail),
-            patient=PatientInfo.of(exam.patient, exam),
+            **dict(detail),  # includes the exam's own woman (PatientInfo)
             study_description=exam.study_description,
             study_time=exam.study_time,
             outputs=outputs,
