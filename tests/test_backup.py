@@ -11,7 +11,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.nodeops import StoreSCP, exam_json, scoring_node, send_and_wait
+from tests.helpers.nodeops import (
+    StoreSCP,
+    add_destination_by_cli,
+    exam_json,
+    scoring_node,
+    send_and_wait,
+)
 from tests.helpers.tools import free_port
 
 
@@ -47,30 +53,10 @@ def test_backup_while_running_and_restore_into_a_new_data_dir(
     request: pytest.FixtureRequest,
 ) -> None:
     node = scoring_node(node_process, tmp_path / "data", tiny_bundle, db_url=db_url).start()
-    node.cli(
-        "destinations",
-        "add",
-        "pacs",
-        "--ae-title",
-        "RESULTS",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(results_scp.port),
-    )
+    add_destination_by_cli(node, "pacs", "RESULTS", results_scp.port)
     first, second, third = synth_exams
     send_and_wait(node, first.files, first.study_uid, delivered=True)
-    node.cli(
-        "destinations",
-        "add",
-        "down",
-        "--ae-title",
-        "DOWN",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(free_port()),
-    )
+    add_destination_by_cli(node, "down", "DOWN", free_port())
     send_and_wait(node, second.files, second.study_uid, delivered=False)
     before = {uid: _essentials(exam_json(node, uid)) for uid in (first.study_uid, second.study_uid)}
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.nodeops import StoreSCP
+from tests.helpers.nodeops import StoreSCP, add_destination_by_cli
 from tests.helpers.tools import free_port
 
 
@@ -42,17 +42,7 @@ def test_doctor_finds_a_stopped_destination_and_a_missing_bundle(
     node.env["MAMMO_PORT"] = str(node.port)  # the doctor checks the ports the node serves
     node.env["MAMMO_HTTP_PORT"] = str(node.http_port)
     node.start()
-    node.cli(
-        "destinations",
-        "add",
-        "pacs",
-        "--ae-title",
-        "RESULTS",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(results_scp.port),
-    )
+    add_destination_by_cli(node, "pacs", "RESULTS", results_scp.port)
     code, rows = _doctor(node)
     assert code == 0, [r for r in rows.values() if r["status"] == "fail"]
     assert rows["database"]["status"] == "ok" and rows["migrations"]["status"] == "ok"
@@ -63,17 +53,7 @@ def test_doctor_finds_a_stopped_destination_and_a_missing_bundle(
     assert rows["http port"]["status"] == "ok" and "this node" in rows["http port"]["detail"]
 
     # a destination whose PACS is stopped, and a bundle that is not there
-    node.cli(
-        "destinations",
-        "add",
-        "stopped",
-        "--ae-title",
-        "STOPPED",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(free_port()),
-    )
+    add_destination_by_cli(node, "stopped", "STOPPED", free_port())
     code, rows = _doctor(node, "--model-bundle", str(tmp_path / "no-such-bundle"))
     assert code == 1
     assert rows["destination stopped"]["status"] == "fail"

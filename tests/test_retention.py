@@ -14,7 +14,13 @@ from sqlalchemy import select
 
 from mammo_node.db.models import Instance
 from mammo_node.db.session import Database
-from tests.helpers.nodeops import StoreSCP, exam_json, scoring_node, send_and_wait
+from tests.helpers.nodeops import (
+    StoreSCP,
+    add_destination_by_cli,
+    exam_json,
+    scoring_node,
+    send_and_wait,
+)
 from tests.helpers.tools import free_port, storescu, wait_for
 
 # stored per scored exam: 4 images + 15 outputs (exam SR, 4 view SRs, 4 SC, 4 SEG, CAD SR, GSPS)
@@ -57,32 +63,12 @@ def test_prune_frees_delivered_exams_and_spares_undelivered_and_held(
     db_url: str,
 ) -> None:
     node = scoring_node(node_process, tmp_path / "data", tiny_bundle, db_url=db_url).start()
-    node.cli(
-        "destinations",
-        "add",
-        "pacs",
-        "--ae-title",
-        "RESULTS",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(results_scp.port),
-    )
+    add_destination_by_cli(node, "pacs", "RESULTS", results_scp.port)
     first, second, third = synth_exams
     send_and_wait(node, first.files, first.study_uid, delivered=True)
     send_and_wait(node, second.files, second.study_uid, delivered=True)
     # a second destination that is down: the third exam stays undelivered there
-    node.cli(
-        "destinations",
-        "add",
-        "down",
-        "--ae-title",
-        "DOWN",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(free_port()),
-    )
+    add_destination_by_cli(node, "down", "DOWN", free_port())
     send_and_wait(node, third.files, third.study_uid, delivered=False)
     node.cli("storage", "hold", second.study_uid, "--reason", "under review")
 
@@ -170,17 +156,7 @@ def test_serve_prunes_on_its_own(
         tiny_bundle,
         env={"MAMMO_RETENTION_DAYS": "0", "MAMMO_RETENTION_INTERVAL_SECONDS": "0.5"},
     ).start()
-    node.cli(
-        "destinations",
-        "add",
-        "pacs",
-        "--ae-title",
-        "RESULTS",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(results_scp.port),
-    )
+    add_destination_by_cli(node, "pacs", "RESULTS", results_scp.port)
     exam = synth_exams[0]
     send_and_wait(node, exam.files, exam.study_uid, delivered=True)
     wait_for(lambda: len(_files_on_disk(node, exam.study_uid)) == OUTPUTS_PER_EXAM, timeout=60)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.nodeops import StoreSCP, exam_json, scoring_node
+from tests.helpers.nodeops import StoreSCP, add_destination_by_cli, exam_json, scoring_node
 from tests.helpers.tools import storescu, wait_for
 
 
@@ -32,17 +32,7 @@ def test_two_nodes_share_postgres_and_the_store(
 ) -> None:
     shared = tmp_path / "shared-data"
     first_node = scoring_node(node_process, shared, tiny_bundle, db_url=pg_url).start()
-    first_node.cli(
-        "destinations",
-        "add",
-        "pacs",
-        "--ae-title",
-        "RESULTS",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(results_scp.port),
-    )
+    add_destination_by_cli(first_node, "pacs", "RESULTS", results_scp.port)
     second_node = scoring_node(node_process, shared, tiny_bundle, db_url=pg_url).start()
     one, two, three = synth_exams
     assert storescu(first_node.port, one.files).returncode == 0

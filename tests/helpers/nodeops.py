@@ -57,6 +57,21 @@ def scoring_node(make: Any, data_dir: Path, bundle: Path, **kwargs: Any) -> Node
     return make(data_dir, **kwargs, **env)
 
 
+def add_destination_by_cli(node: NodeProcess, name: str, ae_title: str, port: int) -> None:
+    """`mammo-node destinations add NAME` for a peer listening on this machine."""
+    node.cli(
+        "destinations",
+        "add",
+        name,
+        "--ae-title",
+        ae_title,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    )
+
+
 def exam_json(node: NodeProcess, study_uid: str) -> dict[str, Any]:
     return json.loads(node.cli("exams", "show", study_uid, "--json").stdout)
 
