@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 
 from mammo_node.cli.app import app
-from mammo_node.cli.common import DataDir, DbUrl, JsonFlag, _fail, _settings, out
-from mammo_node.errors import MammoNodeError
+from mammo_node.cli.common import DataDir, DbUrl, JsonFlag, _settings, out
 
 Folder = Annotated[Path, typer.Argument(help="backup folder (on another disk than the data)")]
 
@@ -27,10 +26,7 @@ def backup(
     Run again into the same folder to copy only what is new (incremental)."""
     from mammo_node.operations.backup import backup as run_backup
 
-    try:
-        report = run_backup(_settings(data_dir=data_dir, db_url=db_url), directory)
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    report = run_backup(_settings(data_dir=data_dir, db_url=db_url), directory)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return
@@ -54,10 +50,7 @@ def restore(
     given with --db-url); every file is checked against its recorded sha256."""
     from mammo_node.operations.backup import restore as run_restore
 
-    try:
-        report = run_restore(directory, _settings(data_dir=data_dir, db_url=db_url))
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    report = run_restore(directory, _settings(data_dir=data_dir, db_url=db_url))
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return

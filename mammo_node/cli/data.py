@@ -12,7 +12,7 @@ from mammo_node.errors import MammoNodeError
 if TYPE_CHECKING:
     pass
 from mammo_node.cli.app import app
-from mammo_node.cli.common import _fail, out
+from mammo_node.cli.common import out
 
 
 # --- data for tests, demos and benchmarks --------------------------------------------------
@@ -44,21 +44,18 @@ def synth(
     """Synthetic screening exams (MG For Presentation) + labels.csv + truth.csv (lesions)."""
     from mammo_node.synth import SynthOptions, write_synthetic_dataset
 
-    try:
-        options = SynthOptions(
-            rows=rows,
-            columns=columns,
-            exams=exams,
-            seed=seed,
-            screening_fraction=screening_fraction,
-            interval_fraction=interval_fraction,
-            lesion_contrast=lesion_contrast,
-            habits=tuple(habit or ()),
-            recent=recent,
-        )
-        summary = write_synthetic_dataset(out_dir, options)
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    options = SynthOptions(
+        rows=rows,
+        columns=columns,
+        exams=exams,
+        seed=seed,
+        screening_fraction=screening_fraction,
+        interval_fraction=interval_fraction,
+        lesion_contrast=lesion_contrast,
+        habits=tuple(habit or ()),
+        recent=recent,
+    )
+    summary = write_synthetic_dataset(out_dir, options)
     outcomes = ", ".join(f"{n} {k}" for k, n in summary.outcomes.items())
     out.print(
         f"{summary.exams} exams ({summary.images} images, {summary.patients} patients: "
@@ -82,19 +79,16 @@ def wrap(
 
     from mammo_node.synth import wrap as wrapping
 
-    try:
-        if source == "nyu":
-            datasets = wrapping.wrap_nyu_exam(src_dir)
-            truth = wrapping.nyu_lesion_truth(src_dir, datasets)
-        elif source == "mias":
-            pairs = wrapping.wrap_mias(src_dir)
-            datasets = [ds for ds, _ in pairs]
-            truth = [t for _, lesions in pairs for t in lesions]
-        else:
-            raise MammoNodeError(f'source should be "nyu" or "mias", got {source!r}')
-        files = wrapping.write_datasets(datasets, out_dir)
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    if source == "nyu":
+        datasets = wrapping.wrap_nyu_exam(src_dir)
+        truth = wrapping.nyu_lesion_truth(src_dir, datasets)
+    elif source == "mias":
+        pairs = wrapping.wrap_mias(src_dir)
+        datasets = [ds for ds, _ in pairs]
+        truth = [t for _, lesions in pairs for t in lesions]
+    else:
+        raise MammoNodeError(f'source should be "nyu" or "mias", got {source!r}')
+    files = wrapping.write_datasets(datasets, out_dir)
     if truth:
         rows = [asdict(t) for t in truth]
         with (out_dir / "truth.csv").open("w", newline="") as fh:

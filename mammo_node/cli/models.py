@@ -10,8 +10,7 @@ import typer
 from rich.table import Table
 
 from mammo_node.cli.app import app
-from mammo_node.cli.common import DataDir, DbUrl, JsonFlag, _fail, _settings, out
-from mammo_node.errors import MammoNodeError
+from mammo_node.cli.common import DataDir, DbUrl, JsonFlag, _settings, out
 
 if TYPE_CHECKING:
     from mammo_node.config import Settings
@@ -34,12 +33,9 @@ def list_models(data_dir: DataDir = None, db_url: DbUrl = None, as_json: JsonFla
     """Installed bundles and their roles."""
     from mammo_node.operations.models import list_bundles
 
-    try:
-        _s, db = _db(data_dir, db_url)
-        bundles = list_bundles(db)
-        db.dispose()
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    _s, db = _db(data_dir, db_url)
+    bundles = list_bundles(db)
+    db.dispose()
     if as_json:
         typer.echo(json.dumps([b.to_json() for b in bundles], indent=2))
         return
@@ -59,12 +55,9 @@ def add(
     """Verify a bundle (sha256, weights load) and install a copy of it."""
     from mammo_node.operations.models import add_bundle
 
-    try:
-        settings, db = _db(data_dir, db_url)
-        installed = add_bundle(settings, db, bundle)
-        db.dispose()
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    settings, db = _db(data_dir, db_url)
+    installed = add_bundle(settings, db, bundle)
+    db.dispose()
     if as_json:
         typer.echo(json.dumps(installed.to_json(), indent=2))
         return
@@ -74,12 +67,9 @@ def add(
 def _role(key: str, role: str, data_dir: Path | None, db_url: str | None) -> None:
     from mammo_node.operations.models import ModelRole, set_role
 
-    try:
-        _s, db = _db(data_dir, db_url)
-        changed = set_role(db, key, ModelRole(role))
-        db.dispose()
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    _s, db = _db(data_dir, db_url)
+    changed = set_role(db, key, ModelRole(role))
+    db.dispose()
     out.print(
         f"{changed.name}:{changed.version} is now {role} (running nodes follow within seconds)"
     )
@@ -103,12 +93,9 @@ def shadow(
     from mammo_node.operations.models import clear_shadow
 
     if off:
-        try:
-            _s, db = _db(data_dir, db_url)
-            clear_shadow(db)
-            db.dispose()
-        except MammoNodeError as exc:
-            raise _fail(exc) from exc
+        _s, db = _db(data_dir, db_url)
+        clear_shadow(db)
+        db.dispose()
         out.print("shadow scoring off")
         return
     if key is None:
@@ -121,12 +108,9 @@ def remove(key: Key, data_dir: DataDir = None, db_url: DbUrl = None) -> None:
     """Uninstall a bundle that is not active (its results keep its name, version and hash)."""
     from mammo_node.operations.models import remove_bundle
 
-    try:
-        _s, db = _db(data_dir, db_url)
-        removed = remove_bundle(db, key)
-        db.dispose()
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    _s, db = _db(data_dir, db_url)
+    removed = remove_bundle(db, key)
+    db.dispose()
     out.print(f"removed {removed.name}:{removed.version}")
 
 
@@ -140,12 +124,9 @@ def compare(
     """Shadow scores beside the active scores of the same exams, newest first."""
     from mammo_node.operations.models import compare as run_compare
 
-    try:
-        _s, db = _db(data_dir, db_url)
-        rows = run_compare(db, limit)
-        db.dispose()
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    _s, db = _db(data_dir, db_url)
+    rows = run_compare(db, limit)
+    db.dispose()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return

@@ -27,10 +27,7 @@ def echo(
     from mammo_node.delivery.scu import Peer
     from mammo_node.delivery.scu import echo as c_echo
 
-    try:
-        status = c_echo(Peer(host, port, called_ae, calling_ae))
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    status = c_echo(Peer(host, port, called_ae, calling_ae))
     out.print(f"C-ECHO {called_ae}@{host}:{port}: status 0x{status:04X}")
     raise typer.Exit(0 if status == 0 else 1)
 

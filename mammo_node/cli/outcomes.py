@@ -10,8 +10,7 @@ from typing import Annotated
 import typer
 
 from mammo_node.cli.app import app
-from mammo_node.cli.common import DataDir, DbUrl, JsonFlag, _fail, _settings, out
-from mammo_node.errors import MammoNodeError
+from mammo_node.cli.common import DataDir, DbUrl, JsonFlag, _settings, out
 
 outcomes_app = typer.Typer(no_args_is_help=True, help="Screening outcomes linked to exams.")
 app.add_typer(outcomes_app, name="outcomes")
@@ -32,15 +31,12 @@ def import_csv(
     from mammo_node.db.session import Database
     from mammo_node.operations.outcomes import import_outcomes
 
+    settings = _settings(data_dir=data_dir, db_url=db_url)
+    db = Database(settings.database_url)
     try:
-        settings = _settings(data_dir=data_dir, db_url=db_url)
-        db = Database(settings.database_url)
-        try:
-            report = import_outcomes(db, csv_file)
-        finally:
-            db.dispose()
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+        report = import_outcomes(db, csv_file)
+    finally:
+        db.dispose()
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return
@@ -66,15 +62,12 @@ def export_training(
     from mammo_node.db.session import Database
     from mammo_node.operations.outcomes import export_training as run_export
 
+    settings = _settings(data_dir=data_dir, db_url=db_url)
+    db = Database(settings.database_url)
     try:
-        settings = _settings(data_dir=data_dir, db_url=db_url)
-        db = Database(settings.database_url)
-        try:
-            report = run_export(db, settings.storage_dir.resolve(), directory)
-        finally:
-            db.dispose()
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+        report = run_export(db, settings.storage_dir.resolve(), directory)
+    finally:
+        db.dispose()
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from mammo_node.errors import MammoNodeError
-
-if TYPE_CHECKING:
-    pass
 from mammo_node.cli.app import app, db_app
-from mammo_node.cli.common import DataDir, DbUrl, ModelBundle, _fail, _settings, out
+from mammo_node.cli.common import DataDir, DbUrl, ModelBundle, _settings, out
 
 
 # --- serve -------------------------------------------------------------------------------
@@ -30,19 +26,16 @@ def serve(
     """Receive, file, group, score and send back exams until SIGTERM / SIGINT."""
     from mammo_node.node import Node
 
-    try:
-        settings = _settings(
-            data_dir=data_dir,
-            db_url=db_url,
-            ae_title=ae_title,
-            port=port,
-            http_port=http_port,
-            host=host,
-            model_bundle=model_bundle,
-        )
-        node = Node(settings)
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    settings = _settings(
+        data_dir=data_dir,
+        db_url=db_url,
+        ae_title=ae_title,
+        port=port,
+        http_port=http_port,
+        host=host,
+        model_bundle=model_bundle,
+    )
+    node = Node(settings)
     node.run_until_signalled()
 
 
@@ -65,21 +58,18 @@ def worker(
     from mammo_node.operations.models import ActiveBundleScorer
     from mammo_node.worker import Worker, WorkerThread
 
-    try:
-        settings = _settings(data_dir=data_dir, db_url=db_url, model_bundle=model_bundle)
-        db = Database(settings.database_url)
-        ingestor = Ingestor(settings, db, InstanceStore(settings.storage_dir))
-        thread = WorkerThread(
-            Worker(
-                settings,
-                db,
-                ingestor,
-                lambda: ActiveBundleScorer(settings, db),
-                worker_id=worker_id,
-            )
+    settings = _settings(data_dir=data_dir, db_url=db_url, model_bundle=model_bundle)
+    db = Database(settings.database_url)
+    ingestor = Ingestor(settings, db, InstanceStore(settings.storage_dir))
+    thread = WorkerThread(
+        Worker(
+            settings,
+            db,
+            ingestor,
+            lambda: ActiveBundleScorer(settings, db),
+            worker_id=worker_id,
         )
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -99,10 +89,7 @@ def db_upgrade(
     """Apply schema migrations (creates the schema on an empty database)."""
     from mammo_node.db.session import current_revision, upgrade
 
-    try:
-        settings = _settings(data_dir=data_dir, db_url=db_url)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        upgrade(settings.database_url, revision)
-        out.print(f"database at revision {current_revision(settings.database_url)}")
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    settings = _settings(data_dir=data_dir, db_url=db_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url, revision)
+    out.print(f"database at revision {current_revision(settings.database_url)}")

@@ -53,20 +53,17 @@ def status(
     """Bytes stored (received images, the node's outputs), pruned, and eligible for pruning."""
     from mammo_node.operations.retention import RetentionPolicy, storage_status
 
+    settings = _settings(
+        data_dir=data_dir,
+        db_url=db_url,
+        retention_days=retention_days,
+        max_storage_gb=max_storage_gb,
+    )
+    db, store = _open(settings)
     try:
-        settings = _settings(
-            data_dir=data_dir,
-            db_url=db_url,
-            retention_days=retention_days,
-            max_storage_gb=max_storage_gb,
-        )
-        db, store = _open(settings)
-        try:
-            report = storage_status(db, store, RetentionPolicy.from_settings(settings))
-        finally:
-            db.dispose()
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+        report = storage_status(db, store, RetentionPolicy.from_settings(settings))
+    finally:
+        db.dispose()
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return
@@ -104,34 +101,31 @@ def prune(
     from mammo_node.operations.retention import RetentionPolicy
     from mammo_node.operations.retention import prune as run_prune
 
-    try:
-        settings = _settings(
-            data_dir=data_dir,
-            db_url=db_url,
-            retention_days=retention_days,
-            max_storage_gb=max_storage_gb,
+    settings = _settings(
+        data_dir=data_dir,
+        db_url=db_url,
+        retention_days=retention_days,
+        max_storage_gb=max_storage_gb,
+    )
+    policy = RetentionPolicy.from_settings(settings)
+    if not policy.active:
+        raise _fail(
+            MammoNodeError(
+                "no retention limit set: give --retention-days or --max-storage-gb "
+                "(or MAMMO_RETENTION_DAYS / MAMMO_MAX_STORAGE_GB)"
+            )
         )
-        policy = RetentionPolicy.from_settings(settings)
-        if not policy.active:
-            raise _fail(
-                MammoNodeError(
-                    "no retention limit set: give --retention-days or --max-storage-gb "
-                    "(or MAMMO_RETENTION_DAYS / MAMMO_MAX_STORAGE_GB)"
-                )
-            )
-        db, store = _open(settings)
-        try:
-            report = run_prune(
-                db,
-                store,
-                policy,
-                dry_run=dry_run,
-                view_cache=settings.data_dir / "cache" / "views",
-            )
-        finally:
-            db.dispose()
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+    db, store = _open(settings)
+    try:
+        report = run_prune(
+            db,
+            store,
+            policy,
+            dry_run=dry_run,
+            view_cache=settings.data_dir / "cache" / "views",
+        )
+    finally:
+        db.dispose()
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
         return
@@ -178,12 +172,9 @@ def _set_hold(
 ) -> None:
     from mammo_node.operations.retention import set_hold
 
+    settings = _settings(data_dir=data_dir, db_url=db_url)
+    db, _store = _open(settings)
     try:
-        settings = _settings(data_dir=data_dir, db_url=db_url)
-        db, _store = _open(settings)
-        try:
-            set_hold(db, study_uid, held, reason)
-        finally:
-            db.dispose()
-    except MammoNodeError as exc:
-        raise _fail(exc) from exc
+        set_hold(db, study_uid, held, reason)
+    finally:
+        db.dispose()
