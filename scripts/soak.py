@@ -28,7 +28,11 @@ from typing import Any
 import httpx
 from pydicom import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation, Verification
+from pynetdicom.sop_class import (
+    DigitalMammographyXRayImageStorageForPresentation,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -73,17 +77,20 @@ def tiny_bundle(folder: Path) -> Path:
 
 
 class Destination:
-    """A PACS stand-in that counts every object it is sent; can go down and come back."""
+    """A PACS stand-in that counts every object it is sent and answers Study Root C-FIND at
+    IMAGE level over what it holds (as a PACS does); can go down and come back."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.received: Counter[str] = Counter()
+        self.held: dict[str, tuple[str, str]] = {}
         self.lock = threading.Lock()
         self.server: Any = None
 
     def up(self) -> None:
         ae = AE(ae_title="SOAKPACS")
         ae.add_supported_context(Verification)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         for sop_class in sop_classes_for_outputs():
             ae.add_supported_context(sop_class)
         deadline = time.monotonic() + 60
@@ -92,7 +99,7 @@ class Destination:
                 self.server = ae.start_server(
                     ("127.0.0.1", self.port),
                     block=False,
-                    evt_handlers=[(evt.EVT_C_STORE, self._store)],
+                    evt_handlers=[(evt.EVT_C_STORE, self._store), (evt.EVT_C_FIND, self._find)],
                 )
                 return
             except OSError:  # the port is still held by connections being torn down
@@ -108,9 +115,28 @@ class Destination:
             self.server = None
 
     def _store(self, event: Any) -> int:
+        ds = event.dataset
         with self.lock:
-            self.received[str(event.request.AffectedSOPInstanceUID)] += 1
+            uid = str(event.request.AffectedSOPInstanceUID)
+            self.received[uid] += 1
+            self.held[uid] = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
         return 0x0000
+
+    def _find(self, event: Any) -> Any:
+        query = event.identifier
+        uid = str(query.get("SOPInstanceUID", ""))
+        with self.lock:
+            where = self.held.get(uid)
+        if where == (
+            str(query.get("StudyInstanceUID", "")),
+            str(query.get("SeriesInstanceUID", "")),
+        ):
+            answer = Dataset()
+            answer.QueryRetrieveLevel = "IMAGE"
+            answer.StudyInstanceUID, answer.SeriesInstanceUID = where
+            answer.SOPInstanceUID = uid
+            yield 0xFF00, answer
+        yield 0x0000, None
 
 
 class Node:
@@ -391,6 +417,10 @@ def _soak() -> int:
         }
         states = dict(db.execute("SELECT state, count(*) FROM exams GROUP BY state").fetchall())
         outbox = dict(db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
+        found_by_query = db.execute(
+            "SELECT count(*) FROM audit_events"
+            " WHERE action = 'delivered' AND detail LIKE '%C-FIND%'"
+        ).fetchone()[0]
     on_disk = {uid for uid in stored if (node.data / "instances" / paths[uid]).is_file()}
     lost = sorted(ledger.acknowledged - on_disk)
     duplicates = sum(1 for count in pacs.received.values() if count > 1)
@@ -406,6 +436,7 @@ def _soak() -> int:
         "lost": len(lost),
         "exams": states,
         "outbox": outbox,
+        "in_doubt_found_at_pacs": found_by_query,
         "outputs_delivered": len(pacs.received),
         "duplicates_delivered": duplicates,
         "peak_rss_node_mb": node.peak_node // 1024,

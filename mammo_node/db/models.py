@@ -357,6 +357,9 @@ class OutboxItem(Base):
     # the exporter process delivering this row now, and until when its lease holds
     leased_by: Mapped[str] = mapped_column(String(128), default="", server_default="")
     leased_until: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # a C-STORE went out and no answer came back: the peer may hold the object already, so
+    # the next attempt asks it first (C-FIND) instead of sending it a second time
+    in_doubt: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (
         UniqueConstraint("instance_fk", "destination_fk", name="uq_outbox_instance_destination"),

@@ -23,9 +23,16 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from mammo_node.config import Settings
-from mammo_node.db.models import Destination, Instance, OutboxItem, utcnow
+from mammo_node.db.models import Destination, Exam, Instance, OutboxItem, Series, utcnow
 from mammo_node.db.session import Database
-from mammo_node.delivery.scu import Peer, SendReport, StoreOutcome, send_files
+from mammo_node.delivery.scu import (
+    HeldInstance,
+    Peer,
+    SendReport,
+    StoreOutcome,
+    instances_held,
+    send_files,
+)
 from mammo_node.domain import OutboxState
 from mammo_node.errors import DeliveryError, MammoNodeError
 from mammo_node.filing.storage import InstanceStore
@@ -42,6 +49,11 @@ class Due:
     item_id: int
     path: Path
     sop_instance_uid: str
+    study_uid: str = ""
+    series_uid: str = ""
+    # the row was leased by an exporter that died or ran out of time: the object may have
+    # reached the peer before that exporter could record it
+    in_doubt: bool = False
 
 
 def backoff_seconds(attempts: int, base: float, cap: float) -> float:
@@ -91,8 +103,9 @@ class Exporter:
         self.lease_seconds = lease_seconds or max(300.0, 4 * settings.dimse_timeout)
 
     def release_dead_leases(self) -> int:
-        """Leases held by exporter processes of this host that no longer run are freed at
-        once (not after ``lease_seconds``): their rows are due again."""
+        """Leases held by exporter processes of this host that no longer run end at once
+        (not after ``lease_seconds``): their rows are due again. The holder's name stays on
+        the row, so the next exporter knows the object may already be at the peer."""
         prefix = exporter_id_prefix(self.settings)
         with self.db.session() as session:
             rows = session.scalars(
@@ -102,9 +115,10 @@ class Exporter:
                 )
             ).all()
             freed = 0
+            ended = utcnow() - dt.timedelta(seconds=1)
             for row in rows:
                 if _process_gone(row.leased_by[len(prefix) :]):
-                    row.leased_by, row.leased_until = "", None
+                    row.leased_until = ended
                     freed += 1
         if freed:
             logger.info("freed %d outbox lease(s) of exporters that ended", freed)
@@ -143,6 +157,7 @@ class Exporter:
             if session.get_bind().dialect.name == "postgresql":
                 query = query.with_for_update(of=OutboxItem, skip_locked=True)
             items = session.scalars(query).all()
+            in_doubt = {item.id for item in items if item.leased_by or item.in_doubt}
             for item in items:
                 item.leased_by = self.exporter_id
                 item.leased_until = until
@@ -154,8 +169,12 @@ class Exporter:
                         OutboxItem.destination_fk,
                         Instance.rel_path,
                         Instance.sop_instance_uid,
+                        Exam.study_uid,
+                        Series.series_uid,
                     )
                     .join(Instance, OutboxItem.instance_fk == Instance.id)
+                    .join(Series, Instance.series_fk == Series.id)
+                    .join(Exam, Instance.exam_fk == Exam.id)
                     .where(OutboxItem.id.in_(ids))
                     .order_by(OutboxItem.id)
                 ).all()
@@ -163,8 +182,17 @@ class Exporter:
                 else []
             )
         due: dict[int, list[Due]] = defaultdict(list)
-        for item_id, destination_id, rel_path, sop_uid in rows:
-            due[destination_id].append(Due(item_id, self.store.path(rel_path), sop_uid))
+        for item_id, destination_id, rel_path, sop_uid, study_uid, series_uid in rows:
+            due[destination_id].append(
+                Due(
+                    item_id,
+                    self.store.path(rel_path),
+                    sop_uid,
+                    study_uid,
+                    series_uid,
+                    in_doubt=item_id in in_doubt,
+                )
+            )
         return due
 
     def _failed_safely(self, destination_id: int, due: list[Due], error: str) -> None:
@@ -200,6 +228,9 @@ class Exporter:
             assert destination is not None
             peer = self._peer(destination)
             name = destination.name
+        due = self._settle_in_doubt(name, peer, due)
+        if not due:
+            return
         by_path = {d.path: d for d in due}
         recorded: set[int] = set()
 
@@ -222,6 +253,38 @@ class Exporter:
             return
         self._record(name, [d for d in due if d.item_id not in recorded], report, len(recorded))
 
+    def _settle_in_doubt(self, name: str, peer: Peer, due: list[Due]) -> list[Due]:
+        """Objects an ended exporter may have delivered are first looked up at the peer
+        (C-FIND): those it holds are recorded as delivered, not sent twice. A peer without a
+        query service gets them again (at-least-once), counted as resent."""
+        doubtful = [d for d in due if d.in_doubt]
+        if not doubtful:
+            return due
+        try:
+            held = instances_held(
+                peer,
+                [HeldInstance(d.study_uid, d.series_uid, d.sop_instance_uid) for d in doubtful],
+            )
+        except Exception as exc:  # a query that fails is no answer: send again
+            logger.warning(
+                "destination %s: no answer to the delivery check: %s", name, describe(exc)
+            )
+            held = None
+        confirmed = [d for d in doubtful if held and d.sop_instance_uid in held]
+        metrics.delivery_in_doubt(
+            name, confirmed=len(confirmed), resent=len(doubtful) - len(confirmed)
+        )
+        if confirmed:
+            self._mark_delivered(name, [(d, None, "") for d in confirmed], found_by_query=True)
+            metrics.delivery_succeeded(name, len(confirmed))
+            logger.info(
+                "%d output(s) in flight when an exporter ended were already at %s: not resent",
+                len(confirmed),
+                name,
+            )
+        done = {d.item_id for d in confirmed}
+        return [d for d in due if d.item_id not in done]
+
     def _record(self, name: str, due: list[Due], report: SendReport, already: int = 0) -> None:
         by_path = {o.path: o for o in report.outcomes}
         delivered, failed = [], []
@@ -236,14 +299,29 @@ class Exporter:
             status = outcome.status if outcome else None
             why = (outcome.comment if outcome else "") or "no response"
             code = f"status 0x{status:04X}" if status is not None else "not sent"
-            self._failed(name, [item], status, f"{code}: {why}")
+            if outcome is not None and outcome.may_have_arrived:
+                code = "no answer"
+            self._failed(
+                name,
+                [item],
+                status,
+                f"{code}: {why}",
+                in_doubt=outcome is not None and outcome.may_have_arrived,
+            )
         if delivered or already:
             metrics.delivery_succeeded(name, len(delivered) + already)
             logger.info("delivered %d output(s) to %s", len(delivered) + already, name)
 
-    def _mark_delivered(self, name: str, delivered: list[tuple[Due, int | None, str]]) -> None:
+    def _mark_delivered(
+        self,
+        name: str,
+        delivered: list[tuple[Due, int | None, str]],
+        *,
+        found_by_query: bool = False,
+    ) -> None:
         if not delivered:
             return
+        extra = {"found_by": "C-FIND"} if found_by_query else {}
         now = utcnow()
         with self.db.session() as session:
             for item, status, comment in delivered:
@@ -252,6 +330,7 @@ class Exporter:
                     continue
                 row.leased_by, row.leased_until = "", None  # delivered, whoever leases it
                 row.state = OutboxState.DELIVERED
+                row.in_doubt = False
                 row.delivered_at = now
                 row.attempts += 1
                 row.last_status = status
@@ -263,9 +342,18 @@ class Exporter:
                     item.sop_instance_uid,
                     destination=name,
                     status=status,
+                    **extra,
                 )
 
-    def _failed(self, name: str, due: list[Due], status: int | None, error: str) -> None:
+    def _failed(
+        self,
+        name: str,
+        due: list[Due],
+        status: int | None,
+        error: str,
+        *,
+        in_doubt: bool = False,
+    ) -> None:
         metrics.delivery_failed(name, len(due))
         now = utcnow()
         max_age = dt.timedelta(seconds=self.settings.outbox_max_age_seconds)
@@ -277,6 +365,7 @@ class Exporter:
                 row.attempts += 1
                 row.last_status = status
                 row.last_error = error[:2000]
+                row.in_doubt = row.in_doubt or in_doubt
                 if now - row.created_at >= max_age:
                     row.state = OutboxState.DEAD
                     audit.record_in(

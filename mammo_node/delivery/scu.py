@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 from mammo_node.errors import DeliveryError
 from mammo_node.status import STORED_STATUSES
@@ -46,6 +46,8 @@ class StoreOutcome:
     sop_instance_uid: str
     status: int | None  # None: no response (association lost)
     comment: str = ""
+    # the request went out but no answer came back: the peer may have stored it
+    may_have_arrived: bool = False
 
     @property
     def delivered(self) -> bool:
@@ -185,12 +187,16 @@ def send_files(
                 else:  # the peer took another uncompressed syntax: pynetdicom re-encodes
                     status = assoc.send_c_store(dcmread(path))
             except Exception as exc:  # contained per object: the others are still sent
-                report.outcomes.append(StoreOutcome(path, sop_uid, None, type(exc).__name__))
+                report.outcomes.append(
+                    StoreOutcome(path, sop_uid, None, type(exc).__name__, may_have_arrived=True)
+                )
                 if not assoc.is_established:
                     break
                 continue
             if not status:
-                report.outcomes.append(StoreOutcome(path, sop_uid, None, "no response"))
+                report.outcomes.append(
+                    StoreOutcome(path, sop_uid, None, "no response", may_have_arrived=True)
+                )
                 break
             comment = str(status.get("ErrorComment", ""))
             outcome = StoreOutcome(path, sop_uid, int(status.Status), comment)
@@ -205,6 +211,55 @@ def send_files(
         StoreOutcome(p, "", None, "not sent: association lost") for p in paths if p not in done
     )
     return report
+
+
+@dataclass(frozen=True)
+class HeldInstance:
+    """Where an instance sits in the peer's hierarchy (a Study Root IMAGE-level query)."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+
+
+def instances_held(peer: Peer, wanted: Sequence[HeldInstance]) -> set[str] | None:
+    """The SOP Instance UIDs of ``wanted`` that the peer already holds, asked with a Study
+    Root C-FIND at IMAGE level over one association; ``None`` when the peer offers no query
+    service (it refuses the association or the FIND context). The exporter asks this about
+    objects that were in flight when a node process died, so a PACS that answered the C-STORE
+    before the kill is not sent the same object twice."""
+    if not wanted:
+        return set()
+    ae = _new_ae(peer.calling_ae)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls(peer))
+    if not assoc.is_established:
+        return None
+    held: set[str] = set()
+    try:
+        if not assoc.accepted_contexts:
+            return None
+        for item in wanted:
+            query = Dataset()
+            query.QueryRetrieveLevel = "IMAGE"
+            query.StudyInstanceUID = item.study_uid
+            query.SeriesInstanceUID = item.series_uid
+            query.SOPInstanceUID = item.sop_instance_uid
+            for status, identifier in assoc.send_c_find(
+                query, StudyRootQueryRetrieveInformationModelFind
+            ):
+                if not status:  # the association went: what is not confirmed is sent again
+                    return held
+                code = int(status.Status)
+                if code in (0xFF00, 0xFF01) and identifier is not None:
+                    if str(identifier.get("SOPInstanceUID", "")) == item.sop_instance_uid:
+                        held.add(item.sop_instance_uid)
+                elif code != 0x0000:  # a failure answer: treat as not held
+                    break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return held
 
 
 def send_parallel(paths: Sequence[Path], peer: Peer, associations: int) -> SendReport:

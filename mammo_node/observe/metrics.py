@@ -72,6 +72,13 @@ OUTBOX_FAILURES = Counter(
     ["destination"],
     registry=REGISTRY,
 )
+OUTBOX_IN_DOUBT = Counter(
+    "mammo_outbox_in_doubt",
+    "Objects in flight when an exporter ended, by destination and what the node did: "
+    "confirmed (the peer's C-FIND found it, not resent) or resent (no query service or not held)",
+    ["destination", "outcome"],
+    registry=REGISTRY,
+)
 LOOP_FAILURES = Counter(
     "mammo_loop_failures",
     "Failed passes of a background loop (grouper, worker, exporter, audit), by exception type",
@@ -126,6 +133,13 @@ def delivery_succeeded(destination: str, count: int = 1) -> None:
 
 def delivery_failed(destination: str, count: int = 1) -> None:
     OUTBOX_FAILURES.labels(destination=destination).inc(count)
+
+
+def delivery_in_doubt(destination: str, *, confirmed: int, resent: int) -> None:
+    if confirmed:
+        OUTBOX_IN_DOUBT.labels(destination=destination, outcome="confirmed").inc(confirmed)
+    if resent:
+        OUTBOX_IN_DOUBT.labels(destination=destination, outcome="resent").inc(resent)
 
 
 def loop_failed(loop: str, error: str) -> None:

@@ -47,6 +47,7 @@ class Orthanc:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "DicomCheckCalledAet": True,
+            "DicomAlwaysAllowFind": True,  # a PACS answers the node's delivery checks
             "Plugins": self.plugins,
         }
         (self.workdir / "orthanc.json").write_text(json.dumps(config))
