@@ -151,6 +151,17 @@ class Settings(BaseSettings):
         64 * 1024, ge=1024, description="largest A-ASSOCIATE-RQ PDU read from a peer"
     )
     max_stow_concurrency: int = Field(4, ge=1, description="STOW-RS requests filed at once")
+    max_stow_parts: int = Field(
+        2000, ge=1, description="instances (multipart parts) in one STOW-RS request"
+    )
+    stow_body_idle_timeout: float = Field(
+        30.0, gt=0, description="seconds a STOW-RS body may send nothing before it is dropped"
+    )
+    stow_min_bytes_per_second: int = Field(
+        16 * 1024,
+        ge=0,
+        description="slowest average STOW-RS body rate kept after its first 30 s (0 = any)",
+    )
     http_header_timeout: float = Field(
         10.0, gt=0, description="seconds a client may take to send its request headers"
     )

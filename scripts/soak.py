@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mammo_node.synth import SynthOptions, generate_exams  # noqa: E402
+from mammo_node.synth.habits import recent  # noqa: E402
 from mammo_node.writers import sop_classes_for_outputs  # noqa: E402
 
 TOKEN = "soak-admin-token-0123456789abcdef"
@@ -319,6 +320,7 @@ def sender(node: Node, ledger: Ledger, index: int, stop: threading.Event) -> Non
         seed += 100
         for exam in generate_exams(options):
             datasets = list(exam.datasets.values())
+            recent(datasets)  # taken today: a current exam, scored (not a prior)
             if index % 3 == 2:
                 send_stow(node, datasets, ledger)
             else:

@@ -75,6 +75,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         MAMMO_MAX_INFLATED_BYTES=str(64 * MB),
         MAMMO_MAX_IMAGE_PIXELS=str(40_000_000),
         MAMMO_HTTP_HEADER_TIMEOUT="2",
+        MAMMO_MAX_STOW_PARTS="50",
+        MAMMO_STOW_BODY_IDLE_TIMEOUT="2",
     )
     proc.start()
     yield proc
@@ -239,6 +241,73 @@ def test_a_client_trickling_headers_is_disconnected(node: NodeProcess) -> None:
                 break
         assert closed, "a trickling client kept its connection for 15 s"
         assert time.monotonic() - started < 8
+    still_serving(node)
+
+
+STOW_HEADERS = {
+    **ADMIN,
+    "Content-Type": 'multipart/related; type="application/dicom"; boundary=b',
+    "Accept": "application/dicom+json",
+}
+
+
+def files_under(folder: Path) -> int:
+    return sum(1 for path in folder.rglob("*") if path.is_file())
+
+
+def test_a_stow_body_of_countless_tiny_parts_is_refused_before_their_files_are_made(
+    node: NodeProcess,
+) -> None:
+    before = files_under(node.data_dir)
+    body = b"".join(b"--b\r\nContent-Type: application/dicom\r\n\r\nx\r\n" for _ in range(20_000))
+    answer = httpx.post(
+        f"http://127.0.0.1:{node.http_port}/dicomweb/studies",
+        content=body + b"--b--\r\n",
+        headers=STOW_HEADERS,
+        timeout=60,
+    )
+    assert answer.status_code == 413 and "more than 50 parts" in answer.text
+    assert files_under(node.data_dir) <= before + 1, "temp files of the refused parts remain"
+    pads = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 90) for i in range(1000))
+    huge_header = b"--b\r\n" + pads + b"\r\nx\r\n--b--\r\n"  # 100 kB of part headers
+    answer = httpx.post(
+        f"http://127.0.0.1:{node.http_port}/dicomweb/studies",
+        content=huge_header,
+        headers=STOW_HEADERS,
+        timeout=60,
+    )
+    assert answer.status_code == 400 and "header" in answer.text
+    still_serving(node)
+
+
+def _stalled_stow(node: NodeProcess) -> socket.socket:
+    """A STOW-RS request that announces 10 MB, sends its first bytes and then nothing."""
+    sock = socket.create_connection(("127.0.0.1", node.http_port), timeout=30)
+    head = (
+        "POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: {ADMIN['Authorization']}\r\n"
+        f"Content-Type: {STOW_HEADERS['Content-Type']}\r\nContent-Length: 10000000\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b"--b\r\nContent-Type: application/dicom\r\n\r\n" + b"\0" * 1000)
+    return sock
+
+
+def test_stalled_stow_bodies_are_dropped_and_free_their_slots(
+    node: NodeProcess, synth_exams: list[Any]
+) -> None:
+    stalled = [_stalled_stow(node) for _ in range(4)]  # every STOW-RS slot (the default 4)
+    try:
+        time.sleep(0.5)
+        busy = stow(node, synth_exams[2].files[1])
+        assert busy.status_code == 503, "the stalled bodies were expected to hold every slot"
+        for sock in stalled:  # each is answered 408 once it has been silent for 2 s
+            sock.settimeout(15)
+            assert sock.recv(64).startswith(b"HTTP/1.1 408")
+        answer = stow(node, synth_exams[2].files[1])
+        assert answer.status_code == 200, answer.text
+    finally:
+        for sock in stalled:
+            sock.close()
     still_serving(node)
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from sqlalchemy import select
 
+from mammo_node.config import Settings
 from mammo_node.db.models import Exam, Instance, Series
 from mammo_node.errors import (
     DatabaseError,
@@ -158,9 +160,11 @@ async def _store(request: Request, study_uid: str | None) -> Response:
             f"{ctx.settings.max_stow_concurrency} STOW-RS requests are being filed; try again",
             {"Retry-After": "5"},
         )
-    receiver = MultipartReceiver(boundary, ctx.ingestor.store.temp_path)
+    receiver = MultipartReceiver(
+        boundary, ctx.ingestor.store.temp_path, max_parts=ctx.settings.max_stow_parts
+    )
     try:
-        parts = await _receive(request, receiver, ctx.max_stow_bytes)
+        parts = await _receive(request, receiver, ctx.max_stow_bytes, ctx.settings)
         who, host = principal.name, client_host(request)
         outcomes = await anyio.to_thread.run_sync(
             lambda: [_file_part(ctx, part, study_uid, who, host) for part in parts]
@@ -172,12 +176,37 @@ async def _store(request: Request, study_uid: str | None) -> Response:
     return _store_answer(request, ctx, outcomes, study_uid, media)
 
 
-async def _receive(request: Request, receiver: MultipartReceiver, limit: int) -> list[ReceivedPart]:
+#: a STOW-RS body is held to the minimum rate only after this many seconds
+STOW_RATE_GRACE_SECONDS = 30.0
+
+
+async def _receive(
+    request: Request, receiver: MultipartReceiver, limit: int, settings: Settings
+) -> list[ReceivedPart]:
+    """The body into temp files, bounded in size, parts, silence and rate: a client that
+    trickles its body cannot hold one of the few STOW-RS slots for ever."""
     total = 0
-    async for chunk in request.stream():
+    started = time.monotonic()
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(settings.stow_body_idle_timeout):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise DicomWebError(
+                408, f"the request body sent nothing for {settings.stow_body_idle_timeout:g} s"
+            ) from None
         total += len(chunk)
         if total > limit:
             raise DicomWebError(413, f"request body exceeds the limit of {limit} bytes")
+        elapsed = time.monotonic() - started
+        floor = settings.stow_min_bytes_per_second
+        if floor and elapsed > STOW_RATE_GRACE_SECONDS and total < floor * elapsed:
+            raise DicomWebError(
+                408, f"the request body arrives slower than {floor} bytes/s: dropped"
+            )
         receiver.feed(chunk)
     parts = receiver.finish()
     if not parts:

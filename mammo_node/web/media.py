@@ -217,10 +217,13 @@ class MultipartReceiver:
     parts already written are in ``parts``; ``cleanup`` deletes the files not taken.
     """
 
-    def __init__(self, boundary: str, new_file: Callable[[], Path]) -> None:
+    def __init__(
+        self, boundary: str, new_file: Callable[[], Path], *, max_parts: int = 10_000
+    ) -> None:
         if not boundary:
             raise DicomWebError(400, "multipart/related request without a boundary parameter")
         self.new_file = new_file
+        self.max_parts = max_parts  # part headers are bounded by the parser (size and count)
         self.parts: list[ReceivedPart] = []
         self.ended = False
         self._header_name = b""
@@ -262,7 +265,17 @@ class MultipartReceiver:
 
     # --- parser callbacks -------------------------------------------------------------------------
     def _on_part_begin(self) -> None:
+        if len(self.parts) >= self.max_parts:  # before its file is made
+            raise DicomWebError(
+                413, f"the body holds more than {self.max_parts} parts (the limit per request)"
+            )
         self._headers = {}
+        self._header_bytes = 0
+
+    def _count_header(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self.MAX_PART_HEADER_BYTES:
+            raise DicomWebError(431, f"a part's headers exceed {self.MAX_PART_HEADER_BYTES} bytes")
 
     def _on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._header_name += data[start:end]
