@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     max_inflated_bytes: int = Field(
         512 * 2**20, ge=1, description="a Deflated data set may inflate to at most this"
     )
+    max_instance_bytes: int = Field(
+        8 * 2**30,
+        ge=0,
+        description="largest data set one C-STORE may send (0 = any); past it the association "
+        "is aborted and the partial file dropped (tomosynthesis objects reach a few GB)",
+    )
     max_associate_rq_bytes: int = Field(
         64 * 1024, ge=1024, description="largest A-ASSOCIATE-RQ PDU read from a peer"
     )

@@ -76,6 +76,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         MAMMO_MAX_IMAGE_PIXELS=str(40_000_000),
         MAMMO_HTTP_HEADER_TIMEOUT="2",
         MAMMO_MAX_STOW_PARTS="50",
+        MAMMO_MAX_INSTANCE_BYTES=str(16 * MB),
         MAMMO_STOW_BODY_IDLE_TIMEOUT="2",
     )
     proc.start()
@@ -241,6 +242,30 @@ def test_a_client_trickling_headers_is_disconnected(node: NodeProcess) -> None:
                 break
         assert closed, "a trickling client kept its connection for 15 s"
         assert time.monotonic() - started < 8
+    still_serving(node)
+
+
+def test_a_data_set_past_the_instance_limit_aborts_its_association_and_leaves_no_file(
+    node: NodeProcess, synth_exams: list[Any], tmp_path: Path
+) -> None:
+    """An endless (here: 30 MB against a 16 MB limit) data set over C-STORE is cut as it
+    arrives: the association is aborted, the partial file emptied, the node goes on."""
+    template = dcmread(synth_exams[1].files[1])
+    template.SOPInstanceUID = generate_uid()
+    huge = tmp_path / "huge.dcm"
+    big_image(template, 4000, 4000).save_as(huge, enforce_file_format=True)  # 32 MB
+    tmp_dir = node.data_dir / "instances" / ".tmp"
+    assert tmp_dir.is_dir()
+    run = storescu(node.port, [huge])
+    assert run.returncode != 0, "a data set past max_instance_bytes was accepted"
+    leftover = sum(p.stat().st_size for p in tmp_dir.glob("*") if p.is_file())
+    assert leftover < MB, f"{leftover} bytes of the refused data set stay on disk"
+    with sqlite3.connect(node.data_dir / "mammo.db") as db:
+        uids = {uid for (uid,) in db.execute("SELECT sop_instance_uid FROM instances")}
+    assert str(template.SOPInstanceUID) not in uids
+    answer = stow(node, huge)  # the same limit holds for a STOW-RS part
+    assert answer.status_code == 413, answer.text
+    assert storescu(node.port, synth_exams[1].files[2:3]).returncode == 0
     still_serving(node)
 
 

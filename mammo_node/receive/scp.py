@@ -113,7 +113,11 @@ class StorageSCP:
 
     def start(self) -> ThreadedAssociationServer:
         _config.STORE_RECV_CHUNKED_DATASET = True
-        receive.install(self.ingestor.store.tmp_dir)
+        receive.install(
+            self.ingestor.store.tmp_dir,
+            max_instance_bytes=self.settings.max_instance_bytes,
+            min_free_bytes=self.settings.min_free_disk_mb * 2**20,
+        )
         handlers: list[Any] = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),

@@ -161,7 +161,10 @@ async def _store(request: Request, study_uid: str | None) -> Response:
             {"Retry-After": "5"},
         )
     receiver = MultipartReceiver(
-        boundary, ctx.ingestor.store.temp_path, max_parts=ctx.settings.max_stow_parts
+        boundary,
+        ctx.ingestor.store.temp_path,
+        max_parts=ctx.settings.max_stow_parts,
+        max_part_bytes=ctx.settings.max_instance_bytes,
     )
     try:
         parts = await _receive(request, receiver, ctx.max_stow_bytes, ctx.settings)

@@ -218,12 +218,18 @@ class MultipartReceiver:
     """
 
     def __init__(
-        self, boundary: str, new_file: Callable[[], Path], *, max_parts: int = 10_000
+        self,
+        boundary: str,
+        new_file: Callable[[], Path],
+        *,
+        max_parts: int = 10_000,
+        max_part_bytes: int = 0,
     ) -> None:
         if not boundary:
             raise DicomWebError(400, "multipart/related request without a boundary parameter")
         self.new_file = new_file
         self.max_parts = max_parts  # part headers are bounded by the parser (size and count)
+        self.max_part_bytes = max_part_bytes  # 0 = only the request's own limit
         self.parts: list[ReceivedPart] = []
         self.ended = False
         self._header_name = b""
@@ -295,6 +301,10 @@ class MultipartReceiver:
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         assert self._fd is not None
+        if self.max_part_bytes and self.parts[-1].size + end - start > self.max_part_bytes:
+            raise DicomWebError(
+                413, f"a part is larger than max_instance_bytes={self.max_part_bytes}"
+            )
         view = memoryview(data)[start:end]
         while view:
             written = os.write(self._fd, view)
