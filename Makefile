@@ -14,6 +14,9 @@ AE_TITLE  ?= MAMMO_NODE
 PORT      ?= 11112
 HTTP_PORT ?= 8080
 PYTEST_ARGS ?=
+# test files run in this many processes (pytest-xdist; a file's tests stay together, so its
+# module fixtures are built once): most tests wait on peers, nodes and the viewer, not the CPU
+TEST_WORKERS ?= 2
 # Debian packages: real DICOM peers and validators for the tests, Chromium for the viewers
 APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium curl iproute2 util-linux \
                 docker-compose prometheus
@@ -56,7 +59,7 @@ serve: venv  # serve applies the database migrations itself before it listens
 	exec $(NODE_CLI) serve --data-dir $(DATA_DIR) --ae-title $(AE_TITLE) --port $(PORT) --http-port $(HTTP_PORT)
 
 test: venv apt viewer-tools lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-slow: venv apt viewer-tools
 	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
