@@ -81,6 +81,42 @@ class Delivery(Answer):
         )
 
 
+class DestinationInfo(Answer):
+    """A destination, what it is sent and how its outbox stands (`destinations list`)."""
+
+    name: str
+    ae_title: str
+    host: str
+    port: int
+    tls: bool
+    send_all: bool
+    outputs: list[str]
+    cad_operating_point: str | None
+    enabled: bool
+    config_error: str
+    pending: int  # rows waiting (including retries after backoff)
+    dead: int  # dead letters: `mammo-node outbox retry`
+    in_doubt: int  # sent without an answer: asked (C-FIND) before being sent again
+
+    @classmethod
+    def of(cls, d: Destination, pending: int, dead: int, in_doubt: int) -> DestinationInfo:
+        return cls(
+            name=d.name,
+            ae_title=d.ae_title,
+            host=d.host,
+            port=d.port,
+            tls=d.tls,
+            send_all=d.send_all,
+            outputs=d.outputs.split(","),
+            cad_operating_point=d.cad_operating_point or None,
+            enabled=d.enabled,
+            config_error=d.config_error,
+            pending=pending,
+            dead=dead,
+            in_doubt=in_doubt,
+        )
+
+
 class DestinationDeliveries(Answer):
     """What became of one result at one destination: its outbox rows, summed up."""
 

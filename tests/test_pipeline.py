@@ -147,9 +147,9 @@ def test_a_rejected_association_is_a_configuration_error_reported_once(
     from mammo_node.delivery.destinations import list_destinations
 
     (destination,) = wait_for(
-        lambda: [d for d in list_destinations(node.db) if d["config_error"]], timeout=30
+        lambda: [d for d in list_destinations(node.db) if d.config_error], timeout=30
     )
-    assert "rejected" in destination["config_error"]
+    assert "rejected" in destination.config_error
     import time
 
     time.sleep(2)  # no retry loop: nothing is attempted while the destination is paused

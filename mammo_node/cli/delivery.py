@@ -104,20 +104,22 @@ def destinations_list(
 
     rows = list_destinations(_database(data_dir, db_url))
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps([d.to_json() for d in rows], indent=2))
         return
-    table = Table("name", "AE@host:port", "TLS", "sends", "outputs", "pending", "dead", "problem")
+    table = Table(
+        "name", "AE@host:port", "TLS", "sends", "outputs", "pending", "in doubt", "dead", "problem"
+    )
     for d in rows:
         table.add_row(
-            d["name"],
-            f"{d['ae_title']}@{d['host']}:{d['port']}",
-            "yes" if d["tls"] else "no",
-            "all" if d["send_all"] else "own exams",
-            ",".join(d["outputs"])
-            + (f" @{d['cad_operating_point']}" if d["cad_operating_point"] else ""),
-            str(d["pending"]),
-            str(d["dead"]),
-            d["config_error"],
+            d.name,
+            f"{d.ae_title}@{d.host}:{d.port}",
+            "yes" if d.tls else "no",
+            "all" if d.send_all else "own exams",
+            ",".join(d.outputs) + (f" @{d.cad_operating_point}" if d.cad_operating_point else ""),
+            str(d.pending),
+            str(d.in_doubt),
+            str(d.dead),
+            d.config_error,
         )
     out.print(table)
 

@@ -10,7 +10,7 @@ from mammo_node.db.models import Destination, Instance, OutboxItem
 from mammo_node.db.session import Database
 from mammo_node.domain import OutboxState
 from mammo_node.errors import MammoNodeError
-from mammo_node.responses import Delivery
+from mammo_node.responses import Delivery, DestinationInfo
 from mammo_node.writers.identity import DEFAULT_DESTINATION_OUTPUTS, parse_destination_outputs
 
 
@@ -93,37 +93,20 @@ def remove_destination(db: Database, name: str) -> None:
             session.delete(row)
 
 
-def list_destinations(db: Database) -> list[dict[str, Any]]:
+def list_destinations(db: Database) -> list[DestinationInfo]:
     with db.read() as session:
-        counts = dict(
-            session.execute(
-                select(OutboxItem.destination_fk, func.count())
-                .where(OutboxItem.state == OutboxState.PENDING)
-                .group_by(OutboxItem.destination_fk)
-            ).all()
-        )
-        dead = dict(
-            session.execute(
-                select(OutboxItem.destination_fk, func.count())
-                .where(OutboxItem.state == OutboxState.DEAD)
-                .group_by(OutboxItem.destination_fk)
-            ).all()
+
+        def rows_per_destination(*where: Any) -> dict[int, int]:
+            query = select(OutboxItem.destination_fk, func.count()).where(*where)
+            return dict(session.execute(query.group_by(OutboxItem.destination_fk)).tuples().all())
+
+        pending = rows_per_destination(OutboxItem.state == OutboxState.PENDING)
+        dead = rows_per_destination(OutboxItem.state == OutboxState.DEAD)
+        doubtful = rows_per_destination(
+            OutboxItem.state == OutboxState.PENDING, OutboxItem.in_doubt
         )
         return [
-            {
-                "name": d.name,
-                "ae_title": d.ae_title,
-                "host": d.host,
-                "port": d.port,
-                "tls": d.tls,
-                "send_all": d.send_all,
-                "outputs": d.outputs.split(","),
-                "cad_operating_point": d.cad_operating_point or None,
-                "enabled": d.enabled,
-                "config_error": d.config_error,
-                "pending": counts.get(d.id, 0),
-                "dead": dead.get(d.id, 0),
-            }
+            DestinationInfo.of(d, pending.get(d.id, 0), dead.get(d.id, 0), doubtful.get(d.id, 0))
             for d in session.scalars(
                 select(Destination).where(Destination.enabled).order_by(Destination.name)
             )
