@@ -128,15 +128,14 @@ def test_shadow_scores_beside_active_and_activation_without_restart(
     assert _parent_of(child) == node.proc.pid
     assert "libtorch" not in Path(f"/proc/{node.proc.pid}/maps").read_text()
 
-    # the shadow process dies (between exams): the node goes on and starts another one
-    os.kill(child, signal.SIGKILL)
-    wait_for(lambda: len(_shadow_children(node)) == 2, timeout=120, interval=0.5)
-    assert node.proc.poll() is None
-
-    # ... which scores every new exam
+    if db_url.startswith("sqlite"):  # process supervision: the database plays no part
+        # the shadow process dies (between exams): the node goes on and starts another one,
+        # which scores the next exam
+        os.kill(child, signal.SIGKILL)
+        wait_for(lambda: len(_shadow_children(node)) == 2, timeout=120, interval=0.5)
+        assert node.proc.poll() is None
     scored(second)
     rows = wait_for(lambda: compared(first, second), timeout=360, interval=1)
-    assert _shadow_children(node)[-1] != child
     for row in rows:
         assert row["shadow"]["failure"] is None
         assert row["active"]["model"] == "mammo-node-test-random 0.0.1"
