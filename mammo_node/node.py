@@ -16,9 +16,9 @@ from mammo_node.filing.storage import InstanceStore
 from mammo_node.grouping.service import Grouper, GrouperThread
 from mammo_node.observe.audit import AuditLog
 from mammo_node.observe.loops import Loops
-from mammo_node.operations.models import ShadowScorer, ShadowThread
 from mammo_node.operations.retention import RetentionPolicy, RetentionThread
 from mammo_node.receive.scp import StorageSCP
+from mammo_node.shadow_process import ShadowSupervisor
 from mammo_node.web.server import WebServer
 from mammo_node.worker_process import WorkerSupervisor
 
@@ -42,15 +42,14 @@ class Node:
         self.grouper = GrouperThread(Grouper(settings, self.db, self.store))
         self.exporter = ExporterThread(Exporter(settings, self.db, self.store))
         self.worker: WorkerSupervisor | None = None
-        self.shadow: ShadowThread | None = None
+        self.shadow: ShadowSupervisor | None = None
         if score and settings.serve_worker:
             # scoring decodes images from outside: in a child process, so that a crash or an
             # out-of-memory there costs that exam an attempt, never the listeners; the child
             # scores with the registry's active bundle (activation needs no restart)
             self.worker = WorkerSupervisor(settings, on_result=self.exporter.wake)
-            self.shadow = ShadowThread(
-                ShadowScorer(settings, self.db, self.store.root), settings.worker_poll_seconds * 2
-            )
+            # a shadow bundle scores in a child process of its own, for the same reason
+            self.shadow = ShadowSupervisor(settings)
         self.retention: RetentionThread | None = None
         if RetentionPolicy.from_settings(settings).active:
             self.retention = RetentionThread(settings, self.db, self.store)

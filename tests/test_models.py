@@ -1,11 +1,15 @@
-"""Model lifecycle on a running node: bundles side by side, a shadow bundle's scores appear
-beside the active ones without anything sent, activation without a restart, and every result
-records the bundle's content hash."""
+"""Model lifecycle on a running node (SQLite and PostgreSQL): bundles side by side, a shadow
+bundle's scores appear beside the active ones without anything sent - computed in a child
+process that may die without taking the node along -, activation without a restart, and every
+result records the bundle's content hash."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +72,26 @@ def _results(db_url: str, study_uid: str) -> list[tuple[str, str]]:
         db.dispose()
 
 
+def _shadow_children(node: Any) -> list[int]:
+    """The shadow scoring processes the node started, in order (from its log)."""
+    found = re.findall(r"shadow scoring process (\d+) started", node.log.read_text())
+    return [int(pid) for pid in found]
+
+
+def _parent_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+
+
 def test_shadow_scores_beside_active_and_activation_without_restart(
     node_process: Any,
     tmp_path: Path,
     tiny_bundle: Path,
     second_bundle: Path,
     synth_exams: list[Any],
+    db_url: str,
 ) -> None:
-    db_url = f"sqlite:///{tmp_path / 'data' / 'mammo.db'}"
-    node = scoring_node(node_process, tmp_path / "data", tiny_bundle).start()
+    node = scoring_node(node_process, tmp_path / "data", tiny_bundle, db_url=db_url).start()
     first, second, third = synth_exams
 
     def scored(exam: Any) -> dict[str, Any]:
@@ -101,15 +116,28 @@ def test_shadow_scores_beside_active_and_activation_without_restart(
     refused = node.cli("models", "shadow", "mammo-node-test-random:0.0.1", check=False)
     assert refused.returncode == 2 and "active" in refused.stderr
 
-    # the shadow bundle scores the exam scored before it was set, and every new one
-    scored(second)
-
-    def compared() -> list[dict[str, Any]]:
+    def compared(*exams: Any) -> list[dict[str, Any]]:
         rows = json.loads(node.cli("models", "compare", "--json").stdout)
-        return rows if {r["study_uid"] for r in rows} == {first.study_uid, second.study_uid} else []
+        return rows if {r["study_uid"] for r in rows} == {e.study_uid for e in exams} else []
 
-    rows = wait_for(compared, timeout=180, interval=1)
+    # the shadow bundle scores the exam scored before it was set, in a child process: the
+    # node's own process never loads torch (the child imports it and loads the bundle first:
+    # minutes on a loaded machine, hence the long waits)
+    wait_for(lambda: compared(first), timeout=360, interval=1)
+    (child,) = _shadow_children(node)
+    assert _parent_of(child) == node.proc.pid
+    assert "libtorch" not in Path(f"/proc/{node.proc.pid}/maps").read_text()
+
+    if db_url.startswith("sqlite"):  # process supervision: the database plays no part
+        # the shadow process dies (between exams): the node goes on and starts another one,
+        # which scores the next exam
+        os.kill(child, signal.SIGKILL)
+        wait_for(lambda: len(_shadow_children(node)) == 2, timeout=120, interval=0.5)
+        assert node.proc.poll() is None
+    scored(second)
+    rows = wait_for(lambda: compared(first, second), timeout=360, interval=1)
     for row in rows:
+        assert row["shadow"]["failure"] is None
         assert row["active"]["model"] == "mammo-node-test-random 0.0.1"
         assert row["shadow"]["model"] == "mammo-node-test-random 0.0.2"
         assert row["shadow"]["bundle_sha256"] == _sha(second_bundle)
@@ -143,3 +171,63 @@ def test_shadow_scores_beside_active_and_activation_without_restart(
     node.cli("models", "remove", "mammo-node-test-random:0.0.1")
     assert len(json.loads(node.cli("models", "list", "--json").stdout)) == 1
     assert node.stop() == 0
+
+
+def test_an_exam_the_shadow_process_died_on_is_recorded_and_not_tried_again(db_url: str) -> None:
+    from mammo_node.db.models import ModelBundleRow, Patient
+    from mammo_node.db.session import upgrade
+    from mammo_node.observe.monitor import shadow_comparisons
+    from mammo_node.operations.models import compare, next_shadow_work, record_shadow_failure
+
+    upgrade(db_url)
+    db = Database(db_url)
+    sha = "ab" * 32
+    try:
+        with db.session() as session:
+            patient = Patient(patient_key="p1")
+            exam = Exam(study_uid="1.2.3.4", patient=patient, state="scored")
+            session.add_all(
+                [
+                    patient,
+                    exam,
+                    ModelBundleRow(
+                        name="shadow",
+                        version="2",
+                        manifest_sha256=sha,
+                        path="/nowhere",
+                        role="shadow",
+                    ),
+                ]
+            )
+            session.flush()
+            session.add(
+                Result(
+                    exam_fk=exam.id,
+                    exam_revision=0,
+                    model_name="active",
+                    model_version="1",
+                    exam_score=0.5,
+                    sr_sop_instance_uid="1.2.3.4.5",
+                    images={"1.2.3.4.9": {"slot": "L-CC"}},
+                )
+            )
+        work = next_shadow_work(db, sha)
+        assert work is not None and work.study_uid == "1.2.3.4"
+        assert work.images == {"1.2.3.4.9": "L-CC"}
+        why = "the shadow scoring process died (killed by SIGKILL)"
+        assert record_shadow_failure(db, work.result_id, sha, why)
+        assert not record_shadow_failure(db, work.result_id, sha, why)  # one row per exam
+        assert next_shadow_work(db, sha) is None  # not tried again by that bundle
+        assert next_shadow_work(db, "cd" * 32) is not None  # another bundle still scores it
+        (row,) = compare(db)
+        assert row["shadow"] == {
+            "model": "shadow 2",
+            "bundle_sha256": sha,
+            "exam_score": None,
+            "verdicts": {},
+            "failure": why,
+        }
+        (pair,) = shadow_comparisons(db)
+        assert pair.exams == 0 and pair.failed == 1 and pair.shadow == "shadow 2"
+    finally:
+        db.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from mammo_node.db.models import Exam, Result
 from mammo_node.db.session import Database
 from mammo_node.observe.monitor import (
     ScoredExam,
+    calibration_categories,
+    category_drift_by_week,
+    category_psi,
     drift_by_week,
     group_stats,
     iso_week,
@@ -86,6 +90,52 @@ def test_drift_against_the_first_weeks_or_the_calibration_population() -> None:
     assert stats[0].score_p50 == 1.0
 
 
+def test_category_drift_against_the_calibration_deciles_or_the_first_weeks(
+    tmp_path: Path,
+) -> None:
+    deciles = [0.1] * 10
+    assert category_psi(deciles, list(range(1, 11)) * 5) == pytest.approx(0.0)
+    assert category_psi(deciles, [9, 10] * 20) > 2.0  # every exam in the top fifth
+    with pytest.raises(ValueError, match="1-10"):
+        category_psi(deciles, [0, 3])
+
+    # a calibrated bundle: its categories are its population's deciles, 10 % each
+    from mammo_node.ml.calibration import Calibration
+
+    calibration = Calibration(
+        method="platt",
+        prevalence=0.007,
+        fitted_prevalence=0.3,
+        slope=1.0,
+        category_edges=tuple(float(e) for e in range(-4, 5)),
+    )
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"name": "site", "version": "1.0", "calibration": calibration.to_json()})
+    )
+    reference = calibration_categories(tmp_path)
+    assert reference == {"site 1.0": ([0.1] * 10, "calibration population (deciles)")}
+    assert calibration_categories(tmp_path / "nowhere") == {}
+
+    rng = np.random.default_rng(3)
+    spread = [int(c) for c in rng.integers(1, 11, 200)]
+    exams = [_exam(14 + (i % 5) * 0.1, 0.0, category=c) for i, c in enumerate(spread[:100])]
+    exams += [_exam(7 + (i % 5) * 0.1, 0.0, category=c) for i, c in enumerate(spread[100:])]
+    exams += [_exam((i % 5) * 0.1, 0.0, category=7 + i % 4) for i in range(60)]  # shifted up
+    exams += [_exam(0.1, 0.0, category=None)]  # an uncalibrated result counts nowhere
+    rows = category_drift_by_week(
+        exams, threshold=0.25, min_exams=20, reference_weeks=1, calibration=reference
+    )
+    assert [r.alert for r in rows] == [False, False, True]
+    assert rows[-1].exams == 60 and sum(rows[-1].shares[6:]) == pytest.approx(1.0)
+    assert rows[0].psi is not None and rows[0].psi < 0.25
+    # no calibration for that version: its own first week is the reference
+    own = category_drift_by_week(
+        exams, threshold=0.25, min_exams=20, reference_weeks=1, calibration={}
+    )
+    assert own[0].psi is None and "first 1 week" in own[0].reference
+    assert [r.alert for r in own[1:]] == [False, True]
+
+
 def _backdate_history(db_url: str, weeks_ago: int, count: int, mean: float) -> str:
     """Results of earlier weeks for the exams the node scored (monitoring needs history)."""
     db = Database(db_url)
@@ -110,6 +160,7 @@ def _backdate_history(db_url: str, weeks_ago: int, count: int, mean: float) -> s
                         manufacturer=template.manufacturer,
                         manufacturer_model=template.manufacturer_model,
                         bundle_sha256=template.bundle_sha256,
+                        category=1 + i % 10,  # spread as the calibration population's deciles
                     )
                 )
             return f"{template.model_name} {template.model_version}"
@@ -117,14 +168,34 @@ def _backdate_history(db_url: str, weeks_ago: int, count: int, mean: float) -> s
         db.dispose()
 
 
+def _calibrated(bundle: Path, out: Path) -> Path:
+    """The tiny bundle with a calibration whose deciles all lie below its scores: every exam
+    it scores is a category 10, as after a shift no score threshold shows."""
+    import shutil
+
+    from mammo_node.ml.calibration import Calibration
+
+    shutil.copytree(bundle, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["calibration"] = Calibration(
+        method="platt",
+        prevalence=0.007,
+        fitted_prevalence=0.3,
+        slope=1.0,
+        category_edges=tuple(-1e6 + i for i in range(9)),
+    ).to_json()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
 def test_monitor_page_plots_and_drift_alert_on_a_running_node(
-    node_process: Any, tmp_path: Path, tiny_bundle: Path, synth_exams: list[Any]
+    node_process: Any, tmp_path: Path, tiny_bundle: Path, synth_exams: list[Any], db_url: str
 ) -> None:
-    db_url = f"sqlite:///{tmp_path / 'data' / 'mammo.db'}"
     node = scoring_node(
         node_process,
         tmp_path / "data",
-        tiny_bundle,
+        _calibrated(tiny_bundle, tmp_path / "bundle"),
+        db_url=db_url,
         env={"MAMMO_DRIFT_MIN_EXAMS": "3", "MAMMO_DRIFT_REFERENCE_WEEKS": "1"},
     ).start()
     from tests.helpers.nodeops import exam_json
@@ -140,30 +211,42 @@ def test_monitor_page_plots_and_drift_alert_on_a_running_node(
     assert group["exams"] == 3 and group["scanner"] != "unknown"
     assert group["week"] == iso_week(dt.datetime.now(dt.UTC))
     assert first["drift"][0]["psi"] is None  # one week: it is its own reference
+    # the categories drift against the calibration population from the first week on
+    (categories,) = first["category_drift"]
+    assert categories["exams"] == 3 and categories["shares"][9] == 1.0
+    assert categories["alert"] and categories["psi"] > 0.25
+    assert categories["reference"] == "calibration population (deciles)"
 
     model = _backdate_history(db_url, weeks_ago=3, count=30, mean=-40.0)
     report = httpx.get(f"{base}/api/monitor", timeout=60).json()
     assert sum(g["exams"] for g in report["groups"]) == 33
     latest = report["drift"][-1]
     assert latest["model"] == model and latest["alert"] and latest["psi"] > 0.25
+    earlier, now = report["category_drift"]  # 3 weeks ago: spread as the deciles
+    assert earlier["exams"] == 30 and earlier["psi"] == pytest.approx(0.0) and not earlier["alert"]
+    assert now["alert"]
 
     metrics = httpx.get(f"{base}/metrics", timeout=60).text
     assert f'mammo_monitor_drift_alert{{model="{model}"}} 1.0' in metrics
     assert "mammo_monitor_exams_scored{" in metrics and "mammo_storage_free_bytes" in metrics
     assert 'mammo_monitor_exam_score{model="' in metrics and 'quantile="0.5"' in metrics
+    assert f'mammo_monitor_category_drift_alert{{model="{model}"}} 1.0' in metrics
 
-    for name in ("exams", "scores", "recall", "drift", "time"):
+    for name in ("exams", "scores", "recall", "drift", "categories", "time"):
         png = httpx.get(f"{base}/monitor/plots/{name}.png", timeout=60)
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         image = np.asarray(Image.open(io.BytesIO(png.content)).convert("L"))
         assert image.shape == (320, 750) and image.std() > 5, name
     assert httpx.get(f"{base}/monitor/plots/nope.png", timeout=30).status_code == 404
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    dom = browse(f"{base}/monitor", tmp_path / "profile")
-    assert "Model monitoring" in dom and "ALERT" in dom and model in dom
-    shot = ARTIFACTS / "monitor.png"
-    browse(f"{base}/monitor", tmp_path / "profile", screenshot=shot, size="1600,2200")
-    picture = np.asarray(Image.open(shot).convert("L"))
-    assert picture.std() > 10  # the plots were drawn, not a blank page
+    page = httpx.get(f"{base}/monitor", timeout=60).text
+    assert "Model monitoring" in page and "ALERT" in page and model in page
+    assert "Category drift</b>" in page and "calibration population (deciles)" in page
+    if db_url.startswith("sqlite"):  # the same report on both databases: one look in Chromium
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        dom = browse(f"{base}/monitor", tmp_path / "profile")
+        assert "Model monitoring" in dom and "ALERT" in dom and model in dom
+        shot = ARTIFACTS / "monitor.png"
+        browse(f"{base}/monitor", tmp_path / "profile", screenshot=shot, size="1600,2200")
+        picture = np.asarray(Image.open(shot).convert("L"))
+        assert picture.std() > 10  # the plots were drawn, not a blank page
     assert node.stop() == 0

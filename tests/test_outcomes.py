@@ -1,10 +1,12 @@
 """Outcomes in, training data out: outcomes imported on a running node link to its exams, the
 monitor shows sensitivity and PPV, and `export-training` writes what `mammo-train index`
-accepts (and a manifest the trainer loads as is)."""
+accepts and a manifest `mammo-train cv` trains on as is (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -33,10 +35,10 @@ def _with_operating_points(bundle: Path, out: Path) -> Path:
 
 
 def test_outcomes_import_monitor_and_export_training(
-    node_process: Any, tmp_path: Path, tiny_bundle: Path, synth_exams: list[Any]
+    node_process: Any, tmp_path: Path, tiny_bundle: Path, synth_exams: list[Any], db_url: str
 ) -> None:
     bundle = _with_operating_points(tiny_bundle, tmp_path / "bundle")
-    node = scoring_node(node_process, tmp_path / "data", bundle).start()
+    node = scoring_node(node_process, tmp_path / "data", bundle, db_url=db_url).start()
     for exam in synth_exams:
         assert storescu(node.port, exam.files).returncode == 0
     for exam in synth_exams:
@@ -130,3 +132,27 @@ def test_outcomes_import_monitor_and_export_training(
         e.outcome == "screening" for e in synth_exams
     )
     assert node.stop() == 0
+    if db_url.startswith("sqlite"):  # the export is the same files on both databases
+        _cross_validate(export / "manifest.json", tmp_path / "run", synth_exams)
+
+
+def _cross_validate(manifest: Path, run_dir: Path, synth_exams: list[Any]) -> None:
+    """`mammo-train cv` on the node's own manifest, as small as the trainer goes: two folds,
+    one epoch, 48 px, random initial weights (no ImageNet file needed)."""
+    from typer.testing import CliRunner
+
+    from tests.helpers.trainer import TINY_CV, one_torch_thread
+    from trainer.cli import app
+
+    args = ["cv", str(manifest), "--folds", "2", "--out", str(run_dir), "--quiet", *TINY_CV]
+    with one_torch_thread():
+        done = CliRunner().invoke(
+            app, [*args, "--init", "scratch", "--no-tensorboard"], catch_exceptions=False
+        )
+    assert done.exit_code == 0, done.output
+    with (run_dir / "cv_scores.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    # every exported image scored once, held out in one of the two folds
+    assert len(rows) == 12 and {r["fold"] for r in rows} == {"0", "1"}
+    assert {r["study_uid"] for r in rows} == {e.study_uid for e in synth_exams}
+    assert all(math.isfinite(float(r["ensemble"])) for r in rows)

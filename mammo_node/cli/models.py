@@ -132,11 +132,12 @@ def compare(
         return
     table = Table("study", "active", "score", "shadow", "score")
     for r in rows:
+        shadow = r["shadow"]
         table.add_row(
             r["study_uid"],
             r["active"]["model"],
             f"{r['active']['exam_score']:.3f}",
-            r["shadow"]["model"],
-            f"{r['shadow']['exam_score']:.3f}",
+            shadow["model"],
+            f"failed: {shadow['failure']}" if shadow["failure"] else f"{shadow['exam_score']:.3f}",
         )
     out.print(table)

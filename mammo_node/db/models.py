@@ -423,11 +423,14 @@ class ShadowResult(Base):
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
     bundle_sha256: Mapped[str] = mapped_column(String(64))
-    exam_score: Mapped[float]
+    exam_score: Mapped[float | None]  # None when it failed
     breast_scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
     images: Mapped[dict[str, Any]] = mapped_column(default=dict)
     verdicts: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # why the shadow has no score for this exam (its process died, or scoring raised): the
+    # exam is not tried again by that bundle, so one bad exam cannot stall the shadow
+    failure: Mapped[str | None] = mapped_column(String(500), default=None)
 
     __table_args__ = (
         UniqueConstraint(

@@ -6,8 +6,11 @@ and a drift signal — the population stability index (PSI, with the two-sample 
 beside it) of each week's exam scores against a reference population: the bundle's
 calibration population when its manifest carries one, else the model version's own first
 ``drift_reference_weeks`` weeks. A PSI above ``drift_psi_threshold`` raises the alert metric
-``mammo_monitor_drift_alert``. With outcomes imported (``mammo-node outcomes import``),
-sensitivity and PPV per model version and operating point.
+``mammo_monitor_drift_alert``. The 1-10 categories of a calibrated bundle drift on their own
+signal: the PSI of each week's category shares against the calibration population's (10 % in
+each: the categories are its deciles), alert metric ``mammo_monitor_category_drift_alert``.
+With outcomes imported (``mammo-node outcomes import``), sensitivity and PPV per model version
+and operating point.
 
 Everything here is computed from the database when asked (a page view, a scrape), so it is
 right after a restart and when several nodes share one database. No patient data: the
@@ -42,6 +45,7 @@ from mammo_node.errors import MammoNodeError
 logger = logging.getLogger(__name__)
 
 PSI_BINS = 10
+CATEGORIES = 10  # the 1-10 scale: deciles of the calibration's screening population
 _EPS = 1e-4
 
 
@@ -57,6 +61,7 @@ class ScoredExam:
     verdicts: dict[str, bool]
     seconds_to_result: float | None
     outcome: str | None = None  # screening, interval, normal (imported later)
+    category: int | None = None  # 1-10 from the bundle's calibration (None: uncalibrated)
 
 
 @dataclass
@@ -85,6 +90,20 @@ class Drift:
 
 
 @dataclass
+class CategoryDrift:
+    """A week's 1-10 categories against the reference population's category frequencies."""
+
+    week: str
+    model: str
+    exams: int  # exams of the week with a category
+    psi: float | None
+    alert: bool
+    reference: str  # "calibration population (deciles)" or "first K weeks (N)"
+    shares: list[float]  # the week's share of exams in categories 1..10
+    expected: list[float]  # the reference's shares
+
+
+@dataclass
 class OutcomeStats:
     model: str
     operating_point: str
@@ -109,6 +128,7 @@ class ShadowComparison:
     mean_abs_difference: float
     correlation: float | None  # Pearson, of the exam scores
     verdict_agreement: dict[str, float]  # operating point -> share of exams with the same call
+    failed: int = 0  # exams the shadow could not score (its process died or scoring raised)
 
 
 @dataclass
@@ -121,6 +141,7 @@ class MonitorReport:
     threshold: float
     operating_points: list[str] = field(default_factory=list)
     shadow: list[ShadowComparison] = field(default_factory=list)
+    category_drift: list[CategoryDrift] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -134,6 +155,7 @@ class MonitorReport:
             "drift_psi_threshold": self.threshold,
             "operating_points": self.operating_points,
             "shadow": [asdict(c) for c in self.shadow],
+            "category_drift": [asdict(c) for c in self.category_drift],
         }
 
 
@@ -169,6 +191,29 @@ def ks_statistic(reference: Sequence[float], current: Sequence[float]) -> float:
         - np.searchsorted(b, pooled, side="right") / b.size
     )
     return float(np.max(np.abs(gap)))
+
+
+def category_shares(categories: Sequence[int]) -> list[float]:
+    """Share of ``categories`` (1-10) in each category, 1 first."""
+    values = np.asarray(categories, dtype=int)
+    if values.size == 0:
+        raise ValueError("category shares need at least one exam")
+    if values.min() < 1 or values.max() > CATEGORIES:
+        raise ValueError(f"categories should be 1-{CATEGORIES}, got {sorted(set(values))}")
+    counts = np.bincount(values - 1, minlength=CATEGORIES)
+    return [float(c) for c in counts / values.size]
+
+
+def category_psi(expected: Sequence[float], categories: Sequence[int]) -> float:
+    """PSI of the 1-10 ``categories`` of a week against the ``expected`` category shares: the
+    categories are the bins (no quantiles to pick), so a shift of exams between categories is
+    seen even where the raw score drift hides it in the tails."""
+    e = np.asarray(expected, dtype=float)
+    if e.shape != (CATEGORIES,) or e.sum() <= 0:
+        raise ValueError(f"expected shares should be {CATEGORIES} non-negative values")
+    a = np.clip(np.asarray(category_shares(categories)), _EPS, None)
+    e = np.clip(e / e.sum(), _EPS, None)
+    return float(np.sum((a - e) * np.log(a / e)))
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -236,6 +281,53 @@ def drift_by_week(
     return rows
 
 
+def category_drift_by_week(
+    exams: Sequence[ScoredExam],
+    *,
+    threshold: float,
+    min_exams: int,
+    reference_weeks: int,
+    calibration: dict[str, tuple[list[float], str]],
+) -> list[CategoryDrift]:
+    """Per model version and week: PSI of the 1-10 categories against the calibration
+    population's category shares, else against the model's own first weeks."""
+    by_model: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for exam in exams:
+        if exam.category is not None and 1 <= exam.category <= CATEGORIES:
+            by_model[exam.model][exam.week].append(exam.category)
+    rows = []
+    for model, weeks in sorted(by_model.items()):
+        ordered = sorted(weeks)
+        first: set[str] = set()
+        if model in calibration:
+            expected, label = calibration[model]
+            enough = True
+        else:
+            first = set(ordered[:reference_weeks])
+            pooled = [c for w in first for c in weeks[w]]
+            expected = category_shares(pooled)
+            label = f"first {len(first)} week(s) ({len(pooled)})"
+            enough = len(pooled) >= min_exams
+        for week in ordered:
+            categories = weeks[week]
+            value = None
+            if week not in first and enough and len(categories) >= min_exams:
+                value = category_psi(expected, categories)
+            rows.append(
+                CategoryDrift(
+                    week=week,
+                    model=model,
+                    exams=len(categories),
+                    psi=value,
+                    alert=value is not None and value > threshold,
+                    reference=label,
+                    shares=category_shares(categories),
+                    expected=list(expected),
+                )
+            )
+    return rows
+
+
 def outcome_stats(exams: Iterable[ScoredExam], points: Sequence[str]) -> list[OutcomeStats]:
     by_model: dict[str, list[ScoredExam]] = defaultdict(list)
     for exam in exams:
@@ -279,6 +371,7 @@ def load_scored(db: Database, since: dt.datetime | None = None) -> list[ScoredEx
             Result.verdicts,
             Exam.last_received_at,
             Outcome.outcome,
+            Result.category,
         )
         .join(Exam, Result.exam_fk == Exam.id)
         .outerjoin(Outcome, Outcome.exam_fk == Exam.id)
@@ -289,9 +382,18 @@ def load_scored(db: Database, since: dt.datetime | None = None) -> list[ScoredEx
         query = query.where(Result.created_at >= since)
     out = []
     with db.read() as session:
-        for created, maker, model, name, version, score, verdicts, last, outcome in session.execute(
-            query
-        ):
+        for (
+            created,
+            maker,
+            model,
+            name,
+            version,
+            score,
+            verdicts,
+            last,
+            outcome,
+            category,
+        ) in session.execute(query):
             if score is None or not math.isfinite(score):
                 continue
             scanner = " ".join(p for p in (maker, model) if p) or "unknown"
@@ -306,6 +408,7 @@ def load_scored(db: Database, since: dt.datetime | None = None) -> list[ScoredEx
                     verdicts=dict(verdicts or {}),
                     seconds_to_result=max(0.0, seconds) if seconds is not None else None,
                     outcome=outcome,
+                    category=category,
                 )
             )
     return out
@@ -322,30 +425,64 @@ def failures_by_week(db: Database, since: dt.datetime | None = None) -> dict[str
     return dict(sorted(counts.items()))
 
 
-def calibration_population(bundle_dir: Path | None) -> dict[str, list[float]]:
-    """Exam scores of the bundle's calibration population, keyed "name version", when the
-    manifest carries them (``calibration.exam_scores`` or ``calibration.scores``).
-
-    Reads manifest.json only: importing the model code (torch) on a scrape would cost seconds.
-    """
+def _manifest_calibration(bundle_dir: Path | None) -> tuple[str, dict[str, Any]] | None:
+    """("name version", the manifest's calibration) of a bundle, reading manifest.json only:
+    importing the model code (torch) on a scrape would cost seconds."""
     import mammo_node
 
     path = (bundle_dir or Path(mammo_node.__file__).parent / "demo_bundle") / "manifest.json"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
+        return None
     calibration = manifest.get("calibration") or manifest.get("training", {}).get("calibration")
     if not isinstance(calibration, dict):
-        return {}
+        return None
+    return f"{manifest.get('name')} {manifest.get('version')}", calibration
+
+
+def _population_scores(calibration: dict[str, Any]) -> list[float]:
     scores = calibration.get("exam_scores") or calibration.get("scores")
     if not isinstance(scores, list) or not scores:
+        return []
+    try:
+        return [float(s) for s in scores]
+    except (TypeError, ValueError):
+        return []
+
+
+def calibration_population(bundle_dir: Path | None) -> dict[str, list[float]]:
+    """Exam scores of the bundle's calibration population, keyed "name version", when the
+    manifest carries them (``calibration.exam_scores`` or ``calibration.scores``)."""
+    found = _manifest_calibration(bundle_dir)
+    if found is None:
+        return {}
+    model, calibration = found
+    values = _population_scores(calibration)
+    return {model: values} if values else {}
+
+
+def calibration_categories(bundle_dir: Path | None) -> dict[str, tuple[list[float], str]]:
+    """The category shares of the bundle's calibration population, keyed "name version":
+    the categories' edges are that population's deciles, so each holds 10 % of it (the
+    calibration's screening population at its prevalence); when the manifest carries the
+    population's exam scores, their own shares. Empty for a bundle without a category scale."""
+    found = _manifest_calibration(bundle_dir)
+    if found is None:
+        return {}
+    model, calibration = found
+    edges = calibration.get("category_edges")
+    if not isinstance(edges, list) or len(edges) != CATEGORIES - 1:
         return {}
     try:
-        values = [float(s) for s in scores]
+        cuts = sorted(float(e) for e in edges)
     except (TypeError, ValueError):
         return {}
-    return {f"{manifest.get('name')} {manifest.get('version')}": values}
+    scores = _population_scores(calibration)
+    if scores:
+        categories = [1 + int(np.searchsorted(cuts, s, side="right")) for s in scores]
+        return {model: (category_shares(categories), f"calibration population ({len(scores)})")}
+    return {model: ([1 / CATEGORIES] * CATEGORIES, "calibration population (deciles)")}
 
 
 def shadow_comparisons(db: Database, since: dt.datetime | None = None) -> list[ShadowComparison]:
@@ -360,12 +497,14 @@ def shadow_comparisons(db: Database, since: dt.datetime | None = None) -> list[S
         ShadowResult.model_version,
         ShadowResult.exam_score,
         ShadowResult.verdicts,
+        ShadowResult.failure,
     ).join(Result, ShadowResult.active_result_fk == Result.id)
     if since is not None:
         query = query.where(ShadowResult.created_at >= since)
     pairs: dict[tuple[str, str], list[tuple[float, float, dict[str, Any], dict[str, Any]]]] = (
         defaultdict(list)
     )
+    failed: dict[tuple[str, str], int] = defaultdict(int)
     with db.read() as session:
         for (
             a_name,
@@ -376,30 +515,37 @@ def shadow_comparisons(db: Database, since: dt.datetime | None = None) -> list[S
             s_version,
             s_score,
             s_calls,
+            failure,
         ) in session.execute(query):
-            pairs[(f"{a_name} {a_version}", f"{s_name} {s_version}")].append(
+            key = (f"{a_name} {a_version}", f"{s_name} {s_version}")
+            if failure is not None or s_score is None:
+                failed[key] += 1
+                continue
+            pairs[key].append(
                 (float(a_score), float(s_score), dict(a_calls or {}), dict(s_calls or {}))
             )
     out = []
-    for (active, shadow), rows in sorted(pairs.items()):
+    for active, shadow in sorted(set(pairs) | set(failed)):
+        rows = pairs.get((active, shadow), [])
         a = np.array([r[0] for r in rows])
         b = np.array([r[1] for r in rows])
         correlation = None
         if len(rows) >= 3 and a.std() > 0 and b.std() > 0:
             correlation = float(np.corrcoef(a, b)[0, 1])
-        points = sorted(set(rows[0][2]) & set(rows[0][3]))
+        points = sorted(set(rows[0][2]) & set(rows[0][3])) if rows else []
         out.append(
             ShadowComparison(
                 active=active,
                 shadow=shadow,
                 exams=len(rows),
-                mean_difference=float(np.mean(b - a)),
-                mean_abs_difference=float(np.mean(np.abs(b - a))),
+                mean_difference=float(np.mean(b - a)) if rows else 0.0,
+                mean_abs_difference=float(np.mean(np.abs(b - a))) if rows else 0.0,
                 correlation=correlation,
                 verdict_agreement={
                     p: sum(bool(r[2].get(p)) == bool(r[3].get(p)) for r in rows) / len(rows)
                     for p in points
                 },
+                failed=failed.get((active, shadow), 0),
             )
         )
     return out
@@ -432,6 +578,7 @@ def monitor_report(
         exams = load_scored(db, since)
     points = operating_points(exams)
     weeks = sorted({e.week for e in exams})
+    bundle_dir = _active_bundle_dir(settings, db)
     return MonitorReport(
         weeks=weeks,
         groups=group_stats(exams, points),
@@ -441,12 +588,19 @@ def monitor_report(
             threshold=settings.drift_psi_threshold,
             min_exams=settings.drift_min_exams,
             reference_weeks=settings.drift_reference_weeks,
-            calibration=calibration_population(_active_bundle_dir(settings, db)),
+            calibration=calibration_population(bundle_dir),
         ),
         outcomes=outcome_stats(load_scored(db), points),
         threshold=settings.drift_psi_threshold,
         operating_points=points,
         shadow=shadow_comparisons(db, since),
+        category_drift=category_drift_by_week(
+            exams,
+            threshold=settings.drift_psi_threshold,
+            min_exams=settings.drift_min_exams,
+            reference_weeks=settings.drift_reference_weeks,
+            calibration=calibration_categories(bundle_dir),
+        ),
     )
 
 
@@ -513,6 +667,16 @@ class MonitorCollector(Collector):
             "1 when the latest week's PSI is above drift_psi_threshold",
             labels=["model"],
         )
+        category_drift = GaugeMetricFamily(
+            "mammo_monitor_category_drift_psi",
+            "PSI of the latest week's 1-10 categories against the calibration population's",
+            labels=["model"],
+        )
+        category_alert = GaugeMetricFamily(
+            "mammo_monitor_category_drift_alert",
+            "1 when the latest week's category PSI is above drift_psi_threshold",
+            labels=["model"],
+        )
         free = GaugeMetricFamily(
             "mammo_storage_free_bytes", "Free bytes on the instance store's filesystem"
         )
@@ -548,7 +712,15 @@ class MonitorCollector(Collector):
         for model, row in sorted(latest.items()):
             drift.add_metric([model], row.psi or 0.0)
             alert.add_metric([model], 1.0 if row.alert else 0.0)
+        latest_categories: dict[str, CategoryDrift] = {}
+        for category_row in report.category_drift:
+            if category_row.psi is not None:
+                latest_categories[category_row.model] = category_row
+        for model, category_row in sorted(latest_categories.items()):
+            category_drift.add_metric([model], category_row.psi or 0.0)
+            category_alert.add_metric([model], 1.0 if category_row.alert else 0.0)
         metrics: list[Metric] = [scored, score, recall, seconds, failures, drift, alert]
+        metrics += [category_drift, category_alert]
         if self.store_root is not None:
             import os
 

@@ -116,6 +116,39 @@ def drift(report: MonitorReport, _exams: list[ScoredExam]) -> bytes:
     return _png(figure)
 
 
+def category_drift(report: MonitorReport, _exams: list[ScoredExam]) -> bytes:
+    """The latest week's 1-10 category shares per model against the reference's."""
+    figure, axes = _new()
+    latest = {row.model: row for row in report.category_drift}  # rows are in week order
+    if not latest:
+        _empty(axes, "categories (the bundle has no 1-10 scale)")
+        return _png(figure)
+    categories = list(range(1, 11))
+    width = 0.8 / (len(latest) + 1)
+    first = next(iter(latest.values()))
+    axes.bar(
+        [c - 0.4 + width / 2 for c in categories],
+        [100 * v for v in first.expected],
+        width,
+        color="lightgray",
+        label=f"expected ({first.reference})",
+    )
+    for i, (model, row) in enumerate(sorted(latest.items()), start=1):
+        psi_text = f", PSI {row.psi:.2f}" if row.psi is not None else ""
+        axes.bar(
+            [c - 0.4 + width / 2 + i * width for c in categories],
+            [100 * v for v in row.shares],
+            width,
+            label=f"{model} {row.week} (n={row.exams}{psi_text})",
+        )
+    axes.set_xticks(categories)
+    axes.set_title("1-10 categories of the latest week against the reference population")
+    axes.set_xlabel("category")
+    axes.set_ylabel("% of exams")
+    axes.legend(fontsize=7)
+    return _png(figure)
+
+
 def time_to_result(report: MonitorReport, _exams: list[ScoredExam]) -> bytes:
     figure, axes = _new()
     rows = [g for g in report.groups if g.time_to_result_p50 is not None]
@@ -139,5 +172,6 @@ PLOTS: dict[str, Callable[[MonitorReport, list[ScoredExam]], bytes]] = {
     "scores": score_distribution,
     "recall": recall_rate,
     "drift": drift,
+    "categories": category_drift,
     "time": time_to_result,
 }

@@ -3,8 +3,9 @@
 ``mammo-node models add DIR`` verifies a bundle (sha256 of every weights file, the weights
 load) and copies it into ``DATA_DIR/models/<name>-<version>-<sha12>``; ``activate`` makes it
 the one that scores and sends; ``shadow`` makes it score every exam the active bundle scored,
-keeping its scores beside the active ones (``shadow_results``) and sending nothing. The roles
-are rows, so several nodes sharing one database follow the same switch.
+keeping its scores beside the active ones (``shadow_results``) and sending nothing, in a
+child process of its own (``mammo_node.shadow_process``: a crash there costs one shadow
+score). The roles are rows, so several nodes sharing one database follow the same switch.
 
 Activation and rollback need no restart: :class:`ActiveBundleScorer` is the worker's scorer
 and looks at the active row before each exam (cached for a few seconds); when the row
@@ -21,7 +22,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,6 @@ from mammo_node.db.session import Database
 from mammo_node.domain import ExamInference, ExamState, Slot
 from mammo_node.errors import DatabaseError, MammoNodeError, ModelError
 from mammo_node.observe import audit
-from mammo_node.observe.loops import LoopHealth
 from mammo_node.responses import ScoredExam
 
 logger = logging.getLogger(__name__)
@@ -279,20 +279,109 @@ class ActiveBundleScorer:
 
 
 # --- shadow scoring -----------------------------------------------------------------------------
-class ShadowScorer:
-    """Scores, with the shadow bundle, every exam whose current result has no shadow result."""
+@dataclass(frozen=True)
+class ShadowWork:
+    """An exam the shadow bundle has not scored yet: its current result and its images."""
 
-    def __init__(self, settings: Settings, db: Database, store_root: Path) -> None:
+    result_id: int
+    exam_id: int
+    revision: int
+    study_uid: str
+    images: dict[str, str]  # sop_instance_uid -> slot
+
+
+def next_shadow_work(db: Database, sha: str) -> ShadowWork | None:
+    """The oldest current result whose exam bundle ``sha`` has neither scored nor failed on
+    (exams whose images were pruned are left out: nothing to score)."""
+    with db.read() as session:
+        pruned = select(Instance.id).where(
+            Instance.exam_fk == Result.exam_fk, Instance.pruned_at.is_not(None)
+        )
+        done = select(ShadowResult.id).where(
+            ShadowResult.exam_fk == Result.exam_fk,
+            ShadowResult.exam_revision == Result.exam_revision,
+            ShadowResult.bundle_sha256 == sha,
+        )
+        row = session.execute(
+            select(Result.id, Result.exam_fk, Result.exam_revision, Result.images, Exam.study_uid)
+            .join(Exam, Result.exam_fk == Exam.id)
+            .where(
+                Exam.state == ExamState.SCORED.value,
+                Result.exam_revision == Exam.revision,
+                Result.sr_sop_instance_uid != "",
+                Result.bundle_sha256 != sha,
+                ~done.exists(),
+                ~pruned.exists(),
+            )
+            .order_by(Result.id)
+            .limit(1)
+        ).first()
+    if row is None:
+        return None
+    result_id, exam_id, revision, images, study_uid = row
+    slots = {uid: str(info["slot"]) for uid, info in (images or {}).items()}
+    return ShadowWork(result_id, exam_id, revision, study_uid, slots)
+
+
+def record_shadow_failure(db: Database, result_id: int, sha: str, why: str) -> bool:
+    """Mark the exam of ``result_id`` as failed for bundle ``sha`` (it is not tried again);
+    returns False when another process recorded that exam first."""
+    try:
+        with db.session() as session:
+            result = session.get(Result, result_id)
+            if result is None:
+                return False
+            bundle = session.scalars(
+                select(ModelBundleRow).where(ModelBundleRow.manifest_sha256 == sha)
+            ).first()
+            session.add(
+                ShadowResult(
+                    exam_fk=result.exam_fk,
+                    exam_revision=result.exam_revision,
+                    active_result_fk=result.id,
+                    bundle_sha256=sha,
+                    model_name=bundle.name if bundle is not None else "unknown",
+                    model_version=bundle.version if bundle is not None else "",
+                    exam_score=None,
+                    failure=why[:500],
+                )
+            )
+        return True
+    except DatabaseError as exc:
+        if not isinstance(exc.__cause__, IntegrityError):
+            raise
+        return False
+
+
+class ShadowScorer:
+    """Scores, with the shadow bundle, every exam whose current result has no shadow result.
+
+    It runs in the shadow scoring process (``worker_process.ShadowSupervisor``), never in the
+    node's: the shadow decodes the same images from outside and runs another model, and a
+    crash there must cost the shadow one exam, not the node its listeners. ``on_exam`` is told
+    the result id being scored (0 when none), so that the supervisor can record a death.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        store_root: Path,
+        on_exam: Callable[[int], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.store_root = store_root
+        self.on_exam = on_exam
         self._loaded: tuple[str, Any] | None = None
 
-    def _scorer(self, path: Path, sha: str) -> Any:
+    def scorer(self, path: Path, sha: str) -> Any:
+        """The shadow bundle's scorer, loaded once per bundle (raises ModelError)."""
         if self._loaded is None or self._loaded[0] != sha:
             from mammo_node.ml.bundle import load_bundle
             from mammo_node.ml.inference import EnsembleScorer
 
+            self._loaded = None  # the old model goes before the new one loads
             bundle = load_bundle(path, device="cpu")
             self._loaded = (
                 sha,
@@ -302,67 +391,57 @@ class ShadowScorer:
             )
         return self._loaded[1]
 
-    def run_once(self) -> bool:
-        """Score one exam in shadow; returns whether there was one."""
-        shadow = bundle_with_role(self.db, ModelRole.SHADOW)
-        if shadow is None:
-            return False
+    def run_once(self, shadow: tuple[Path, str]) -> bool:
+        """Score one exam with the shadow bundle ``(path, sha)``; returns whether there was one.
+        An exam whose scoring raises is recorded as failed for this bundle and skipped."""
         path, sha = shadow
-        with self.db.read() as session:
-            pruned = select(Instance.id).where(
-                Instance.exam_fk == Result.exam_fk, Instance.pruned_at.is_not(None)
-            )
-            done = select(ShadowResult.id).where(
-                ShadowResult.exam_fk == Result.exam_fk,
-                ShadowResult.exam_revision == Result.exam_revision,
-                ShadowResult.bundle_sha256 == sha,
-            )
-            row = session.execute(
-                select(
-                    Result.id, Result.exam_fk, Result.exam_revision, Result.images, Exam.study_uid
-                )
-                .join(Exam, Result.exam_fk == Exam.id)
-                .where(
-                    Exam.state == ExamState.SCORED.value,
-                    Result.exam_revision == Exam.revision,
-                    Result.sr_sop_instance_uid != "",
-                    Result.bundle_sha256 != sha,
-                    ~done.exists(),
-                    ~pruned.exists(),
-                )
-                .order_by(Result.id)
-                .limit(1)
-            ).first()
-            if row is None:
-                return False
-            result_id, exam_id, revision, images, study_uid = row
-            paths = {
-                i.sop_instance_uid: i.rel_path
-                for i in session.scalars(
-                    select(Instance).where(
-                        Instance.sop_instance_uid.in_(list(images)), Instance.pruned_at.is_(None)
+        scorer = self.scorer(path, sha)
+        work = next_shadow_work(self.db, sha)
+        if work is None:
+            return False
+        if self.on_exam is not None:
+            self.on_exam(work.result_id)
+        try:
+            with self.db.read() as session:
+                paths = {
+                    i.sop_instance_uid: i.rel_path
+                    for i in session.scalars(
+                        select(Instance).where(
+                            Instance.sop_instance_uid.in_(list(work.images)),
+                            Instance.pruned_at.is_(None),
+                        )
                     )
-                )
-            }
-        datasets = {
-            Slot.parse(images[uid]["slot"]): dcmread(self.store_root / rel)
-            for uid, rel in paths.items()
-        }
-        inference = self._scorer(path, sha).score_exam(datasets, study_uid)
-        self._record(result_id, exam_id, revision, sha, inference)
+                }
+            try:
+                datasets = {
+                    Slot.parse(work.images[uid]): dcmread(self.store_root / rel)
+                    for uid, rel in paths.items()
+                }
+                inference = scorer.score_exam(datasets, work.study_uid)
+            except DatabaseError:
+                raise
+            except Exception as exc:  # this exam only: recorded, and the shadow goes on
+                from mammo_node.scrub import describe
+
+                why = describe(exc)
+                logger.warning("shadow scoring of exam %d failed: %s", work.exam_id, why)
+                record_shadow_failure(self.db, work.result_id, sha, why)
+                return True
+            self._record(work, sha, inference)
+        finally:
+            if self.on_exam is not None:
+                self.on_exam(0)
         return True
 
-    def _record(
-        self, result_id: int, exam_id: int, revision: int, sha: str, inference: ExamInference
-    ) -> None:
+    def _record(self, work: ShadowWork, sha: str, inference: ExamInference) -> None:
         summary = ScoredExam.of(inference).to_json()
         try:
             with self.db.session() as session:
                 session.add(
                     ShadowResult(
-                        exam_fk=exam_id,
-                        exam_revision=revision,
-                        active_result_fk=result_id,
+                        exam_fk=work.exam_id,
+                        exam_revision=work.revision,
+                        active_result_fk=work.result_id,
                         bundle_sha256=sha,
                         breast_scores=summary["breast_scores"],
                         images=summary["images"],
@@ -376,38 +455,13 @@ class ShadowScorer:
         except DatabaseError as exc:
             if not isinstance(exc.__cause__, IntegrityError):
                 raise
-            logger.info("exam %d already scored in shadow by another node", exam_id)
-
-
-class ShadowThread(threading.Thread):
-    def __init__(self, scorer: ShadowScorer, poll_seconds: float) -> None:
-        super().__init__(name="shadow", daemon=True)
-        self.scorer = scorer
-        self.poll_seconds = poll_seconds
-        self.stopping = threading.Event()
-        self.health = LoopHealth("shadow", is_alive=self.is_alive)
-
-    def run(self) -> None:
-        self.health.started = True
-        while not self.stopping.is_set():
-            try:
-                busy = self.scorer.run_once()
-            except Exception as exc:  # any fault: counted, logged, shown; the loop goes on
-                self.health.failed(exc, "shadow scoring pass")
-                busy = False
-            else:
-                self.health.succeeded()
-            if not busy:
-                self.stopping.wait(self.poll_seconds)
-
-    def stop(self) -> None:
-        self.health.stopped = True
-        self.stopping.set()
+            logger.info("exam %d already scored in shadow by another node", work.exam_id)
 
 
 # --- comparison -----------------------------------------------------------------------------
 def compare(db: Database, limit: int = 500) -> list[dict[str, Any]]:
-    """Shadow scores beside the active ones, newest first."""
+    """Shadow scores beside the active ones, newest first (a failed one has no score and
+    says why in ``failure``)."""
     with db.read() as session:
         rows = session.execute(
             select(ShadowResult, Result, Exam.study_uid)
@@ -431,6 +485,7 @@ def compare(db: Database, limit: int = 500) -> list[dict[str, Any]]:
                     "bundle_sha256": shadow.bundle_sha256,
                     "exam_score": shadow.exam_score,
                     "verdicts": shadow.verdicts,
+                    "failure": shadow.failure,
                 },
                 "scored_at": shadow.created_at.isoformat(),
             }

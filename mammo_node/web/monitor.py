@@ -20,6 +20,7 @@ PLOT_TITLES = {
     "scores": "Score distribution",
     "recall": "Recall rate",
     "drift": "Drift",
+    "categories": "Category drift",
     "time": "Time to result",
 }
 
@@ -36,6 +37,7 @@ def monitor_page(request: Request) -> HTMLResponse:
         report=report,
         plots=PLOT_TITLES,
         alerts=[d for d in report.drift if d.alert],
+        category_alerts=[d for d in report.category_drift if d.alert],
     )
 
 
