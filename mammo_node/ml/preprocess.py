@@ -156,22 +156,30 @@ class Geometry:
         convention as the forward resize) and the flip.
         """
         smap = torch.as_tensor(saliency, dtype=torch.float32).detach().cpu()
+        return self.saliency_on_stored_grid(smap).numpy()
+
+    def saliency_on_stored_grid(self, smap: torch.Tensor) -> torch.Tensor:
+        """``saliency_to_stored`` as torch ops on the map's own device (no host round trip).
+
+        The flip is undone on the small scaled grid before the upsample (bilinear resampling
+        commutes with a mirror), so no full-size copy is made for it.
+        """
         if tuple(smap.shape) != self.input_shape:
             raise ValueError(
                 f'Argument "saliency" should have shape {self.input_shape}, '
                 f"got {tuple(smap.shape)}."
             )
-        canvas = torch.zeros(self.scaled_shape, dtype=torch.float32)
+        smap = smap.detach().to(torch.float32)
+        canvas = torch.zeros(self.scaled_shape, dtype=torch.float32, device=smap.device)
         ox, oy = self.offset
         y0, y1 = max(0, oy), min(self.scaled_shape[0], oy + self.input_shape[0])
         x0, x1 = max(0, ox), min(self.scaled_shape[1], ox + self.input_shape[1])
         canvas[y0:y1, x0:x1] = smap[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-        stored = F.interpolate(
+        if self.flipped:
+            canvas = torch.flip(canvas, dims=(1,))
+        return F.interpolate(
             canvas[None, None], size=self.stored_shape, mode="bilinear", align_corners=False
         )[0, 0]
-        if self.flipped:
-            stored = torch.flip(stored, dims=(1,))
-        return stored.numpy()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -209,11 +217,10 @@ class PreparedImage:
 # --- decoding ---------------------------------------------------------------------------
 
 
-def load_pixels(ds: Dataset) -> np.ndarray:
-    """Decode a single-frame greyscale image to float32 0..1 as displayed (bright = dense).
+def decode_stored(ds: Dataset) -> np.ndarray:
+    """The stored pixel values of a single-frame greyscale image (no LUT applied yet).
 
-    Applies the Modality LUT, the first VOI LUT / window, and inverts MONOCHROME1. Raises
-    PixelDataError when the pixel data cannot be decoded or has an unsupported layout.
+    Raises PixelDataError when the pixel data cannot be decoded or has an unsupported layout.
     """
     sop = getattr(ds, "SOPInstanceUID", "?")
     photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
@@ -236,11 +243,98 @@ def load_pixels(ds: Dataset) -> np.ndarray:
         ) from exc
     if raw.ndim != 2:
         raise PixelDataError(f"Image {sop}: decoded pixel array has shape {raw.shape}, not 2-D.")
-    values = apply_modality_lut(raw, ds)
+    return raw
+
+
+def _lut_values(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Modality LUT then the first VOI LUT / window (pydicom's rules), as float32."""
+    out = apply_modality_lut(values, ds)
     if "VOILUTSequence" in ds or "WindowCenter" in ds:
-        values = apply_voi_lut(values, ds)
-    pixels = normalise_intensity(np.asarray(values, dtype=np.float32))
-    if photometric == "MONOCHROME1":
+        out = apply_voi_lut(out, ds)
+    return np.asarray(out, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class IntensityTable:
+    """Stored value -> display value 0..1 (Modality LUT, VOI, min-max, MONOCHROME1), as one
+    float32 table indexed by the stored value's 8- or 16-bit pattern.
+
+    The LUTs are per-pixel functions, so computing them once per possible stored value and
+    looking each pixel up gives the same float32 values as running pydicom's LUTs over the
+    whole image (which makes full-size float64 arrays), in one pass.
+    """
+
+    values: np.ndarray  # float32 (256,) or (65536,)
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.values.shape[0] == 256 else 16
+
+    def patterns(self, raw: np.ndarray) -> np.ndarray:
+        """``raw`` reinterpreted as the unsigned patterns the table is indexed by (no copy)."""
+        return raw.view(np.uint8 if self.bits == 8 else np.uint16)
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """float32 0..1 image (host)."""
+        return np.take(self.values, self.patterns(raw))
+
+
+def intensity_table(ds: Dataset, raw: np.ndarray) -> IntensityTable | None:
+    """The table for ``raw`` (8- or 16-bit integer pixels); None for other pixel types.
+
+    Min-max uses the values present: when the table is monotonic between the smallest and
+    largest stored value its ends are the extremes, otherwise a histogram says which stored
+    values occur.
+    """
+    if raw.dtype not in (np.uint8, np.int8, np.uint16, np.int16):
+        return None
+    bits = raw.dtype.itemsize * 8
+    signed = raw.dtype.kind == "i"
+    lo_value = -(1 << (bits - 1)) if signed else 0
+    domain = np.arange(lo_value, lo_value + (1 << bits), dtype=np.int64).astype(raw.dtype)
+    mapped = _lut_values(domain, ds)  # value order: index = stored value - lo_value
+    rmin, rmax = int(raw.min()), int(raw.max())
+    segment = mapped[rmin - lo_value : rmax - lo_value + 1]
+    steps = np.diff(segment)
+    if steps.size == 0 or bool((steps >= 0).all()) or bool((steps <= 0).all()):
+        present = segment[[0, -1]]
+    else:
+        unsigned = raw.view(np.uint8 if bits == 8 else np.uint16).ravel()
+        counts = np.bincount(unsigned, minlength=1 << bits)
+        order = _pattern_order(bits, signed)
+        present = mapped[order[counts > 0]] if signed else mapped[counts > 0]
+    lo, hi = float(present.min()), float(present.max())
+    if not math.isfinite(lo) or not math.isfinite(hi) or not np.isfinite(segment).all():
+        raise PixelDataError("Pixel values contain NaN or infinity.")
+    # the same float32 operations as normalise_intensity, once per value
+    table = np.zeros_like(mapped) if hi <= lo else (mapped - lo) / (hi - lo)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        table = 1.0 - table
+    if signed:  # re-index by bit pattern: pattern p holds value p (p < half) or p - 2**bits
+        table = table[_pattern_order(bits, signed)]
+    return IntensityTable(np.ascontiguousarray(table, dtype=np.float32))
+
+
+def _pattern_order(bits: int, signed: bool) -> np.ndarray:
+    """For each bit pattern, the index of its value in a value-ordered table."""
+    patterns = np.arange(1 << bits, dtype=np.int64)
+    if not signed:
+        return patterns
+    return (patterns + (1 << (bits - 1))) % (1 << bits)
+
+
+def load_pixels(ds: Dataset) -> np.ndarray:
+    """Decode a single-frame greyscale image to float32 0..1 as displayed (bright = dense).
+
+    Applies the Modality LUT, the first VOI LUT / window, and inverts MONOCHROME1. Raises
+    PixelDataError when the pixel data cannot be decoded or has an unsupported layout.
+    """
+    raw = decode_stored(ds)
+    table = intensity_table(ds, raw)
+    if table is not None:
+        return table.apply(raw)
+    pixels = normalise_intensity(_lut_values(raw, ds))  # 32-bit or float pixels: rare
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         pixels = 1.0 - pixels
     return pixels
 
@@ -270,7 +364,7 @@ def _row_direction(patient_orientation: Sequence[str] | str | None) -> str:
 
 
 def decide_flip(
-    pixels: np.ndarray,
+    pixels: np.ndarray | torch.Tensor,
     *,
     laterality: Laterality | str | None,
     patient_orientation: Sequence[str] | str | None,
@@ -298,7 +392,10 @@ def decide_flip(
 
 def resize(image: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize (antialiased when shrinking), pixel-centre convention, float32."""
-    tensor = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
+    if isinstance(image, torch.Tensor):
+        tensor = image.to(torch.float32)
+    else:
+        tensor = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
     if tuple(tensor.shape) == shape:
         return tensor.clone()
     shrinking = shape[0] < tensor.shape[0] or shape[1] < tensor.shape[1]
@@ -321,7 +418,7 @@ def window_offset(scaled_shape: tuple[int, int], size: int) -> tuple[int, int]:
 
 def cut_window(image: torch.Tensor, x0: int, y0: int, size: int) -> torch.Tensor:
     """A size x size window at (x0, y0) of a 2-D image, zero outside the image."""
-    out = torch.zeros((size, size), dtype=image.dtype)
+    out = torch.zeros((size, size), dtype=image.dtype, device=image.device)
     ys, ye = max(0, y0), min(image.shape[0], y0 + size)
     xs, xe = max(0, x0), min(image.shape[1], x0 + size)
     if ye > ys and xe > xs:
@@ -347,6 +444,50 @@ def eval_tensor(scaled: np.ndarray | torch.Tensor, settings: PreprocessSettings)
 # --- the evaluation path ----------------------------------------------------------------
 
 
+def plan_geometry(
+    stored_shape: tuple[int, int],
+    flipped: bool,
+    rule: OrientationRule,
+    settings: PreprocessSettings,
+) -> Geometry:
+    """Every size and offset of the evaluation transform for an image of ``stored_shape``.
+
+    The hires grid is recorded even when its pixels are not made (the trainer cuts ROIs
+    later from the same geometry).
+    """
+    scaled_shape = shape_at_width(stored_shape, settings.input_size)
+    size = settings.input_size
+    return Geometry(
+        stored_shape=stored_shape,
+        flipped=flipped,
+        orientation_rule=rule,
+        scaled_shape=scaled_shape,
+        offset=window_offset(scaled_shape, size),
+        input_shape=(size, size),
+        hires_shape=shape_at_width(stored_shape, settings.hires_width),
+    )
+
+
+def scale_views(
+    pixels: torch.Tensor, geometry: Geometry, *, with_hires: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The full-size 0..1 image (stored orientation, any device) -> (scaled image, oriented;
+    hires image in the STORED orientation, or None).
+
+    Each resize reads the full-size image once; the mirror is applied to the scaled result
+    (resampling commutes with it), never to a full-size copy. The hires image stays
+    unmirrored: :func:`mammo_node.ml.roi.cut_rois` reads its window through the mirror.
+    """
+    scaled = resize(pixels, geometry.scaled_shape)
+    if geometry.flipped:
+        scaled = torch.flip(scaled, dims=(1,))
+    hires = None
+    if with_hires:
+        assert geometry.hires_shape is not None
+        hires = resize(pixels, geometry.hires_shape)
+    return scaled, hires
+
+
 def preprocess(
     source: Dataset | np.ndarray,
     *,
@@ -358,7 +499,8 @@ def preprocess(
     """A DICOM dataset (or a 2-D array of display values) -> the model's evaluation input.
 
     For a dataset, ``patient_orientation`` defaults to its PatientOrientation tag. Arrays are
-    min-max scaled to 0..1. The full-size array is dropped before returning.
+    min-max scaled to 0..1. The full-size array is dropped before returning. (The node's
+    scorer runs the same steps on its device: ``mammo_node.ml.inference``.)
     """
     if isinstance(source, Dataset):
         pixels = load_pixels(source)
@@ -372,26 +514,17 @@ def preprocess(
     flipped, rule = decide_flip(
         pixels, laterality=laterality, patient_orientation=patient_orientation
     )
-    oriented = pixels[:, ::-1] if flipped else pixels
     stored_shape = (int(pixels.shape[0]), int(pixels.shape[1]))
-    scaled_shape = shape_at_width(stored_shape, settings.input_size)
-    scaled = resize(oriented, scaled_shape)
-    # The hires grid is recorded even when its pixels are not made (the trainer cuts ROIs
-    # later from the same geometry).
-    hires_shape = shape_at_width(stored_shape, settings.hires_width)
-    hires = resize(oriented, hires_shape).numpy() if with_hires else None
-    size = settings.input_size
-    geometry = Geometry(
-        stored_shape=stored_shape,
-        flipped=flipped,
-        orientation_rule=rule,
-        scaled_shape=scaled_shape,
-        offset=window_offset(scaled_shape, size),
-        input_shape=(size, size),
-        hires_shape=hires_shape,
-    )
+    geometry = plan_geometry(stored_shape, flipped, rule, settings)
+    scaled, hires = scale_views(torch.from_numpy(pixels), geometry, with_hires=with_hires)
+    del pixels
+    if hires is not None and flipped:
+        hires = torch.flip(hires, dims=(1,))
     return PreparedImage(
-        tensor=eval_tensor(scaled, settings), geometry=geometry, scaled=scaled.numpy(), hires=hires
+        tensor=eval_tensor(scaled, settings),
+        geometry=geometry,
+        scaled=scaled.numpy(),
+        hires=None if hires is None else hires.numpy(),
     )
 
 
