@@ -16,24 +16,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from pydicom import Dataset
 
 from mammo_node.domain import BundleInfo, ExamInference, Slot, ViewInference
 from mammo_node.errors import ModelError
 from mammo_node.ml.bundle import LoadedBundle
-from mammo_node.ml.preprocess import (
-    Geometry,
-    decide_flip,
-    decode_stored,
-    eval_tensor,
-    intensity_table,
-    load_pixels,
-    normalise,
-    plan_geometry,
-    scale_views,
-)
+from mammo_node.ml.preprocess import Geometry, normalise, prepare_on_device
 from mammo_node.ml.roi import cut_roi_window, roi_from_origin, roi_origin_tensor
 from mammo_node.ml.saliency import forward_scores, input_saliency
 from mammo_node.ml.scoring import ensemble_score, score_exam, verdicts
@@ -135,42 +124,12 @@ class EnsembleScorer:
 
     # --- stages ------------------------------------------------------------------------
 
-    def _display_pixels(self, ds: Dataset) -> tuple[torch.Tensor, float]:
-        """Decode on the host, then the one intensity pass: full-size float32 0..1 on the
-        model's device (and the seconds the host decode took)."""
-        t0 = time.perf_counter()
-        raw = decode_stored(ds)
-        table = intensity_table(ds, raw)
-        decoded = time.perf_counter() - t0
-        if table is None:  # 32-bit or float pixels (rare): the host path
-            return torch.from_numpy(load_pixels(ds)).to(self.device), decoded
-        if self.device.type != "cuda":
-            return torch.from_numpy(table.apply(raw)), decoded
-        # 16-bit patterns travel as they are (half the bytes of float32), from pinned memory,
-        # without waiting; the lookup runs on the device
-        patterns = torch.from_numpy(
-            table.patterns(raw).view(np.int16 if table.bits == 16 else np.uint8)
-        )
-        upload = patterns.pin_memory().to(self.device, non_blocking=True)
-        lut = torch.from_numpy(table.values).pin_memory().to(self.device, non_blocking=True)
-        index = upload.to(torch.int32) & ((1 << table.bits) - 1)
-        return lut[index], decoded
-
     def prepare(self, ds: Dataset, slot: Slot, exam: int = 0) -> _Prepared:
         """load (decode) + preprocess one view; the pixels go to the model's device once."""
-        t0 = time.perf_counter()
-        pixels, decoded = self._display_pixels(ds)
-        flipped, rule = decide_flip(
-            pixels, laterality=slot.laterality, patient_orientation=ds.get("PatientOrientation")
+        view = prepare_on_device(
+            ds, laterality=slot.laterality, settings=self.settings, device=self.device
         )
-        stored_shape = (int(pixels.shape[0]), int(pixels.shape[1]))
-        geometry = plan_geometry(stored_shape, flipped, rule, self.settings)
-        scaled, hires = scale_views(pixels, geometry, with_hires=True)
-        del pixels
-        tensor = eval_tensor(scaled, self.settings)
-        seconds = time.perf_counter() - t0
-        timings = {"load": decoded, "preprocess": seconds - decoded}
-        return _Prepared(exam, ds, slot, geometry, tensor, hires, timings)
+        return _Prepared(exam, ds, slot, view.geometry, view.tensor, view.hires, view.timings)
 
     def _score_batch(self, batch: list[_Prepared]) -> list[ViewInference]:
         n = len(batch)

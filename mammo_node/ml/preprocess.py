@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -526,6 +527,66 @@ def preprocess(
         scaled=scaled.numpy(),
         hires=None if hires is None else hires.numpy(),
     )
+
+
+# --- the scorer's path: on the model's device -------------------------------------------
+
+
+@dataclass
+class DeviceImage:
+    """One view prepared on the model's device: ``tensor`` (1, S, S) normalised, ``hires``
+    in the STORED orientation (see :func:`scale_views`), seconds of ``load`` (host decode)
+    and ``preprocess``."""
+
+    geometry: Geometry
+    tensor: torch.Tensor
+    hires: torch.Tensor | None
+    timings: dict[str, float]
+
+
+def display_pixels(ds: Dataset, device: torch.device) -> torch.Tensor:
+    """Decode on the host, then the one intensity pass: float32 0..1 (Rows, Columns) on
+    ``device``. On CUDA the 16-bit stored values travel as they are (half the bytes of
+    float32) from pinned memory without waiting, and the table lookup runs on the device."""
+    raw = decode_stored(ds)
+    table = intensity_table(ds, raw)
+    if table is None:  # 32-bit or float pixels (rare): the host path
+        return torch.from_numpy(load_pixels(ds)).to(device)
+    if device.type != "cuda":
+        return torch.from_numpy(table.apply(raw))
+    # torch has no full uint16 support: the same bits as int16, masked back after widening
+    patterns = table.patterns(raw)
+    host = torch.from_numpy(patterns.view(np.int16) if table.bits == 16 else patterns)
+    upload = host.pin_memory().to(device, non_blocking=True)
+    lut = torch.from_numpy(table.values).pin_memory().to(device, non_blocking=True)
+    return lut[upload.to(torch.int32) & ((1 << table.bits) - 1)]
+
+
+def prepare_on_device(
+    ds: Dataset,
+    *,
+    laterality: Laterality | str | None,
+    settings: PreprocessSettings,
+    device: torch.device,
+) -> DeviceImage:
+    """:func:`preprocess` of a dataset with torch ops on ``device`` (the same values within
+    float rounding, see tests/test_ml_preprocess_reference.py); the hires image stays in the
+    stored orientation and on the device."""
+    t0 = time.perf_counter()
+    raw = decode_stored(ds)  # pydicom caches the array: display_pixels does not decode again
+    t1 = time.perf_counter()
+    del raw
+    pixels = display_pixels(ds, device)
+    flipped, rule = decide_flip(
+        pixels, laterality=laterality, patient_orientation=ds.get("PatientOrientation")
+    )
+    stored_shape = (int(pixels.shape[0]), int(pixels.shape[1]))
+    geometry = plan_geometry(stored_shape, flipped, rule, settings)
+    scaled, hires = scale_views(pixels, geometry, with_hires=True)
+    del pixels
+    tensor = eval_tensor(scaled, settings)
+    timings = {"load": t1 - t0, "preprocess": time.perf_counter() - t1}
+    return DeviceImage(geometry, tensor, hires, timings)
 
 
 # --- the training path ------------------------------------------------------------------
