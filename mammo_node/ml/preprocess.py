@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from pydicom import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from mammo_node import lut
 from mammo_node.domain import Laterality
 from mammo_node.errors import PixelDataError
 
@@ -258,12 +259,8 @@ def _lut_values(values: np.ndarray, ds: Dataset) -> np.ndarray:
 @dataclass(frozen=True)
 class IntensityTable:
     """Stored value -> display value 0..1 (Modality LUT, VOI, min-max, MONOCHROME1), as one
-    float32 table indexed by the stored value's 8- or 16-bit pattern.
-
-    The LUTs are per-pixel functions, so computing them once per possible stored value and
-    looking each pixel up gives the same float32 values as running pydicom's LUTs over the
-    whole image (which makes full-size float64 arrays), in one pass.
-    """
+    float32 table indexed by the stored value's 8- or 16-bit pattern (see mammo_node.lut):
+    the same float32 values as running pydicom's LUTs over the whole image, in one pass."""
 
     values: np.ndarray  # float32 (256,) or (65536,)
 
@@ -273,55 +270,27 @@ class IntensityTable:
 
     def patterns(self, raw: np.ndarray) -> np.ndarray:
         """``raw`` reinterpreted as the unsigned patterns the table is indexed by (no copy)."""
-        return raw.view(np.uint8 if self.bits == 8 else np.uint16)
+        return lut.patterns(raw)
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """float32 0..1 image (host)."""
-        return np.take(self.values, self.patterns(raw))
+        return lut.lookup(self.values, raw)
 
 
 def intensity_table(ds: Dataset, raw: np.ndarray) -> IntensityTable | None:
     """The table for ``raw`` (8- or 16-bit integer pixels); None for other pixel types.
-
-    Min-max uses the values present: when the table is monotonic between the smallest and
-    largest stored value its ends are the extremes, otherwise a histogram says which stored
-    values occur.
-    """
-    if raw.dtype not in (np.uint8, np.int8, np.uint16, np.int16):
+    Min-max runs over the values present (``mammo_node.lut.present_range``)."""
+    if not lut.has_table(raw):
         return None
-    bits = raw.dtype.itemsize * 8
-    signed = raw.dtype.kind == "i"
-    lo_value = -(1 << (bits - 1)) if signed else 0
-    domain = np.arange(lo_value, lo_value + (1 << bits), dtype=np.int64).astype(raw.dtype)
-    mapped = _lut_values(domain, ds)  # value order: index = stored value - lo_value
-    rmin, rmax = int(raw.min()), int(raw.max())
-    segment = mapped[rmin - lo_value : rmax - lo_value + 1]
-    steps = np.diff(segment)
-    if steps.size == 0 or bool((steps >= 0).all()) or bool((steps <= 0).all()):
-        present = segment[[0, -1]]
-    else:
-        unsigned = raw.view(np.uint8 if bits == 8 else np.uint16).ravel()
-        counts = np.bincount(unsigned, minlength=1 << bits)
-        order = _pattern_order(bits, signed)
-        present = mapped[order[counts > 0]] if signed else mapped[counts > 0]
-    lo, hi = float(present.min()), float(present.max())
-    if not math.isfinite(lo) or not math.isfinite(hi) or not np.isfinite(segment).all():
+    mapped = lut.build(raw, lambda values: _lut_values(values, ds))
+    lo, hi = lut.present_range(raw, mapped)
+    if not math.isfinite(lo) or not math.isfinite(hi):
         raise PixelDataError("Pixel values contain NaN or infinity.")
     # the same float32 operations as normalise_intensity, once per value
     table = np.zeros_like(mapped) if hi <= lo else (mapped - lo) / (hi - lo)
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         table = 1.0 - table
-    if signed:  # re-index by bit pattern: pattern p holds value p (p < half) or p - 2**bits
-        table = table[_pattern_order(bits, signed)]
-    return IntensityTable(np.ascontiguousarray(table, dtype=np.float32))
-
-
-def _pattern_order(bits: int, signed: bool) -> np.ndarray:
-    """For each bit pattern, the index of its value in a value-ordered table."""
-    patterns = np.arange(1 << bits, dtype=np.int64)
-    if not signed:
-        return patterns
-    return (patterns + (1 << (bits - 1))) % (1 << bits)
+    return IntensityTable(lut.by_pattern(table, raw.dtype))
 
 
 def load_pixels(ds: Dataset) -> np.ndarray:
