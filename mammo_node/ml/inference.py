@@ -1,12 +1,18 @@
 """Scoring an exam with a loaded bundle, as pure stages (no database, network or files).
 
-Stages per view, each timed: ``load`` (decode pixels) -> ``preprocess`` (orient, rescale,
-crop; hires image for the ROI) -> ``holistic_saliency`` (score + input gradient + COA) ->
-``attention`` (ROI cut at the COA, attention score) -> ``postprocess`` (saliency map back to
-the stored grid). Full-size decoded pixels are dropped after preprocessing.
+Stages per view, each timed: ``load`` (decode pixels on the host) -> ``preprocess`` (one
+table lookup for the LUTs, orient, rescale, crop; hires image for the ROI) ->
+``holistic_saliency`` (score + input gradient + COA) -> ``attention`` (ROI cut at the COA,
+attention score) -> ``postprocess`` (saliency map back to the stored grid). Everything after
+the decode runs as torch ops on the model's device (``preprocess.prepare_on_device``): on CUDA
+the 16-bit pixels are uploaded once from pinned memory, the ROI is cut where the COA is
+without a copy back to the host, and the results come back in one copy per batch. Full-size
+pixels are dropped after preprocessing.
 
-On CUDA the four views go through each model as one batch; on CPU one view at a time (a
-batch is no faster per image there and needs far more memory).
+``score_exams`` scores several exams (the worker's batches, MAMMO_SCORING_BATCH_SIZE): on CUDA
+all their views go through each model as one batch; on CPU one view at a time (a batch is no
+faster per image there and needs far more memory). Each exam gets its own outcome. On CUDA the
+stage timings are where the host waited (``sync_stages`` makes them the device's).
 """
 
 from __future__ import annotations
@@ -105,6 +111,9 @@ class EnsembleScorer:
         # MAMMO_SCORING_BATCH_SIZE exams); on CPU one (a batch is no faster per image there
         # and needs far more memory)
         self.batch_size = 0 if self.device.type == "cuda" else 1
+        # benchmarks only: wait for the device at each stage end so that the per-stage
+        # timings are the device's (on CUDA the stages otherwise run ahead asynchronously)
+        self.sync_stages = False
         self._info = bundle.info
         self._calibration = bundle.calibration  # None: the exam score is all there is
         memory = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -143,6 +152,7 @@ class EnsembleScorer:
             smoothing=self.settings.saliency_smoothing,
             coa_rule=self.settings.coa_rule,
         )
+        self._stage_end()
         t1 = time.perf_counter()
         # the ROI is cut where the COA is, on the device: no host round trip in between
         roi_size = self.settings.roi_size
@@ -162,6 +172,7 @@ class EnsembleScorer:
             autocast_dtype=self.autocast_dtype,
             channels_last=self.channels_last,
         )
+        self._stage_end()
         t2 = time.perf_counter()
         maps = []
         for i, p in enumerate(batch):
@@ -202,6 +213,10 @@ class EnsembleScorer:
                 )
             )
         return out
+
+    def _stage_end(self) -> None:
+        if self.sync_stages and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # --- public ------------------------------------------------------------------------
 

@@ -5,9 +5,13 @@ Coordinates are continuous, DICOM style: the top-left corner of the top-left sto
 
 Steps (the paper's evaluation transform, all sizes settings):
 
-1. decode: Modality LUT, VOI LUT / window, MONOCHROME1 inverted, scaled to 0..1;
+1. decode: Modality LUT, VOI LUT / window, MONOCHROME1 inverted, scaled to 0..1 - computed
+   once per possible stored value and applied as one float32 table lookup
+   (:class:`IntensityTable`, :mod:`mammo_node.lut`);
 2. orient: mirror horizontally so the chest wall is on the LEFT of the model's image, decided
-   from PatientOrientation, else laterality, else intensity (the rule is recorded);
+   from PatientOrientation, else laterality, else intensity (the rule is recorded); the
+   mirror is applied after each resize (resampling commutes with it), never to a full-size
+   copy;
 3. rescale to ``input_size`` columns (aspect kept) - the *scaled* image;
 4. centre crop (or zero pad) the rows to ``input_size`` - the model's window;
 5. normalise ``(v - mean) / std``.
