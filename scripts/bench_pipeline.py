@@ -338,6 +338,71 @@ def batch_throughput(
         )
 
 
+def stage_costs(files: list[Path], bundle: Path, precision: str, repeats: int) -> None:
+    """The model-free stages in this process, wall and CPU seconds (all threads): CPU time
+    stays meaningful on a machine busy with other work. decode = read + decode the 4 files;
+    preprocess = the scorer's prepare of each view + its saliency map back to the stored
+    grid; writers = build_outputs; store = each output written as Part-10 with fsync."""
+    import tempfile
+
+    import numpy as np
+    import pydicom
+
+    from mammo_node.domain import Slot
+    from mammo_node.ml.bundle import load_bundle
+    from mammo_node.ml.inference import EnsembleScorer
+    from mammo_node.writers import build_outputs
+
+    scorer = EnsembleScorer(load_bundle(bundle, device="cpu"), device="cpu", precision=precision)
+
+    def read() -> dict[Slot, Any]:
+        exam = {Slot.parse(f.stem): pydicom.dcmread(f) for f in files}
+        for ds in exam.values():
+            _ = ds.pixel_array
+        return exam
+
+    exam = read()
+    study = str(next(iter(exam.values())).StudyInstanceUID)
+    inference = scorer.score_exam(exam, study)  # not timed: the model is measured elsewhere
+    build_outputs(exam, inference, revision=0)  # first call loads highdicom's dictionaries
+    rng = np.random.default_rng(0)
+    costs: dict[str, list[tuple[float, float]]] = {}
+
+    def timed(stage: str, fn: Any) -> Any:
+        w, c = time.perf_counter(), time.process_time()
+        out = fn()
+        costs.setdefault(stage, []).append((time.perf_counter() - w, time.process_time() - c))
+        return out
+
+    def preprocess(exam: dict[Slot, Any]) -> None:
+        for slot, ds in exam.items():
+            prepared = scorer.prepare(ds, slot)
+            geometry = getattr(prepared, "geometry", None) or prepared.image.geometry
+            geometry.saliency_to_stored(rng.random(geometry.input_shape, dtype=np.float32))
+
+    def store(outputs: list[Any], folder: Path) -> None:
+        for i, obj in enumerate(outputs):
+            path = folder / f"{i}.dcm"
+            obj.dataset.save_as(path, enforce_file_format=True)
+            with path.open("rb+") as fh:
+                os.fsync(fh.fileno())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(max(1, repeats)):
+            exam = timed("decode", read)
+            timed("preprocess", lambda exam=exam: preprocess(exam))
+            outputs = timed("writers", lambda exam=exam: build_outputs(exam, inference, revision=0))
+            timed("store", lambda outputs=outputs: store(outputs, Path(tmp)))
+    print("\nmodel-free stages in process (median; CPU = all threads of this process):")
+    wall_total = cpu_total = 0.0
+    for stage, runs in costs.items():
+        wall = statistics.median(r[0] for r in runs)
+        cpu = statistics.median(r[1] for r in runs)
+        wall_total, cpu_total = wall_total + wall, cpu_total + cpu
+        print(f"  {stage:12s} wall {wall:7.3f} s   CPU {cpu:7.3f} s per exam")
+    print(f"  total        wall {wall_total:7.3f} s   CPU {cpu_total:7.3f} s per exam (w/o send)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -348,6 +413,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "pipeline")
     parser.add_argument("--batch", default="", help="batch sizes for the throughput, e.g. 1,4,8")
     parser.add_argument("--no-node", action="store_true", help="skip the end-to-end node run")
+    parser.add_argument(
+        "--stages", action="store_true", help="also time the model-free stages in this process"
+    )
     args = parser.parse_args()
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
     for tool in ("storescu", "storescp", "echoscu"):
@@ -382,6 +450,8 @@ def main() -> None:
                 f"  model time {best['model']:.2f} s vs bare forward/backward {bare:.2f} s: "
                 f"ratio {best['model'] / bare:.2f} (target <= 1.3 on CPU)"
             )
+        if args.stages:
+            stage_costs(files, bundle, precision, max(1, args.repeats))
         if batches:
             batch_throughput(files, bundle, args.device, precision, batches, max(1, args.repeats))
 

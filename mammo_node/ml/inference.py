@@ -178,7 +178,7 @@ class EnsembleScorer:
         for i, p in enumerate(batch):
             stored = p.geometry.saliency_on_stored_grid(sal.saliency[i])
             peak = stored.max()
-            maps.append(stored / torch.where(peak > 0, peak, torch.ones_like(peak)))
+            maps.append(stored.div_(torch.where(peak > 0, peak, torch.ones_like(peak))))
         # one copy back for the whole batch
         holistic = sal.scores.cpu().tolist()
         attention_scores = attention.cpu().tolist()
