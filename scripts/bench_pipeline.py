@@ -38,6 +38,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# as the node's worker does (mammo_node.ml.loading): spinning OpenMP waiters would burn CPU
+# time on a busy machine and falsify the CPU-time figures
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ENV = dict(os.environ, TCP_NODELAY="1")
