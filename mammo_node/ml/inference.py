@@ -265,25 +265,31 @@ class EnsembleScorer:
     ) -> list[tuple[_Prepared, ViewInference]]:
         if not batch:
             return []
+        exams = sorted({p.exam for p in batch})
         try:
             return list(zip(batch, self._score_batch(batch), strict=True))
         except Exception as exc:
-            exams = sorted({p.exam for p in batch})
             if len(exams) == 1:
                 outcomes[exams[0]] = exc
                 return []
             logger.warning(
                 "a batch of %d exams failed (%s); scoring them one by one", len(exams), exc
             )
-            done: list[tuple[_Prepared, ViewInference]] = []
-            for e in exams:
-                try:  # prepared again: the failed pass may have used the hires images
-                    again = [self.prepare(p.ds, p.slot, e) for p in batch if p.exam == e]
-                except Exception as again_exc:
-                    outcomes[e] = again_exc
-                    continue
-                done += self._score_isolated(again, outcomes)
-            return done
+        # out of the except block: the failed pass's traceback (and the device memory its
+        # frames hold) is gone before the retries
+        views = [(p.ds, p.slot, p.exam) for p in batch]
+        batch.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        done: list[tuple[_Prepared, ViewInference]] = []
+        for e in exams:
+            try:  # prepared again: the failed pass may have used the hires images
+                again = [self.prepare(ds, slot, e) for ds, slot, x in views if x == e]
+            except Exception as again_exc:
+                outcomes[e] = again_exc
+                continue
+            done += self._score_isolated(again, outcomes)
+        return done
 
     def _exam_inference(
         self, study_uid: str, views: dict[Slot, ViewInference], started: float, exams: int
