@@ -72,8 +72,11 @@ lint: venv
 bench-ingest: venv apt
 	$(PY) scripts/bench_ingest.py
 
+# e.g. BENCH_PIPELINE_ARGS="--device cuda --precision bf16 --batch 1,4,8" on a GPU machine,
+# "--stages" for the model-free stages with CPU seconds
+BENCH_PIPELINE_ARGS ?=
 bench-pipeline: venv apt
-	$(PY) scripts/bench_pipeline.py
+	$(PY) scripts/bench_pipeline.py $(BENCH_PIPELINE_ARGS)
 
 clean-data:
 	rm -rf $(DATA_DIR)

@@ -90,6 +90,17 @@ class Settings(BaseSettings):
         "processes (e.g. on GPU machines sharing PostgreSQL) do the scoring",
     )
     worker_poll_seconds: float = Field(1.0, gt=0)
+    scoring_batch_size: int = Field(
+        0,
+        ge=0,
+        description="READY exams the worker claims and scores in one batch (on CUDA all their "
+        "views go through the model together); 0 = automatic: 1 on CPU, 4 on CUDA",
+    )
+    scoring_warm_up: bool | None = Field(
+        None,
+        description="score a synthetic exam (model and writers) before the first claim; "
+        "unset = on CUDA only, where kernels and the CUDA context load on first use",
+    )
     max_attempts: int = Field(3, ge=1, description="failures before an exam is parked")
     shutdown_grace_seconds: float = Field(
         60.0, ge=0, description="on SIGTERM, how long the exam being scored may take to finish"

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 from pydicom import Dataset, dcmread
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -37,7 +38,7 @@ from mammo_node.db.models import (
     utcnow,
 )
 from mammo_node.db.session import Database
-from mammo_node.domain import ExamInference, ExamState, Origin, Slot
+from mammo_node.domain import SLOTS, ExamInference, ExamState, Origin, Slot
 from mammo_node.errors import MammoNodeError, ModelError, NotFoundError
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.grouping.rules import Resolution
@@ -53,9 +54,26 @@ logger = logging.getLogger(__name__)
 
 
 class Scorer(Protocol):
-    """What the worker needs from a model (mammo_node.ml.inference.EnsembleScorer)."""
+    """What the worker needs from a model (mammo_node.ml.inference.EnsembleScorer); one with
+    ``score_exams`` (several exams, an outcome each) is given batches."""
 
     def score_exam(self, datasets: Mapping[Slot, Dataset], study_uid: str) -> ExamInference: ...
+
+
+def score_many(
+    scorer: Scorer, exams: list[tuple[Mapping[Slot, Dataset], str]]
+) -> list[ExamInference | Exception]:
+    """Each exam's inference or the exception that stopped it, batched when the scorer can."""
+    batched = getattr(scorer, "score_exams", None)
+    if batched is not None:
+        return list(batched(exams))
+    outcomes: list[ExamInference | Exception] = []
+    for datasets, study_uid in exams:
+        try:
+            outcomes.append(scorer.score_exam(datasets, study_uid))
+        except Exception as exc:  # recorded on its exam by the caller
+            outcomes.append(exc)
+    return outcomes
 
 
 @dataclass(frozen=True)
@@ -238,28 +256,73 @@ class Worker:
                 selection_record(resolution),
             )
 
-    # --- one exam ----------------------------------------------------------------------
+    # --- a batch of exams --------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        """Exams claimed and scored together (``scoring_batch_size``; automatic: 4 on CUDA,
+        1 elsewhere)."""
+        if self.settings.scoring_batch_size:
+            return self.settings.scoring_batch_size
+        device = str(getattr(self.scorer, "device", "cpu"))
+        return 4 if device.startswith("cuda") else 1
+
     def run_once(self) -> bool:
-        """Claim and score one exam. Returns whether there was one."""
-        claim = self.claim()
-        if claim is None:
+        """Claim and score up to ``batch_size`` exams. Returns whether there was one."""
+        claims: list[Claim] = []
+        while len(claims) < self.batch_size and (claim := self.claim()) is not None:
+            claims.append(claim)
+        if not claims:
             return False
-        try:
-            self.score(claim)
-        except Exception as exc:  # any failure is recorded on the exam, never lost
-            logger.exception("scoring exam %s failed (attempt %d)", claim.study_uid, claim.attempts)
-            self._record_failure(claim, exc)
+        self.score_batch(claims)
         return True
 
     def score(self, claim: Claim) -> int | None:
         """Score a claimed exam; returns the Result id (None when the exam moved on)."""
-        result_id = self._score(claim)
-        if result_id is not None and self.on_result is not None:
-            self.on_result()
-        return result_id
-
-    def _score(self, claim: Claim) -> int | None:
         started = time.perf_counter()
+        sources, read_seconds = self._read_sources(claim)
+        inference = self.scorer.score_exam(sources, claim.study_uid)
+        return self._finish(claim, sources, inference, read_seconds, started)
+
+    def score_batch(self, claims: list[Claim]) -> list[int | None]:
+        """Score claimed exams in one model batch. Each exam keeps its own result, attempts
+        and failure: one that cannot be read, scored or written fails alone (recorded on it,
+        retried or parked by its own attempts), the others go on."""
+        started = time.perf_counter()
+        ready: list[tuple[Claim, dict[Slot, Dataset], float]] = []
+        for claim in claims:
+            try:
+                sources, read_seconds = self._read_sources(claim)
+            except Exception as exc:  # any failure is recorded on the exam, never lost
+                self._failed(claim, exc)
+                continue
+            ready.append((claim, sources, read_seconds))
+        try:
+            outcomes = score_many(self.scorer, [(src, c.study_uid) for c, src, _ in ready])
+        except Exception as exc:  # the scorer itself broke: every exam of the batch failed
+            outcomes = [exc] * len(ready)
+        results: list[int | None] = []
+        for (claim, sources, read_seconds), outcome in zip(ready, outcomes, strict=True):
+            try:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                result_id = self._finish(claim, sources, outcome, read_seconds, started)
+            except Exception as exc:
+                self._failed(claim, exc)
+                continue
+            results.append(result_id)
+        return results
+
+    def _failed(self, claim: Claim, exc: BaseException) -> None:
+        logger.error(
+            "scoring exam %s failed (attempt %d)",
+            claim.study_uid,
+            claim.attempts,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        self._record_failure(claim, exc)
+
+    def _read_sources(self, claim: Claim) -> tuple[dict[Slot, Dataset], float]:
+        """The claim's images, every limit checked on the header before any pixel is read."""
         if not claim.slots:
             raise ModelError(
                 f"exam {claim.study_uid} has no breast with both views "
@@ -274,14 +337,23 @@ class Worker:
         sources: dict[Slot, Dataset] = {
             slot: dcmread(self.store.path(path)) for slot, path in claim.paths.items()
         }
-        read_seconds = time.perf_counter() - t0
-        inference = self.scorer.score_exam(sources, claim.study_uid)
+        return sources, time.perf_counter() - t0
+
+    def _finish(
+        self,
+        claim: Claim,
+        sources: dict[Slot, Dataset],
+        inference: ExamInference,
+        read_seconds: float,
+        started: float,
+    ) -> int | None:
+        """Writers, store, record: the result of one scored exam."""
         previous = self._previous_result(claim.exam_id)
         t1 = time.perf_counter()
         outputs = self._build_outputs(sources, inference, claim, previous)
         writers_seconds = time.perf_counter() - t1
         scanner = _scanner(sources)
-        del sources
+        sources.clear()
         t2 = time.perf_counter()
         stored = [self._store_output(obj) for obj in outputs]
         store_seconds = time.perf_counter() - t2
@@ -292,7 +364,28 @@ class Worker:
             store=store_seconds,
             worker_total=time.perf_counter() - started,
         )
-        return self._record_result(claim, inference, outputs, stored, previous, timings, scanner)
+        result_id = self._record_result(
+            claim, inference, outputs, stored, previous, timings, scanner
+        )
+        if result_id is not None and self.on_result is not None:
+            self.on_result()
+        return result_id
+
+    def warm_up(self) -> float:
+        """One synthetic exam (``batch_size`` copies) through the model and the writers before
+        the first claim: CUDA context, kernels and the writers' DICOM dictionaries are loaded
+        then, not while a real exam waits. Returns the seconds it took."""
+        t0 = time.perf_counter()
+        exam = warm_up_exam()
+        batch = [(exam, str(exam[SLOTS[0]].StudyInstanceUID))] * self.batch_size
+        outcomes = score_many(self.scorer, batch)
+        for outcome in outcomes[:1]:
+            if isinstance(outcome, Exception):
+                raise outcome
+            build_outputs(exam, outcome, revision=0, station_name=self.settings.ae_title)
+        seconds = time.perf_counter() - t0
+        logger.info("worker warmed up in %.2f s (batch of %d)", seconds, len(batch))
+        return seconds
 
     def _previous_result(self, exam_id: int) -> tuple[int, list[ReferencedDocument]] | None:
         """The latest result of this exam and its SRs (they become Predecessor Documents)."""
@@ -578,6 +671,54 @@ def _device_label(scorer: Scorer) -> str:
     return f"{device} {precision}".strip()
 
 
+def warm_up_exam(rows: int = 384, columns: int = 312) -> dict[Slot, Dataset]:
+    """Four For Presentation MG views of a smooth synthetic breast (no patient), 16-bit."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from mammo_node.sop_classes import MG_PRESENTATION
+
+    yy, xx = np.mgrid[0:rows, 0:columns]
+    tissue = ((xx / (0.8 * columns)) ** 2 + ((yy - rows / 2) / (0.45 * rows)) ** 2) <= 1.0
+    stored = np.where(tissue, 1800 + (xx * 7 + yy * 3) % 400, 50).astype(np.uint16)
+    study = generate_uid()
+    exam: dict[Slot, Dataset] = {}
+    for slot in SLOTS:
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MG_PRESENTATION
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+        ds.PatientID, ds.PatientName, ds.StudyDate = "WARM-UP", "Warm^Up", "20260101"
+        ds.Modality, ds.PresentationIntentType = "MG", "FOR PRESENTATION"
+        ds.ImageLaterality, ds.ViewPosition = slot.laterality.value, slot.view.value
+        right = slot.laterality.value == "R"
+        ds.PatientOrientation = ["P", "L"] if right else ["A", "R"]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = rows, columns
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.ImagerPixelSpacing = [0.1, 0.1]
+        ds.PixelData = (stored[:, ::-1] if right else stored).tobytes()
+        exam[slot] = ds
+    return exam
+
+
+def warm_up(worker: Worker) -> None:
+    """``worker.warm_up()`` when ``scoring_warm_up`` says so (unset: on CUDA only; on a CPU
+    the first exam costs little more than the others and every start would pay for it); a
+    failure is logged, not fatal (real exams then say why)."""
+    wanted = worker.settings.scoring_warm_up
+    if wanted is None:
+        wanted = str(getattr(worker.scorer, "device", "cpu")).startswith("cuda")
+    if not wanted:
+        return
+    try:
+        worker.warm_up()
+    except Exception:
+        logger.exception("the warm-up pass failed; scoring starts cold")
+
+
 def rescore(db: Database, study_uid: str, reason: str = "rescore requested") -> int:
     """Queue an exam for a new result (its SR will name the previous one). Returns revision."""
     with db.session() as session:
@@ -606,11 +747,12 @@ class WorkerThread(threading.Thread):
             self.worker.release_own_claims()
             release_dead_claims(self.worker.db, self.worker.settings)
             _ = self.worker.scorer  # load the model before claiming anything
-            self.ready.set()
         except Exception as exc:
             self.model_error = f"{type(exc).__name__}: {exc}"
             self.health.failed(exc, "loading the model (exams stay READY)")
             return
+        warm_up(self.worker)
+        self.ready.set()
         while not self.stopping.is_set():
             try:
                 busy = self.worker.run_once()

@@ -91,7 +91,7 @@ def _child_main(
     from mammo_node.filing.ingest import Ingestor
     from mammo_node.filing.storage import InstanceStore
     from mammo_node.operations.models import ActiveBundleScorer
-    from mammo_node.worker import Worker
+    from mammo_node.worker import Worker, warm_up
 
     logs.configure(settings.log_level)
     db = Database(settings.database_url)
@@ -108,6 +108,7 @@ def _child_main(
         error.value = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:1000]
         logger.exception("the worker cannot load its model; exams stay READY")
         return
+    warm_up(worker)
     if str(getattr(scorer, "device", "cpu")).startswith("cpu"):
         budget = _virtual_bytes() + 2 * limit
         resource.setrlimit(resource.RLIMIT_AS, (budget, budget))

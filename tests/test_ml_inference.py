@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mammo_node.domain import SLOTS, OperatingPoint, Slot
-from mammo_node.errors import ModelError
+from mammo_node.errors import ModelError, PixelDataError
 from mammo_node.ml.bundle import BundleManifest, load_bundle, save_bundle
 from mammo_node.ml.inference import EnsembleScorer, resolve_device, resolve_precision
 from mammo_node.ml.models import build_model
@@ -101,6 +101,34 @@ def test_a_mirrored_right_breast_gives_the_mirrored_coa(scorer: EnsembleScorer) 
     assert right.coa[1] == pytest.approx(left.coa[1], abs=1e-4)
     assert right.roi == (90 - left.roi[2], left.roi[1], 90 - left.roi[0], left.roi[3])
     assert np.allclose(right.saliency, left.saliency[:, ::-1], atol=1e-5)
+
+
+@pytest.mark.parametrize("views_per_pass", [1, 0])  # 0: every view of the call in one pass
+def test_score_exams_gives_each_exam_its_own_outcome(
+    scorer: EnsembleScorer, views_per_pass: int
+) -> None:
+    good = exam_datasets()
+    colour = exam_datasets()
+    colour[Slot.parse("R-CC")].PhotometricInterpretation = "RGB"  # cannot be scored
+    one_view = {Slot.parse("L-CC"): exam_datasets()[Slot.parse("L-CC")]}  # no whole breast
+    alone = scorer.score_exam(good, "1.2.3")
+    saved = scorer.batch_size
+    scorer.batch_size = views_per_pass
+    try:
+        outcomes = scorer.score_exams([(colour, "1.2.3"), (good, "1.2.3"), (one_view, "1.2.3")])
+    finally:
+        scorer.batch_size = saved
+    assert len(outcomes) == 3
+    assert isinstance(outcomes[0], PixelDataError) and "not greyscale" in str(outcomes[0])
+    assert isinstance(outcomes[2], ValueError) and "needs both CC and MLO" in str(outcomes[2])
+    scored = outcomes[1]
+    assert not isinstance(scored, Exception)
+    # the same exam scored in a batch as alone
+    assert scored.scores.exam_score == pytest.approx(alone.scores.exam_score, abs=1e-4)
+    for slot, view in scored.views.items():
+        assert view.coa == pytest.approx(alone.views[slot].coa, abs=1e-3)
+        assert view.roi == alone.views[slot].roi
+        assert np.allclose(view.saliency, alone.views[slot].saliency, atol=1e-4)
 
 
 def test_bf16_stays_close_to_fp32_on_cpu(scorer: EnsembleScorer, bundle_dir: Path) -> None:

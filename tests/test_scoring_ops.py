@@ -250,3 +250,31 @@ def test_separate_workers_share_postgresql_and_score_each_exam_once(
         for worker in workers:
             worker.terminate()
             worker.wait(timeout=60)
+
+
+def test_a_batch_scores_each_exam_on_its_own_and_one_bad_exam_fails_alone(
+    node_factory: Any, tiny_bundle: Path, synth_exams: list[Any]
+) -> None:
+    node = node_factory(score=False, max_attempts=2, model_bundle=tiny_bundle, scoring_batch_size=3)
+    for exam in synth_exams:
+        assert storescu(node.scp.port, exam.files).returncode == 0
+    for exam in synth_exams:
+        wait_for(lambda exam=exam: state_of(node, exam.study_uid) == "ready", timeout=30)
+    bad = synth_exams[2]
+    path = stored_path(node, exam_detail(node.db, bad.study_uid)["slots"]["R-MLO"])
+    path.write_bytes(path.read_bytes()[:2000])
+
+    worker = Worker(node.settings, node.db, node.ingestor, lambda: load_scorer(node.settings))
+    assert worker.batch_size == 3
+    assert worker.warm_up() > 0  # the synthetic exam through the model and the writers
+    assert worker.run_once()  # one batch: all three exams claimed together
+    good = [exam_detail(node.db, e.study_uid) for e in synth_exams[:2]]
+    assert [d["state"] for d in good] == ["scored", "scored"]
+    assert all(d["result"]["sr_sop_instance_uid"] for d in good)
+    assert len({d["result"]["id"] for d in good}) == 2, "a result of its own per exam"
+    failed = exam_detail(node.db, bad.study_uid)
+    assert failed["state"] == "ready" and failed["last_error"]  # its attempt 1 of 2
+    assert worker.run_once()
+    assert state_of(node, bad.study_uid) == "failed"
+    assert [state_of(node, e.study_uid) for e in synth_exams[:2]] == ["scored", "scored"]
+    assert not worker.run_once()

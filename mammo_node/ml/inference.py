@@ -1,19 +1,25 @@
 """Scoring an exam with a loaded bundle, as pure stages (no database, network or files).
 
-Stages per view, each timed: ``load`` (decode pixels) -> ``preprocess`` (orient, rescale,
-crop; hires image for the ROI) -> ``holistic_saliency`` (score + input gradient + COA) ->
-``attention`` (ROI cut at the COA, attention score) -> ``postprocess`` (saliency map back to
-the stored grid). Full-size decoded pixels are dropped after preprocessing.
+Stages per view, each timed: ``load`` (decode pixels on the host) -> ``preprocess`` (one
+table lookup for the LUTs, orient, rescale, crop; hires image for the ROI) ->
+``holistic_saliency`` (score + input gradient + COA) -> ``attention`` (ROI cut at the COA,
+attention score) -> ``postprocess`` (saliency map back to the stored grid). Everything after
+the decode runs as torch ops on the model's device (``preprocess.prepare_on_device``): on CUDA
+the 16-bit pixels are uploaded once from pinned memory, the ROI is cut where the COA is
+without a copy back to the host, and the results come back in one copy per batch. Full-size
+pixels are dropped after preprocessing.
 
-On CUDA the four views go through each model as one batch; on CPU one view at a time (a
-batch is no faster per image there and needs far more memory).
+``score_exams`` scores several exams (the worker's batches, MAMMO_SCORING_BATCH_SIZE): on CUDA
+all their views go through each model as one batch; on CPU one view at a time (a batch is no
+faster per image there and needs far more memory). Each exam gets its own outcome. On CUDA the
+stage timings are where the host waited (``sync_stages`` makes them the device's).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +28,8 @@ from pydicom import Dataset
 from mammo_node.domain import BundleInfo, ExamInference, Slot, ViewInference
 from mammo_node.errors import ModelError
 from mammo_node.ml.bundle import LoadedBundle
-from mammo_node.ml.preprocess import PreparedImage, load_pixels, normalise, preprocess
-from mammo_node.ml.roi import RoiCrop, cut_roi
+from mammo_node.ml.preprocess import Geometry, normalise, prepare_on_device
+from mammo_node.ml.roi import cut_roi_window, roi_from_origin, roi_origin_tensor
 from mammo_node.ml.saliency import forward_scores, input_saliency
 from mammo_node.ml.scoring import ensemble_score, score_exam, verdicts
 
@@ -76,10 +82,19 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 @dataclass
 class _Prepared:
+    """One view on the model's device: its input, its hires image (stored orientation)."""
+
+    exam: int  # index of its exam in the call
     ds: Dataset
     slot: Slot
-    image: PreparedImage
+    geometry: Geometry
+    tensor: torch.Tensor  # (1, S, S) normalised
+    hires: torch.Tensor | None
     timings: dict[str, float]
+
+
+ExamOutcome = ExamInference | Exception
+"""What :meth:`EnsembleScorer.score_exams` gives per exam: its inference, or why it failed."""
 
 
 class EnsembleScorer:
@@ -92,7 +107,13 @@ class EnsembleScorer:
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.channels_last = self.autocast_dtype is not None
         self.settings = bundle.manifest.preprocess
-        self.batch_size = 4 if self.device.type == "cuda" else 1
+        # views per model pass: on CUDA every view of the exams of one call (up to
+        # MAMMO_SCORING_BATCH_SIZE exams); on CPU one (a batch is no faster per image there
+        # and needs far more memory)
+        self.batch_size = 0 if self.device.type == "cuda" else 1
+        # benchmarks only: wait for the device at each stage end so that the per-stage
+        # timings are the device's (on CUDA the stages otherwise run ahead asynchronously)
+        self.sync_stages = False
         self._info = bundle.info
         self._calibration = bundle.calibration  # None: the exam score is all there is
         memory = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -112,25 +133,17 @@ class EnsembleScorer:
 
     # --- stages ------------------------------------------------------------------------
 
-    def prepare(self, ds: Dataset, slot: Slot) -> _Prepared:
-        """load + preprocess one view (CPU work)."""
-        t0 = time.perf_counter()
-        pixels = load_pixels(ds)
-        t1 = time.perf_counter()
-        image = preprocess(
-            pixels,
-            laterality=slot.laterality,
-            patient_orientation=ds.get("PatientOrientation"),
-            settings=self.settings,
+    def prepare(self, ds: Dataset, slot: Slot, exam: int = 0) -> _Prepared:
+        """load (decode) + preprocess one view; the pixels go to the model's device once."""
+        view = prepare_on_device(
+            ds, laterality=slot.laterality, settings=self.settings, device=self.device
         )
-        del pixels
-        t2 = time.perf_counter()
-        return _Prepared(ds, slot, image, {"load": t1 - t0, "preprocess": t2 - t1})
+        return _Prepared(exam, ds, slot, view.geometry, view.tensor, view.hires, view.timings)
 
     def _score_batch(self, batch: list[_Prepared]) -> list[ViewInference]:
         n = len(batch)
         t0 = time.perf_counter()
-        images = torch.stack([p.image.tensor for p in batch]).to(self.device)
+        images = torch.stack([p.tensor for p in batch])
         sal = input_saliency(
             self.holistic,
             images,
@@ -139,45 +152,53 @@ class EnsembleScorer:
             smoothing=self.settings.saliency_smoothing,
             coa_rule=self.settings.coa_rule,
         )
-        coas = sal.coa.cpu()
+        self._stage_end()
         t1 = time.perf_counter()
-        rois: list[RoiCrop] = []
-        for p, coa in zip(batch, coas, strict=True):
-            if p.image.hires is None:
+        # the ROI is cut where the COA is, on the device: no host round trip in between
+        roi_size = self.settings.roi_size
+        origins, crops = [], []
+        for i, p in enumerate(batch):
+            if p.hires is None:
                 raise ModelError("A view was prepared without its hires image; cannot cut a ROI.")
-            rois.append(
-                cut_roi(
-                    p.image.hires,
-                    p.image.geometry,
-                    (float(coa[0]), float(coa[1])),
-                    roi_size=self.settings.roi_size,
-                )
+            origin = roi_origin_tensor(p.geometry, sal.coa[i], roi_size)
+            origins.append(origin)
+            crops.append(
+                normalise(cut_roi_window(p.hires, p.geometry, origin, roi_size), self.settings)
             )
-            p.image.hires = None  # the largest array; not needed any more
-        crops = torch.stack([normalise(r.crop, self.settings) for r in rois]).to(self.device)
+            p.hires = None  # the largest array; not needed any more
         attention = forward_scores(
             self.attention,
-            crops,
+            torch.stack(crops),
             autocast_dtype=self.autocast_dtype,
             channels_last=self.channels_last,
-        ).cpu()
+        )
+        self._stage_end()
         t2 = time.perf_counter()
-        holistic = sal.scores.cpu()
-        maps = sal.saliency.cpu()
+        maps = []
+        for i, p in enumerate(batch):
+            stored = p.geometry.saliency_on_stored_grid(sal.saliency[i])
+            peak = stored.max()
+            maps.append(stored.div_(torch.where(peak > 0, peak, torch.ones_like(peak))))
+        # one copy back for the whole batch
+        holistic = sal.scores.cpu().tolist()
+        attention_scores = attention.cpu().tolist()
+        coas = sal.coa.cpu().tolist()
+        origin_list = torch.stack(origins).cpu().tolist()
+        host_maps = [m.cpu().numpy() for m in maps]
+        post = (time.perf_counter() - t2) / n
         out: list[ViewInference] = []
-        for i, (p, roi) in enumerate(zip(batch, rois, strict=True)):
-            t3 = time.perf_counter()
-            stored_map = p.image.geometry.saliency_to_stored(maps[i])
-            peak = float(stored_map.max())
-            if peak > 0:
-                stored_map /= peak
+        for i, p in enumerate(batch):
+            coa_stored, box = roi_from_origin(
+                p.geometry,
+                (coas[i][0], coas[i][1]),
+                (origin_list[i][0], origin_list[i][1]),
+                roi_size,
+            )
             timings = dict(p.timings)
             timings.update(
-                holistic_saliency=(t1 - t0) / n,
-                attention=(t2 - t1) / n,
-                postprocess=time.perf_counter() - t3,
+                holistic_saliency=(t1 - t0) / n, attention=(t2 - t1) / n, postprocess=post
             )
-            h, a = float(holistic[i]), float(attention[i])
+            h, a = float(holistic[i]), float(attention_scores[i])
             out.append(
                 ViewInference(
                     sop_instance_uid=str(p.ds.get("SOPInstanceUID", "")),
@@ -185,13 +206,17 @@ class EnsembleScorer:
                     holistic=h,
                     attention=a,
                     ensemble=ensemble_score(h, a),
-                    coa=roi.coa_stored,
-                    roi=roi.stored_box,
-                    saliency=stored_map,
+                    coa=coa_stored,
+                    roi=box,
+                    saliency=host_maps[i],
                     timings=timings,
                 )
             )
         return out
+
+    def _stage_end(self) -> None:
+        if self.sync_stages and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     # --- public ------------------------------------------------------------------------
 
@@ -201,19 +226,80 @@ class EnsembleScorer:
 
     def score_exam(self, datasets: Mapping[Slot, Dataset], study_uid: str) -> ExamInference:
         """All views of an exam -> view, breast and exam scores, verdicts and timings."""
+        outcome = self.score_exams([(datasets, study_uid)])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def score_exams(self, exams: Sequence[tuple[Mapping[Slot, Dataset], str]]) -> list[ExamOutcome]:
+        """Several exams in model batches (on CUDA all their views in one pass): per exam its
+        inference or the exception that stopped it. A view that cannot be prepared fails its
+        exam only; a model pass that fails for a batch of several exams is run again exam by
+        exam, so one bad exam never fails the others."""
         t0 = time.perf_counter()
-        slots = sorted(datasets)
-        views: dict[Slot, ViewInference] = {}
-        for start in range(0, len(slots), self.batch_size):
-            batch = [self.prepare(datasets[s], s) for s in slots[start : start + self.batch_size]]
-            for view in self._score_batch(batch):
-                views[view.slot] = view
+        outcomes: list[ExamOutcome | None] = [None] * len(exams)
+        views: dict[int, dict[Slot, ViewInference]] = {i: {} for i in range(len(exams))}
+        todo = [(i, s) for i, (datasets, _) in enumerate(exams) for s in sorted(datasets)]
+        step = self.batch_size or len(todo) or 1
+        for start in range(0, len(todo), step):
+            batch: list[_Prepared] = []
+            for i, slot in todo[start : start + step]:
+                if outcomes[i] is None:
+                    try:
+                        batch.append(self.prepare(exams[i][0][slot], slot, i))
+                    except Exception as exc:  # that exam's image; the others go on
+                        outcomes[i] = exc
+            batch = [p for p in batch if outcomes[p.exam] is None]
+            for p, view in self._score_isolated(batch, outcomes):
+                views[p.exam][view.slot] = view
+        for i, (_, study_uid) in enumerate(exams):
+            if outcomes[i] is None:
+                try:
+                    outcomes[i] = self._exam_inference(study_uid, views[i], t0, len(exams))
+                except Exception as exc:
+                    outcomes[i] = exc
+        return [o for o in outcomes if o is not None]
+
+    def _score_isolated(
+        self, batch: list[_Prepared], outcomes: list[ExamOutcome | None]
+    ) -> list[tuple[_Prepared, ViewInference]]:
+        if not batch:
+            return []
+        exams = sorted({p.exam for p in batch})
+        try:
+            return list(zip(batch, self._score_batch(batch), strict=True))
+        except Exception as exc:
+            if len(exams) == 1:
+                outcomes[exams[0]] = exc
+                return []
+            logger.warning(
+                "a batch of %d exams failed (%s); scoring them one by one", len(exams), exc
+            )
+        # out of the except block: the failed pass's traceback (and the device memory its
+        # frames hold) is gone before the retries
+        views = [(p.ds, p.slot, p.exam) for p in batch]
+        batch.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        done: list[tuple[_Prepared, ViewInference]] = []
+        for e in exams:
+            try:  # prepared again: the failed pass may have used the hires images
+                again = [self.prepare(ds, slot, e) for ds, slot, x in views if x == e]
+            except Exception as again_exc:
+                outcomes[e] = again_exc
+                continue
+            done += self._score_isolated(again, outcomes)
+        return done
+
+    def _exam_inference(
+        self, study_uid: str, views: dict[Slot, ViewInference], started: float, exams: int
+    ) -> ExamInference:
         scores = score_exam({slot: v.ensemble for slot, v in views.items()})
         timings: dict[str, float] = {}
         for view in views.values():
             for stage, seconds in view.timings.items():
                 timings[stage] = timings.get(stage, 0.0) + seconds
-        timings["total"] = time.perf_counter() - t0
+        timings["total"] = (time.perf_counter() - started) / exams
         probability, category = self.read_exam_score(scores.exam_score)
         return ExamInference(
             study_uid=study_uid,

@@ -5,9 +5,13 @@ Coordinates are continuous, DICOM style: the top-left corner of the top-left sto
 
 Steps (the paper's evaluation transform, all sizes settings):
 
-1. decode: Modality LUT, VOI LUT / window, MONOCHROME1 inverted, scaled to 0..1;
+1. decode: Modality LUT, VOI LUT / window, MONOCHROME1 inverted, scaled to 0..1 - computed
+   once per possible stored value and applied as one float32 table lookup
+   (:class:`IntensityTable`, :mod:`mammo_node.lut`);
 2. orient: mirror horizontally so the chest wall is on the LEFT of the model's image, decided
-   from PatientOrientation, else laterality, else intensity (the rule is recorded);
+   from PatientOrientation, else laterality, else intensity (the rule is recorded); the
+   mirror is applied after each resize (resampling commutes with it), never to a full-size
+   copy;
 3. rescale to ``input_size`` columns (aspect kept) - the *scaled* image;
 4. centre crop (or zero pad) the rows to ``input_size`` - the model's window;
 5. normalise ``(v - mean) / std``.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,6 +36,7 @@ import torch.nn.functional as F
 from pydicom import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from mammo_node import lut
 from mammo_node.domain import Laterality
 from mammo_node.errors import PixelDataError
 
@@ -156,22 +162,30 @@ class Geometry:
         convention as the forward resize) and the flip.
         """
         smap = torch.as_tensor(saliency, dtype=torch.float32).detach().cpu()
+        return self.saliency_on_stored_grid(smap).numpy()
+
+    def saliency_on_stored_grid(self, smap: torch.Tensor) -> torch.Tensor:
+        """``saliency_to_stored`` as torch ops on the map's own device (no host round trip).
+
+        The flip is undone on the small scaled grid before the upsample (bilinear resampling
+        commutes with a mirror), so no full-size copy is made for it.
+        """
         if tuple(smap.shape) != self.input_shape:
             raise ValueError(
                 f'Argument "saliency" should have shape {self.input_shape}, '
                 f"got {tuple(smap.shape)}."
             )
-        canvas = torch.zeros(self.scaled_shape, dtype=torch.float32)
+        smap = smap.detach().to(torch.float32)
+        canvas = torch.zeros(self.scaled_shape, dtype=torch.float32, device=smap.device)
         ox, oy = self.offset
         y0, y1 = max(0, oy), min(self.scaled_shape[0], oy + self.input_shape[0])
         x0, x1 = max(0, ox), min(self.scaled_shape[1], ox + self.input_shape[1])
         canvas[y0:y1, x0:x1] = smap[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-        stored = F.interpolate(
+        if self.flipped:
+            canvas = torch.flip(canvas, dims=(1,))
+        return F.interpolate(
             canvas[None, None], size=self.stored_shape, mode="bilinear", align_corners=False
         )[0, 0]
-        if self.flipped:
-            stored = torch.flip(stored, dims=(1,))
-        return stored.numpy()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -209,11 +223,10 @@ class PreparedImage:
 # --- decoding ---------------------------------------------------------------------------
 
 
-def load_pixels(ds: Dataset) -> np.ndarray:
-    """Decode a single-frame greyscale image to float32 0..1 as displayed (bright = dense).
+def decode_stored(ds: Dataset) -> np.ndarray:
+    """The stored pixel values of a single-frame greyscale image (no LUT applied yet).
 
-    Applies the Modality LUT, the first VOI LUT / window, and inverts MONOCHROME1. Raises
-    PixelDataError when the pixel data cannot be decoded or has an unsupported layout.
+    Raises PixelDataError when the pixel data cannot be decoded or has an unsupported layout.
     """
     sop = getattr(ds, "SOPInstanceUID", "?")
     photometric = str(getattr(ds, "PhotometricInterpretation", "")).upper()
@@ -236,11 +249,66 @@ def load_pixels(ds: Dataset) -> np.ndarray:
         ) from exc
     if raw.ndim != 2:
         raise PixelDataError(f"Image {sop}: decoded pixel array has shape {raw.shape}, not 2-D.")
-    values = apply_modality_lut(raw, ds)
+    return raw
+
+
+def _lut_values(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Modality LUT then the first VOI LUT / window (pydicom's rules), as float32."""
+    out = apply_modality_lut(values, ds)
     if "VOILUTSequence" in ds or "WindowCenter" in ds:
-        values = apply_voi_lut(values, ds)
-    pixels = normalise_intensity(np.asarray(values, dtype=np.float32))
-    if photometric == "MONOCHROME1":
+        out = apply_voi_lut(out, ds)
+    return np.asarray(out, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class IntensityTable:
+    """Stored value -> display value 0..1 (Modality LUT, VOI, min-max, MONOCHROME1), as one
+    float32 table indexed by the stored value's 8- or 16-bit pattern (see mammo_node.lut):
+    the same float32 values as running pydicom's LUTs over the whole image, in one pass."""
+
+    values: np.ndarray  # float32 (256,) or (65536,)
+
+    @property
+    def bits(self) -> int:
+        return 8 if self.values.shape[0] == 256 else 16
+
+    def patterns(self, raw: np.ndarray) -> np.ndarray:
+        """``raw`` reinterpreted as the unsigned patterns the table is indexed by (no copy)."""
+        return lut.patterns(raw)
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """float32 0..1 image (host)."""
+        return lut.lookup(self.values, raw)
+
+
+def intensity_table(ds: Dataset, raw: np.ndarray) -> IntensityTable | None:
+    """The table for ``raw`` (8- or 16-bit integer pixels); None for other pixel types.
+    Min-max runs over the values present (``mammo_node.lut.present_range``)."""
+    if not lut.has_table(raw):
+        return None
+    mapped = lut.build(raw, lambda values: _lut_values(values, ds))
+    lo, hi = lut.present_range(raw, mapped)
+    if not math.isfinite(lo) or not math.isfinite(hi):
+        raise PixelDataError("Pixel values contain NaN or infinity.")
+    # the same float32 operations as normalise_intensity, once per value
+    table = np.zeros_like(mapped) if hi <= lo else (mapped - lo) / (hi - lo)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        table = 1.0 - table
+    return IntensityTable(lut.by_pattern(table, raw.dtype))
+
+
+def load_pixels(ds: Dataset) -> np.ndarray:
+    """Decode a single-frame greyscale image to float32 0..1 as displayed (bright = dense).
+
+    Applies the Modality LUT, the first VOI LUT / window, and inverts MONOCHROME1. Raises
+    PixelDataError when the pixel data cannot be decoded or has an unsupported layout.
+    """
+    raw = decode_stored(ds)
+    table = intensity_table(ds, raw)
+    if table is not None:
+        return table.apply(raw)
+    pixels = normalise_intensity(_lut_values(raw, ds))  # 32-bit or float pixels: rare
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         pixels = 1.0 - pixels
     return pixels
 
@@ -270,7 +338,7 @@ def _row_direction(patient_orientation: Sequence[str] | str | None) -> str:
 
 
 def decide_flip(
-    pixels: np.ndarray,
+    pixels: np.ndarray | torch.Tensor,
     *,
     laterality: Laterality | str | None,
     patient_orientation: Sequence[str] | str | None,
@@ -298,7 +366,10 @@ def decide_flip(
 
 def resize(image: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize (antialiased when shrinking), pixel-centre convention, float32."""
-    tensor = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
+    if isinstance(image, torch.Tensor):
+        tensor = image.to(torch.float32)
+    else:
+        tensor = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
     if tuple(tensor.shape) == shape:
         return tensor.clone()
     shrinking = shape[0] < tensor.shape[0] or shape[1] < tensor.shape[1]
@@ -321,7 +392,7 @@ def window_offset(scaled_shape: tuple[int, int], size: int) -> tuple[int, int]:
 
 def cut_window(image: torch.Tensor, x0: int, y0: int, size: int) -> torch.Tensor:
     """A size x size window at (x0, y0) of a 2-D image, zero outside the image."""
-    out = torch.zeros((size, size), dtype=image.dtype)
+    out = torch.zeros((size, size), dtype=image.dtype, device=image.device)
     ys, ye = max(0, y0), min(image.shape[0], y0 + size)
     xs, xe = max(0, x0), min(image.shape[1], x0 + size)
     if ye > ys and xe > xs:
@@ -347,6 +418,50 @@ def eval_tensor(scaled: np.ndarray | torch.Tensor, settings: PreprocessSettings)
 # --- the evaluation path ----------------------------------------------------------------
 
 
+def plan_geometry(
+    stored_shape: tuple[int, int],
+    flipped: bool,
+    rule: OrientationRule,
+    settings: PreprocessSettings,
+) -> Geometry:
+    """Every size and offset of the evaluation transform for an image of ``stored_shape``.
+
+    The hires grid is recorded even when its pixels are not made (the trainer cuts ROIs
+    later from the same geometry).
+    """
+    scaled_shape = shape_at_width(stored_shape, settings.input_size)
+    size = settings.input_size
+    return Geometry(
+        stored_shape=stored_shape,
+        flipped=flipped,
+        orientation_rule=rule,
+        scaled_shape=scaled_shape,
+        offset=window_offset(scaled_shape, size),
+        input_shape=(size, size),
+        hires_shape=shape_at_width(stored_shape, settings.hires_width),
+    )
+
+
+def scale_views(
+    pixels: torch.Tensor, geometry: Geometry, *, with_hires: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The full-size 0..1 image (stored orientation, any device) -> (scaled image, oriented;
+    hires image in the STORED orientation, or None).
+
+    Each resize reads the full-size image once; the mirror is applied to the scaled result
+    (resampling commutes with it), never to a full-size copy. The hires image stays
+    unmirrored: :func:`mammo_node.ml.roi.cut_rois` reads its window through the mirror.
+    """
+    scaled = resize(pixels, geometry.scaled_shape)
+    if geometry.flipped:
+        scaled = torch.flip(scaled, dims=(1,))
+    hires = None
+    if with_hires:
+        assert geometry.hires_shape is not None
+        hires = resize(pixels, geometry.hires_shape)
+    return scaled, hires
+
+
 def preprocess(
     source: Dataset | np.ndarray,
     *,
@@ -358,7 +473,8 @@ def preprocess(
     """A DICOM dataset (or a 2-D array of display values) -> the model's evaluation input.
 
     For a dataset, ``patient_orientation`` defaults to its PatientOrientation tag. Arrays are
-    min-max scaled to 0..1. The full-size array is dropped before returning.
+    min-max scaled to 0..1. The full-size array is dropped before returning. (The node's
+    scorer runs the same steps on its device: ``mammo_node.ml.inference``.)
     """
     if isinstance(source, Dataset):
         pixels = load_pixels(source)
@@ -372,27 +488,78 @@ def preprocess(
     flipped, rule = decide_flip(
         pixels, laterality=laterality, patient_orientation=patient_orientation
     )
-    oriented = pixels[:, ::-1] if flipped else pixels
     stored_shape = (int(pixels.shape[0]), int(pixels.shape[1]))
-    scaled_shape = shape_at_width(stored_shape, settings.input_size)
-    scaled = resize(oriented, scaled_shape)
-    # The hires grid is recorded even when its pixels are not made (the trainer cuts ROIs
-    # later from the same geometry).
-    hires_shape = shape_at_width(stored_shape, settings.hires_width)
-    hires = resize(oriented, hires_shape).numpy() if with_hires else None
-    size = settings.input_size
-    geometry = Geometry(
-        stored_shape=stored_shape,
-        flipped=flipped,
-        orientation_rule=rule,
-        scaled_shape=scaled_shape,
-        offset=window_offset(scaled_shape, size),
-        input_shape=(size, size),
-        hires_shape=hires_shape,
-    )
+    geometry = plan_geometry(stored_shape, flipped, rule, settings)
+    scaled, hires = scale_views(torch.from_numpy(pixels), geometry, with_hires=with_hires)
+    del pixels
+    if hires is not None and flipped:
+        hires = torch.flip(hires, dims=(1,))
     return PreparedImage(
-        tensor=eval_tensor(scaled, settings), geometry=geometry, scaled=scaled.numpy(), hires=hires
+        tensor=eval_tensor(scaled, settings),
+        geometry=geometry,
+        scaled=scaled.numpy(),
+        hires=None if hires is None else hires.numpy(),
     )
+
+
+# --- the scorer's path: on the model's device -------------------------------------------
+
+
+@dataclass
+class DeviceImage:
+    """One view prepared on the model's device: ``tensor`` (1, S, S) normalised, ``hires``
+    in the STORED orientation (see :func:`scale_views`), seconds of ``load`` (host decode)
+    and ``preprocess``."""
+
+    geometry: Geometry
+    tensor: torch.Tensor
+    hires: torch.Tensor | None
+    timings: dict[str, float]
+
+
+def display_pixels(ds: Dataset, device: torch.device) -> torch.Tensor:
+    """Decode on the host, then the one intensity pass: float32 0..1 (Rows, Columns) on
+    ``device``. On CUDA the 16-bit stored values travel as they are (half the bytes of
+    float32) from pinned memory without waiting, and the table lookup runs on the device."""
+    raw = decode_stored(ds)
+    table = intensity_table(ds, raw)
+    if table is None:  # 32-bit or float pixels (rare): the host path
+        return torch.from_numpy(load_pixels(ds)).to(device)
+    if device.type != "cuda":
+        return torch.from_numpy(table.apply(raw))
+    # torch has no full uint16 support: the same bits as int16, masked back after widening
+    patterns = table.patterns(raw)
+    host = torch.from_numpy(patterns.view(np.int16) if table.bits == 16 else patterns)
+    upload = host.pin_memory().to(device, non_blocking=True)
+    lut = torch.from_numpy(table.values).pin_memory().to(device, non_blocking=True)
+    return lut[upload.to(torch.int32) & ((1 << table.bits) - 1)]
+
+
+def prepare_on_device(
+    ds: Dataset,
+    *,
+    laterality: Laterality | str | None,
+    settings: PreprocessSettings,
+    device: torch.device,
+) -> DeviceImage:
+    """:func:`preprocess` of a dataset with torch ops on ``device`` (the same values within
+    float rounding, see tests/test_ml_preprocess_reference.py); the hires image stays in the
+    stored orientation and on the device."""
+    t0 = time.perf_counter()
+    raw = decode_stored(ds)  # pydicom caches the array: display_pixels does not decode again
+    t1 = time.perf_counter()
+    del raw
+    pixels = display_pixels(ds, device)
+    flipped, rule = decide_flip(
+        pixels, laterality=laterality, patient_orientation=ds.get("PatientOrientation")
+    )
+    stored_shape = (int(pixels.shape[0]), int(pixels.shape[1]))
+    geometry = plan_geometry(stored_shape, flipped, rule, settings)
+    scaled, hires = scale_views(pixels, geometry, with_hires=True)
+    del pixels
+    tensor = eval_tensor(scaled, settings)
+    timings = {"load": t1 - t0, "preprocess": time.perf_counter() - t1}
+    return DeviceImage(geometry, tensor, hires, timings)
 
 
 # --- the training path ------------------------------------------------------------------

@@ -82,3 +82,57 @@ def cut_roi(
         stored_box=stored_box(geometry, origin, roi_size),
         coa_stored=(float(coa_stored[0]), float(coa_stored[1])),
     )
+
+
+# --- on the model's device --------------------------------------------------------------
+
+
+def roi_origin_tensor(geometry: Geometry, coa_model: torch.Tensor, roi_size: int) -> torch.Tensor:
+    """:func:`roi_origin` of a COA still on the model's device: (2,) int64 (x, y) there.
+
+    The same float64 operations in the same order as the host functions (``to_stored``,
+    ``to_hires``, ``window_origin``), so the origin is the same integer, without a device to
+    host copy between the saliency pass and the crop.
+    """
+    if geometry.hires_shape is None:
+        raise ValueError("This geometry has no hires image (prepared without with_hires).")
+    coa = coa_model.detach().to(torch.float64)
+    sx, sy = geometry.scale
+    hx_scale, hy_scale = geometry.hires_scale
+    width = geometry.stored_shape[1]
+    x = (coa[0] + geometry.offset[0]) / sx
+    if geometry.flipped:
+        x = width - x  # stored x
+    y = (coa[1] + geometry.offset[1]) / sy
+    hx = (width - x if geometry.flipped else x) * hx_scale
+    hy = y * hy_scale
+    rows, cols = geometry.hires_shape
+    start_x = torch.floor(hx - roi_size / 2 + 0.5).clamp(max=cols - roi_size).clamp(min=0)
+    start_y = torch.floor(hy - roi_size / 2 + 0.5).clamp(max=rows - roi_size).clamp(min=0)
+    return torch.stack([start_x, start_y]).to(torch.int64)
+
+
+def cut_roi_window(
+    hires: torch.Tensor, geometry: Geometry, origin: torch.Tensor, roi_size: int
+) -> torch.Tensor:
+    """The roi_size square at ``origin`` (oriented hires grid, a device tensor) from a hires
+    image kept in the STORED orientation: a mirrored view's columns are read through the
+    mirror, so no mirrored copy of the hires image is made. Zero outside the image."""
+    rows, cols = int(hires.shape[0]), int(hires.shape[1])
+    steps = torch.arange(roi_size, device=hires.device)
+    xs = origin[0] + steps
+    ys = origin[1] + steps
+    inside = (xs < cols)[None, :] & (ys < rows)[:, None]
+    src_x = (cols - 1 - xs) if geometry.flipped else xs
+    src_x = src_x.clamp(0, cols - 1)
+    src_y = ys.clamp(0, rows - 1)
+    crop = hires[src_y[:, None], src_x[None, :]]
+    return torch.where(inside, crop, torch.zeros((), dtype=crop.dtype, device=crop.device))
+
+
+def roi_from_origin(
+    geometry: Geometry, coa_model: tuple[float, float], origin: tuple[int, int], roi_size: int
+) -> tuple[tuple[float, float], tuple[int, int, int, int]]:
+    """(COA in stored pixels, stored box) of a ROI cut at ``origin`` (host values)."""
+    coa_stored = geometry.to_stored(float(coa_model[0]), float(coa_model[1]))
+    return (float(coa_stored[0]), float(coa_stored[1])), stored_box(geometry, origin, roi_size)

@@ -22,7 +22,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,6 +276,16 @@ class ActiveBundleScorer:
                 logger.exception("the newly activated bundle cannot load; scoring with the old one")
             scorer = self._scorer
         return scorer.score_exam(datasets, study_uid)
+
+    def score_exams(self, exams: Sequence[tuple[Mapping[Slot, Dataset], str]]) -> list[Any]:
+        """Several exams with the active bundle in one batch (an outcome each)."""
+        with self._lock:
+            try:
+                self._refresh()
+            except ModelError:
+                logger.exception("the newly activated bundle cannot load; scoring with the old one")
+            scorer = self._scorer
+        return list(scorer.score_exams(exams))
 
 
 # --- shadow scoring -----------------------------------------------------------------------------

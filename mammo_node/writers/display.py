@@ -15,6 +15,7 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from mammo_node import lut
 from mammo_node.errors import OutputError
 
 
@@ -32,16 +33,26 @@ def display_grey(dataset: Dataset) -> np.ndarray:
             f"Image {dataset.get('SOPInstanceUID')}: expected one greyscale frame, got pixel "
             f"array of shape {stored.shape}."
         )
+    if lut.has_table(stored):  # one lookup per pixel (mammo_node.lut): the same values
+        return lut.lookup(
+            lut.by_pattern(_grey(lut.domain(stored.dtype), dataset, stored), stored.dtype), stored
+        )
+    return _grey(stored, dataset, stored)
+
+
+def _grey(values: np.ndarray, dataset: Dataset, stored: np.ndarray) -> np.ndarray:
+    """The display pipeline over ``values`` (the image itself, or every possible stored value
+    for a table); ``stored`` is the image, for the percentile window."""
     if "VOILUTSequence" in dataset:
-        grey = _voi_lut(stored, dataset)
+        grey = _voi_lut(values, dataset)
     else:
-        values = np.asarray(apply_modality_lut(stored, dataset), dtype=np.float32)
+        mapped = np.asarray(apply_modality_lut(values, dataset), dtype=np.float32)
         window = _first_window(dataset)
         if window is None:
-            grey = _percentile_window(values)
+            grey = _percentile_window(mapped, _sample(stored, dataset))
         else:
             function = str(dataset.get("VOILUTFunction", "LINEAR")).upper()
-            grey = window_values(values, *window, function=function)
+            grey = window_values(mapped, *window, function=function)
     if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         grey = 1.0 - grey
     return np.clip(grey, 0.0, 1.0).astype(np.float32, copy=False)
@@ -86,8 +97,13 @@ def _voi_lut(stored: np.ndarray, dataset: Dataset) -> np.ndarray:
     return mapped / float(2**bits - 1)
 
 
-def _percentile_window(values: np.ndarray) -> np.ndarray:
-    sample = values[:: max(1, values.shape[0] // 512), :: max(1, values.shape[1] // 512)]
+def _sample(stored: np.ndarray, dataset: Dataset) -> np.ndarray:
+    """About 512 x 512 of the image's modality values, for the percentile window."""
+    sample = stored[:: max(1, stored.shape[0] // 512), :: max(1, stored.shape[1] // 512)]
+    return np.asarray(apply_modality_lut(sample, dataset), dtype=np.float32)
+
+
+def _percentile_window(values: np.ndarray, sample: np.ndarray) -> np.ndarray:
     low, high = np.percentile(sample, [0.5, 99.5])
     if high <= low:
         return np.zeros_like(values, dtype=np.float32)

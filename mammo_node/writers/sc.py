@@ -38,7 +38,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 import mammo_node
 from mammo_node.domain import ExamInference, Laterality
 from mammo_node.writers import codes
-from mammo_node.writers.display import block_mean, display_grey, scale_factor
+from mammo_node.writers.display import block_mean, scale_factor
 from mammo_node.writers.identity import OutputIdentity
 from mammo_node.writers.sources import (
     ScoredView,
@@ -92,7 +92,7 @@ def box_in_sc(roi: tuple[int, int, int, int], factor: int) -> tuple[int, int, in
 
 def render(view: ScoredView, inference: ExamInference, *, max_pixels: int) -> Rendering:
     factor = scale_factor(view.rows, view.columns, max_pixels)
-    grey = block_mean(display_grey(view.source), factor)
+    grey = view.display(factor)
     saliency = view.result.saliency.astype(np.float32, copy=False)
     if not np.isfinite(saliency.sum()):
         saliency = np.nan_to_num(saliency, nan=0.0, posinf=1.0, neginf=0.0)

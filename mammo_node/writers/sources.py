@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import highdicom as hd
 import numpy as np
@@ -21,6 +21,7 @@ from pydicom.tag import Tag
 from mammo_node.domain import SLOTS, BundleInfo, ExamInference, Slot, ViewInference
 from mammo_node.errors import OutputError
 from mammo_node.writers import codes
+from mammo_node.writers.display import block_mean, display_grey
 
 _PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
 # Type 2 attributes of the Patient and General Study modules that the outputs copy (highdicom
@@ -44,6 +45,17 @@ class ScoredView:
     source: Dataset  # full dataset, pixels included
     header: Dataset  # the same without pixel data (for references and evidence)
     result: ViewInference
+    _displayed: dict[int, np.ndarray] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def display(self, factor: int = 1) -> np.ndarray:
+        """The source as a viewer shows it (:func:`~mammo_node.writers.display.display_grey`)
+        reduced ``factor`` x by block mean: rendered once per view and exam, then shared by
+        every writer that draws it."""
+        if factor not in self._displayed:
+            self._displayed[factor] = block_mean(display_grey(self.source), factor)
+        return self._displayed[factor]
 
     @property
     def rows(self) -> int:

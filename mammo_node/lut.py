@@ -1,0 +1,80 @@
+"""Per-value tables for per-pixel functions of 8- or 16-bit stored pixel values.
+
+The DICOM greyscale pipeline (Modality LUT, VOI LUT or window, MONOCHROME1 inversion, min-max)
+maps each stored value on its own, so it can be computed once per possible value (65 536 at
+most) and applied to an image as one table lookup: the same float32 values as running the
+pipeline over the full-size image (pydicom's LUTs make float64 arrays of it), in one pass.
+Tables are built in value order (index = value - smallest value) and used by bit pattern.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+TABLE_DTYPES = (np.uint8, np.int8, np.uint16, np.int16)
+
+
+def has_table(raw: np.ndarray) -> bool:
+    """Whether ``raw``'s pixel type has a table (8- or 16-bit integers)."""
+    return raw.dtype in TABLE_DTYPES
+
+
+def lowest(dtype: np.dtype) -> int:
+    bits = dtype.itemsize * 8
+    return -(1 << (bits - 1)) if dtype.kind == "i" else 0
+
+
+def domain(dtype: np.dtype) -> np.ndarray:
+    """Every value of ``dtype`` in ascending order (as that dtype)."""
+    bits = dtype.itemsize * 8
+    start = lowest(dtype)
+    return np.arange(start, start + (1 << bits), dtype=np.int64).astype(dtype)
+
+
+def patterns(raw: np.ndarray) -> np.ndarray:
+    """``raw`` reinterpreted as the unsigned bit patterns tables are indexed by (no copy)."""
+    return raw.view(np.uint8 if raw.dtype.itemsize == 1 else np.uint16)
+
+
+def pattern_order(dtype: np.dtype) -> np.ndarray:
+    """For each bit pattern, the index of its value in a value-ordered table."""
+    bits = dtype.itemsize * 8
+    order = np.arange(1 << bits, dtype=np.int64)
+    if dtype.kind != "i":
+        return order
+    return (order + (1 << (bits - 1))) % (1 << bits)
+
+
+def by_pattern(table: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A value-ordered table re-indexed by bit pattern, float32 and contiguous."""
+    if dtype.kind == "i":
+        table = table[pattern_order(dtype)]
+    return np.ascontiguousarray(table, dtype=np.float32)
+
+
+def build(raw: np.ndarray, function: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``function`` (per-pixel, any array in, float array out) over every value of raw's
+    dtype, value order, float32."""
+    return np.asarray(function(domain(raw.dtype)), dtype=np.float32)
+
+
+def present_range(raw: np.ndarray, table: np.ndarray) -> tuple[float, float]:
+    """(min, max) of a value-ordered table over the values that occur in ``raw``: the ends of
+    the stored range when the table is monotonic there, else from a histogram."""
+    start = lowest(raw.dtype)
+    rmin, rmax = int(raw.min()), int(raw.max())
+    segment = table[rmin - start : rmax - start + 1]
+    steps = np.diff(segment)
+    if steps.size == 0 or bool((steps >= 0).all()) or bool((steps <= 0).all()):
+        ends = segment[[0, -1]]
+        return float(ends.min()), float(ends.max())
+    counts = np.bincount(patterns(raw).ravel(), minlength=table.shape[0])
+    present = table[pattern_order(raw.dtype)[counts > 0]]
+    return float(present.min()), float(present.max())
+
+
+def lookup(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """A pattern-ordered table applied to ``raw``: one pass, float32."""
+    return np.take(table, patterns(raw))

@@ -1,0 +1,62 @@
+"""The display image of the writers: one table lookup per pixel gives exactly the values of
+the display pipeline run over the full-size image, and each view is rendered once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom import Dataset
+
+from mammo_node.writers.display import _grey, display_grey
+from tests.helpers.mg import breast_phantom, mg_dataset
+
+
+def voi_lut_sequence(ds: Dataset) -> None:
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 12]
+    item.LUTData = [int(v) for v in (np.arange(4096) ** 0.5 * 64).clip(0, 4095)]
+    ds.VOILUTSequence = [item]
+
+
+def signed(ds: Dataset) -> None:
+    ds.PixelRepresentation = 1
+    ds.PixelData = (ds.pixel_array.astype(np.int32) - 2048).astype(np.int16).tobytes()
+
+
+CASES = {
+    "no VOI: percentile window": ({}, None),
+    "window": ({"WindowCenter": 1500.0, "WindowWidth": 1000.0}, None),
+    "linear exact": (
+        {"WindowCenter": 1500.0, "WindowWidth": 1000.0, "VOILUTFunction": "LINEAR_EXACT"},
+        None,
+    ),
+    "sigmoid": ({"WindowCenter": 1500.0, "WindowWidth": 800.0, "VOILUTFunction": "SIGMOID"}, None),
+    "rescale + window": (
+        {
+            "RescaleSlope": 2.0,
+            "RescaleIntercept": -50.0,
+            "WindowCenter": 3000.0,
+            "WindowWidth": 2e3,
+        },
+        None,
+    ),
+    "MONOCHROME1": (
+        {"photometric": "MONOCHROME1", "WindowCenter": 2000.0, "WindowWidth": 3e3},
+        None,
+    ),
+    "VOI LUT sequence": ({}, voi_lut_sequence),
+    "signed, no VOI": ({}, signed),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_table_lookup_equals_the_full_size_pipeline(case: str) -> None:
+    tags, change = CASES[case]
+    ds = mg_dataset(display=breast_phantom(80, 60), **tags)
+    if change is not None:
+        change(ds)
+    full_size = _grey(ds.pixel_array, ds, ds.pixel_array)  # the pipeline over every pixel
+    grey = display_grey(ds)
+    assert grey.dtype == np.float32 and grey.shape == (80, 60)
+    assert np.array_equal(grey, full_size)
+    assert grey.max() > grey.min()  # a real image, not a constant
