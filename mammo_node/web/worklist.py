@@ -11,7 +11,7 @@ from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from mammo_node.db.models import Destination, Exam, Instance, Patient, Result
 from mammo_node.db.session import Database
@@ -46,23 +46,24 @@ def check_filters(state: str, sort: str, min_category: int | None = None) -> Non
         raise WebError(400, f"sort {sort!r}: expected one of {', '.join(SORTS)}")
 
 
-def _latest_results() -> Any:
+def _latest_result_id() -> Any:
+    """The exam's latest result, looked up per listed exam in the results' exam index (a
+    page of the newest exams reads its rows through the index, never the whole table)."""
     return (
-        select(Result.exam_fk.label("exam_fk"), func.max(Result.id).label("result_id"))
-        .group_by(Result.exam_fk)
-        .subquery()
+        select(func.max(Result.id))
+        .where(Result.exam_fk == Exam.id)
+        .correlate(Exam)
+        .scalar_subquery()
     )
 
 
 def _worklist_query(
     state: str | None, sort: str, search: str | None, min_category: int | None = None
 ) -> Select[Any]:
-    latest = _latest_results()
     query = (
         select(Exam, Patient, Result)
         .join(Patient, Exam.patient_fk == Patient.id)
-        .outerjoin(latest, latest.c.exam_fk == Exam.id)
-        .outerjoin(Result, Result.id == latest.c.result_id)
+        .outerjoin(Result, Result.id == _latest_result_id())
     )
     if state:
         query = query.where(Exam.state == state)
@@ -147,8 +148,9 @@ def exam_view(db: Database, headers: HeaderCache, study_uid: str) -> ExamPage:
             outputs=outputs,
             deliveries=deliveries,
         )
-    sc_for = _saliency_captures(headers, outputs)
-    seg_for = _segmentations(headers, outputs)
+    selected = dict((view.result.selection or {}).get("slots", {})) if view.result else {}
+    sc_for = _saliency_captures(headers, outputs, selected)
+    seg_for = _segmentations(headers, outputs, selected)
     scores = view.result.images if view.result else {}
     kept_out = {n.sop_instance_uid: n for n in detail.not_scored}
     for slot in HANGING_ORDER:
@@ -184,15 +186,33 @@ def _why_missing(
 
 
 def _outputs(session: Session, result_id: int) -> list[OutputFile]:
-    query = select(Instance).where(Instance.result_fk == result_id).order_by(Instance.id)
+    query = (
+        select(Instance)
+        .where(Instance.result_fk == result_id)
+        .order_by(Instance.id)
+        .options(joinedload(Instance.series))  # one query, not one per output for its series
+    )
     return [OutputFile.of(instance) for instance in session.scalars(query)]
 
 
-def _saliency_captures(headers: HeaderCache, outputs: list[OutputFile]) -> dict[str, str]:
-    """source SOP Instance UID -> its Secondary Capture (from the SC's SourceImageSequence)."""
-    found: dict[str, str] = {}
+def _by_slot(outputs: list[OutputFile], kind: str, selected: dict[str, str]) -> dict[str, str]:
+    """source SOP Instance UID -> the output of ``kind`` made for its view: the output's slot
+    and the image the result scored in that slot (both rows), no file read."""
+    return {
+        selected[o.slot]: o.sop_instance_uid
+        for o in outputs
+        if o.kind == kind and o.slot and o.slot in selected
+    }
+
+
+def _saliency_captures(
+    headers: HeaderCache, outputs: list[OutputFile], selected: dict[str, str]
+) -> dict[str, str]:
+    """source SOP Instance UID -> its Secondary Capture: from the rows, else (an output
+    without a slot) from the SC's SourceImageSequence."""
+    found = _by_slot(outputs, "sc", selected)
     for output in outputs:
-        if output.kind != "sc":
+        if output.kind != "sc" or (output.slot and output.slot in selected):
             continue
         header = headers.get(output.rel_path)
         for item in header.get("00082112", {}).get("Value", []) or []:
@@ -202,11 +222,14 @@ def _saliency_captures(headers: HeaderCache, outputs: list[OutputFile]) -> dict[
     return found
 
 
-def _segmentations(headers: HeaderCache, outputs: list[OutputFile]) -> dict[str, str]:
-    """source SOP Instance UID -> its SEG (from ReferencedSeriesSequence > instances)."""
-    found: dict[str, str] = {}
+def _segmentations(
+    headers: HeaderCache, outputs: list[OutputFile], selected: dict[str, str]
+) -> dict[str, str]:
+    """source SOP Instance UID -> its SEG: from the rows, else from the SEG's
+    ReferencedSeriesSequence > instances."""
+    found = _by_slot(outputs, "seg", selected)
     for output in outputs:
-        if output.kind != "seg":
+        if output.kind != "seg" or (output.slot and output.slot in selected):
             continue
         header = headers.get(output.rel_path)
         for series in header.get("00081115", {}).get("Value", []) or []:
