@@ -2,13 +2,15 @@
 
 Columns for what QIDO-RS returns by default and used to read from a stored header (Study ID,
 Referring Physician's Name, Timezone Offset, Performed Procedure Step start, Bits Allocated,
-Number of Frames) and the case-folded PatientName it matches on; indexes for every attribute
-it matches (PatientID with its issuer, PatientName, StudyDate, AccessionNumber,
-StudyDescription, Modality, SOP Class UID) and for the worklist's order.
+Number of Frames), the Patient Orientation the exam page hangs views by, and the case-folded
+PatientName QIDO matches on; indexes for every attribute it matches (PatientID with its
+issuer, PatientName, StudyDate, AccessionNumber, StudyDescription, Modality, SOP Class UID)
+and for the worklist's order.
 
 Existing rows are backfilled: the folded name from the row, the header attributes from the
 stored files when the node runs the migration (``upgrade(url, storage_dir=...)``, as ``serve``
-and ``db upgrade`` do). A row whose file is not there keeps NULL and QIDO reads the header.
+and ``db upgrade`` do). A row whose file is not there keeps NULL; QIDO and the exam page
+then read its header.
 
 Revision ID: 0009
 Revises: 0008
@@ -58,6 +60,7 @@ instances = sa.table(
     sa.column("pruned_at", sa.DateTime),
     sa.column("bits_allocated", sa.Integer),
     sa.column("number_of_frames", sa.Integer),
+    sa.column("patient_orientation", sa.String),
 )
 INDEXES: list[tuple[str, str, list[str], dict[str, str]]] = [
     (
@@ -104,6 +107,7 @@ def upgrade() -> None:
     with op.batch_alter_table("instances", schema=None) as batch_op:
         batch_op.add_column(sa.Column("bits_allocated", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("number_of_frames", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("patient_orientation", sa.String(length=32), nullable=True))
     _fold_names()
     storage = context.config.attributes.get("storage_dir")
     if storage:
@@ -116,6 +120,7 @@ def downgrade() -> None:
     for name, table, _, _ in reversed(INDEXES):
         op.drop_index(name, table_name=table)
     with op.batch_alter_table("instances", schema=None) as batch_op:
+        batch_op.drop_column("patient_orientation")
         batch_op.drop_column("number_of_frames")
         batch_op.drop_column("bits_allocated")
     with op.batch_alter_table("series", schema=None) as batch_op:
@@ -178,6 +183,7 @@ def _header(path: Path) -> Any:
                 "PerformedProcedureStepStartTime",
                 "BitsAllocated",
                 "NumberOfFrames",
+                "PatientOrientation",
             ],
         )
     except Exception:  # a file pydicom cannot read: the row keeps NULL, QIDO reads it later
@@ -223,6 +229,9 @@ def _from_headers(storage: Path) -> None:
                     "row_id": row_id,
                     "bits_allocated": _number(ds, "BitsAllocated"),
                     "number_of_frames": _number(ds, "NumberOfFrames"),
+                    "patient_orientation": "\\".join(
+                        str(v) for v in (ds.get("PatientOrientation") or [])
+                    )[:32],
                 }
             )
             if exam_fk not in seen_exams:  # the study's attributes as first filed

@@ -236,6 +236,8 @@ class Instance(Base):
     # returned by QIDO at the instance level (None: filed before 0009, file not read)
     bits_allocated: Mapped[int | None] = mapped_column(Integer, default=None)
     number_of_frames: Mapped[int | None] = mapped_column(Integer, default=None)
+    # how the exam page hangs the view ("A\\R"; "" absent; None: filed before 0009, not read)
+    patient_orientation: Mapped[str | None] = mapped_column(String(32), default=None)
 
     # what the tags say, and which tag decided (see grouping.classify)
     laterality: Mapped[str | None] = mapped_column(String(1), default=None)

@@ -187,6 +187,9 @@ def read_facts(ds: Dataset) -> HeaderFacts:
                 "columns": _int(ds, "Columns"),
                 "bits_allocated": _int(ds, "BitsAllocated"),
                 "number_of_frames": _int(ds, "NumberOfFrames"),
+                "patient_orientation": "\\".join(
+                    str(v) for v in (ds.get("PatientOrientation") or [])
+                )[:32],
                 "photometric": _str(ds, "PhotometricInterpretation", 16),
                 "presentation_intent": intent,
                 "image_type": "\\".join(str(v) for v in ds.get("ImageType", []))[:128],
