@@ -47,8 +47,7 @@ def check_filters(state: str, sort: str, min_category: int | None = None) -> Non
 
 
 def _latest_result_id() -> Any:
-    """The exam's latest result, looked up per listed exam in the results' exam index (a
-    page of the newest exams reads its rows through the index, never the whole table)."""
+    """The exam's latest result, looked up per exam in the results' exam index."""
     return (
         select(func.max(Result.id))
         .where(Result.exam_fk == Exam.id)
@@ -57,14 +56,7 @@ def _latest_result_id() -> Any:
     )
 
 
-def _worklist_query(
-    state: str | None, sort: str, search: str | None, min_category: int | None = None
-) -> Select[Any]:
-    query = (
-        select(Exam, Patient, Result)
-        .join(Patient, Exam.patient_fk == Patient.id)
-        .outerjoin(Result, Result.id == _latest_result_id())
-    )
+def _filtered(query: Select[Any], state: str | None, search: str | None) -> Select[Any]:
     if state:
         query = query.where(Exam.state == state)
     if search:
@@ -77,6 +69,21 @@ def _worklist_query(
                 Exam.study_uid.like(f"{search}%"),
             )
         )
+    return query
+
+
+def _worklist_query(
+    state: str | None, sort: str, search: str | None, min_category: int | None = None
+) -> Select[Any]:
+    """Exams ordered or filtered by their latest result (risk, category): every exam's
+    latest result is weighed, so this reads all exams of the state asked for."""
+    query = _filtered(
+        select(Exam, Patient, Result)
+        .join(Patient, Exam.patient_fk == Patient.id)
+        .outerjoin(Result, Result.id == _latest_result_id()),
+        state,
+        search,
+    )
     if min_category is not None:  # triage: only exams at or above this category
         query = query.where(Result.category >= min_category)
     if sort == "category":  # the calibrated scale first, then the score within a category
@@ -86,11 +93,25 @@ def _worklist_query(
             Exam.last_received_at.desc(),
             Exam.id.desc(),
         )
-    if sort == "risk":
-        return query.order_by(
-            Result.exam_score.desc().nulls_last(), Exam.last_received_at.desc(), Exam.id.desc()
-        )
-    return query.order_by(Exam.last_received_at.desc(), Exam.id.desc())
+    return query.order_by(
+        Result.exam_score.desc().nulls_last(), Exam.last_received_at.desc(), Exam.id.desc()
+    )
+
+
+def _newest(
+    session: Session, state: str | None, search: str | None, limit: int
+) -> list[tuple[Exam, Patient, Result | None]]:
+    """The default page: the newest exams through the received-time index (the scan stops
+    at the page's end), then their latest results by exam id - two queries whatever the size
+    of the database."""
+    query = _filtered(
+        select(Exam, Patient).join(Patient, Exam.patient_fk == Patient.id), state, search
+    ).order_by(Exam.last_received_at.desc(), Exam.id.desc())
+    rows = session.execute(query.limit(limit)).all()
+    ids = [exam.id for exam, _ in rows]
+    latest = select(func.max(Result.id)).where(Result.exam_fk.in_(ids)).group_by(Result.exam_fk)
+    results = {r.exam_fk: r for r in session.scalars(select(Result).where(Result.id.in_(latest)))}
+    return [(exam, patient, results.get(exam.id)) for exam, patient in rows]
 
 
 def worklist(
@@ -109,8 +130,11 @@ def worklist(
     if min_category is not None and not 1 <= min_category <= 10:
         raise ValueError(f'Argument "min_category" should be 1..10, got {min_category!r}.')
     with db.read() as session:
-        query = _worklist_query(state, sort, search, min_category)
-        rows = session.execute(query.limit(limit)).all()
+        if sort == "newest" and min_category is None:
+            rows = _newest(session, state, search, limit)
+        else:
+            query = _worklist_query(state, sort, search, min_category)
+            rows = [tuple(r) for r in session.execute(query.limit(limit)).all()]
         counts = image_counts(session, [exam.id for exam, _, _ in rows])
         return [
             WorklistRow.of_row(exam, counts.get(exam.id, 0), patient, result)
