@@ -333,8 +333,21 @@ class Searcher:
         self._locate_headers(session, query, [f for f in found if self._needs_header(f, wanted)])
         return SearchResult([self._finish(f, query, wanted) for f in found], more, warnings)
 
-    def _page(self, statement: Select[Any], query: Query) -> Select[Any]:
-        return statement.offset(query.offset).limit(query.limit + 1)
+    def _page(
+        self, statement: Select[Any], key: Any, query: Query, ids: Select[Any] | None = None
+    ) -> Select[Any]:
+        """The page: first its ids, matched, sorted and skipped on index entries alone (a
+        month of StudyDate is thousands of exams), then only those rows with their joins.
+        ``ids``: the id query's joins when fewer than the statement's are needed."""
+        ids = (
+            _filtered(
+                ids if ids is not None else statement.with_only_columns(key), query, self.dialect
+            )
+            .order_by(key)
+            .offset(query.offset)
+            .limit(query.limit + 1)
+        )
+        return statement.where(key.in_(ids)).order_by(key)
 
     @staticmethod
     def _wanted(query: Query) -> list[str]:
@@ -376,9 +389,12 @@ class Searcher:
     # --- per level ------------------------------------------------------------------------
     def _studies(self, session: Session, query: Query, base: str) -> list[Found]:
         statement = select(Exam, Patient).join(Patient, Exam.patient_fk == Patient.id)
-        rows = session.execute(
-            self._page(_filtered(statement, query, self.dialect).order_by(Exam.id), query)
-        ).all()
+        ids = select(Exam.id)
+        if any(
+            a.column is not None and a.column.table is Patient.__table__ for a, _ in query.matches
+        ):
+            ids = ids.join(Patient, Exam.patient_fk == Patient.id)
+        rows = session.execute(self._page(statement, Exam.id, query, ids)).all()
         ids = [exam.id for exam, _ in rows]
         series_counts, modalities = _series_facts(session, ids)
         instance_counts = _count_by(session, Instance.exam_fk, ids)
@@ -401,9 +417,7 @@ class Searcher:
             .join(Exam, Series.exam_fk == Exam.id)
             .join(Patient, Exam.patient_fk == Patient.id)
         )
-        rows = session.execute(
-            self._page(_filtered(statement, query, self.dialect).order_by(Series.id), query)
-        ).all()
+        rows = session.execute(self._page(statement, Series.id, query)).all()
         ids = [series.id for series, _, _ in rows]
         counts = _count_by(session, Instance.series_fk, ids)
         found = []
@@ -421,9 +435,7 @@ class Searcher:
             .join(Exam, Instance.exam_fk == Exam.id)
             .join(Patient, Exam.patient_fk == Patient.id)
         )
-        rows = session.execute(
-            self._page(_filtered(statement, query, self.dialect).order_by(Instance.id), query)
-        ).all()
+        rows = session.execute(self._page(statement, Instance.id, query)).all()
         found = []
         for instance, series, exam, patient in rows:
             values = {} if query.study_uid else _study_values(exam, patient, base)
