@@ -423,7 +423,8 @@ def main() -> None:
         small = sample(rng, args.filed_exams)
         filed = f"{args.filed_exams} exams / {4 * args.filed_exams} instances"
         print(
-            f"\nRound 1, the same data on both ({filed}): one client, {args.requests} "
+            f"\nRound 1, {'the same data on both' if orthanc else 'the filed exams'} "
+            f"({filed}): one client, {args.requests} "
             f"requests per scenario after {args.warmup} warm-up; load average "
             f"{os.getloadavg()[0]:.1f}:",
             flush=True,
