@@ -401,3 +401,30 @@ def test_migration_0009_backfills_from_rows_and_stored_headers(db_url: str, tmp_
         assert value(found.datasets[0], "00200010") == "S-77"
     finally:
         db.dispose()
+
+
+def test_state_counts_follow_every_change_without_counting_each_page(db_url: str) -> None:
+    from mammo_node.db import repo
+    from mammo_node.domain import ExamState
+    from mammo_node.web.worklist import state_counts
+
+    upgrade(db_url)
+    db = Database(db_url)
+    try:
+        insert_index_rows(db, first=0, count=20)
+        assert state_counts(db)["scored"] == 20
+        with statements(db) as seen:
+            assert state_counts(db)["scored"] == 20
+        assert not any("GROUP BY" in s.upper() for s, _ in seen)  # nothing changed: no count
+        for s, p in seen:
+            assert full_scans(db, s, p, ()) == [], s
+        with db.session() as session:
+            exam = repo.exam_by_uid(session, bulk_exam(3).study_uid)
+            assert exam is not None
+            repo.set_exam_state(session, exam, ExamState.READY, "rescore asked")
+        counts = state_counts(db)
+        assert (counts["scored"], counts["ready"]) == (19, 1)
+        insert_index_rows(db, first=20, count=2)  # new exams, no event
+        assert state_counts(db)["scored"] == 21
+    finally:
+        db.dispose()

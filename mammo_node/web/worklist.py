@@ -7,13 +7,15 @@ captures, what the node decided and why, and where the results went.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
-from mammo_node.db.models import Destination, Exam, Instance, Patient, Result
+from mammo_node.db.models import Destination, Exam, ExamEvent, Instance, Patient, Result
 from mammo_node.db.session import Database
 from mammo_node.domain import ExamState, Origin
 from mammo_node.exams import exam_in, find_exam, image_counts
@@ -142,10 +144,37 @@ def worklist(
         ]
 
 
+# per database: the marker the counts were made under, when, and the counts
+_COUNTED: dict[str, tuple[tuple[int | None, int | None], float, dict[str, int]]] = {}
+_COUNTED_LOCK = threading.Lock()
+#: counts are made again at least this often: ids are not handed out in commit order on
+#: PostgreSQL, so an exam event committed late can hide behind a newer one for this long
+RECOUNT_SECONDS = 10.0
+
+
 def state_counts(db: Database) -> dict[str, int]:
+    """Exams per state (the worklist's chips). Every page used to count the whole table; an
+    exam is only ever added (a new exam id) or moved by ``repo.set_exam_state`` (a new exam
+    event), so the counts are made again only when one of the two newest ids changed (or
+    after RECOUNT_SECONDS): two primary-key lookups otherwise."""
     with db.read() as session:
+        newest_exam, newest_event = session.execute(
+            select(
+                select(func.max(Exam.id)).scalar_subquery(),
+                select(func.max(ExamEvent.id)).scalar_subquery(),
+            )
+        ).one()
+        marker = (newest_exam, newest_event)
+        with _COUNTED_LOCK:
+            cached = _COUNTED.get(db.url)
+        now = time.monotonic()
+        if cached is not None and cached[0] == marker and now - cached[1] < RECOUNT_SECONDS:
+            return dict(cached[2])
         found = dict(session.execute(select(Exam.state, func.count()).group_by(Exam.state)).all())
-    return {state.value: int(found.get(state.value, 0)) for state in ExamState}
+    counts = {state.value: int(found.get(state.value, 0)) for state in ExamState}
+    with _COUNTED_LOCK:  # counted after the marker was read: never older than it says
+        _COUNTED[db.url] = (marker, now, counts)
+    return dict(counts)
 
 
 # --- one exam ---------------------------------------------------------------------------------
