@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from mammo_node.db import repo
 from mammo_node.db.models import Destination, Exam, Instance, OutboxItem, Result
@@ -82,13 +82,25 @@ def exam_in(session: Session, exam: Exam) -> ExamDetail:
         identity_conflict=resolution.identity_conflict,
         selection_notes=list(resolution.notes),
         instances=[
-            InstanceInfo.of(i, resolution.roles) for i in sorted(exam.instances, key=lambda i: i.id)
+            InstanceInfo.of(i, resolution.roles) for i in _instances_with_series(session, exam)
         ],
         conflicts=[Conflict.of(c) for c in exam.conflicts],
         events=[StateChange.of(e) for e in exam.events],
         attempts=exam.attempts,
         last_error=exam.last_error.split("\n", 1)[0],
         result=latest_result(session, exam),
+    )
+
+
+def _instances_with_series(session: Session, exam: Exam) -> list[Instance]:
+    """The exam's instances and their series in one query (not one per series)."""
+    return list(
+        session.scalars(
+            select(Instance)
+            .where(Instance.exam_fk == exam.id)
+            .options(joinedload(Instance.series))
+            .order_by(Instance.id)
+        )
     )
 
 

@@ -32,7 +32,7 @@ class Node:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if migrate:
-            upgrade(settings.database_url)
+            upgrade(settings.database_url, storage_dir=settings.storage_dir)
         self.db = Database(settings.database_url)
         self.store = InstanceStore(settings.storage_dir)
         if removed := self.store.clean_temp():

@@ -531,6 +531,7 @@ class OutputFile(Answer):
     series_uid: str
     rel_path: str = Field(exclude=True)
     laterality: str | None
+    slot: str | None = None  # the view it was made for (per-view outputs)
 
     @classmethod
     def of(cls, instance: Instance) -> OutputFile:
@@ -541,6 +542,7 @@ class OutputFile(Answer):
             series_uid=instance.series.series_uid,
             rel_path=instance.rel_path,
             laterality=instance.laterality,
+            slot=instance.slot,
         )
 
 

@@ -1,21 +1,23 @@
-"""DICOMweb benchmark: mammo-node beside Orthanc's DICOMweb plugin, same data, same run.
+"""Web benchmark on a large database: mammo-node at 100 000 exams, beside Orthanc's DICOMweb.
 
-1. Writes N small synthetic MG For Presentation files (default 10 000 = 2 500 four-view exams of
-   128 x 104 pixels, 16-bit, ~28 KB each): four views rendered once by mammo_node.synth, then
-   given a new patient, date, accession number and UIDs per exam.
-2. Files them into mammo-node through the Ingestor (the one ingest path: fsynced file + index
-   row per instance; 4 threads) and into Orthanc with dcmtk storescu (4 associations,
-   TCP_NODELAY=1).
-3. Runs each server in its own process (mammo-node: uvicorn with the app of mammo_node.web, a
-   bearer token on every request; Orthanc 1.10 + DICOMweb plugin 1.7, no authentication) and
-   loads it with 16 concurrent clients (4 processes x 4 threads, keep-alive connections, random
-   targets): QIDO-RS study search by PatientID, QIDO-RS study search by a one-month StudyDate
-   range (limit 25), WADO-RS retrieve of one instance (multipart, transfer-syntax=*).
-   The servers take turns per scenario (A B, B A, A B: 3 s warm-up, then ``--seconds``
-   measured each time) so that other load on the machine hits both; each server's figures
-   are its median round. Prints requests/s, p50 and p99.
+1. Files ``--filed-exams`` synthetic 4-view MG exams (128 x 104 pixels, 16-bit, ~28 KB a file;
+   four views rendered once by mammo_node.synth, then given exam n's patient, date, accession
+   and UIDs from ``mammo_node.synth.bulk.bulk_exam``) into mammo-node through the Ingestor
+   (the one ingest path: fsynced file + index row; 4 threads) and into Orthanc with dcmtk
+   storescu (4 associations). These are the only files: WADO-RS reads them.
+2. Round 1, the same data on both servers: latency of QIDO-RS study searches by PatientID, by
+   a one-month StudyDate range (limit 25) and by AccessionNumber, WADO-RS of one instance; on
+   mammo-node also the worklist page (``/``, 200 newest exams) and the exam page.
+3. Adds the rows of exams ``--filed-exams`` .. ``--exams`` - 1 straight into mammo-node's
+   tables (mammo_node.synth.bulk: patient, exam, 4 series, 4 instances and a result each, in
+   batches; no files), ANALYZE on PostgreSQL, and measures mammo-node again at full size.
 
-Both servers and the clients share this machine's cores; the figures are relative.
+Latency: one client, one keep-alive connection, requests one after another with random
+targets (seeded), ``--warmup`` unmeasured then ``--requests`` measured per scenario and
+server, the servers taking turns in two halves (A B B A) so that other load on the machine
+hits both. Prints median and p95 in ms. The servers (mammo-node: uvicorn, bearer token on
+every request; Orthanc 1.10 + DICOMweb plugin, no authentication) and the client share this
+machine's cores.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import argparse
 import datetime as dt
 import http.client
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -44,7 +45,9 @@ import numpy as np
 TOKEN = "bench-admin-token-0123456789abcdef"
 ENV = dict(os.environ, TCP_NODELAY="1")
 MULTIPART = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-Requests = list[tuple[str, dict[str, str]]]
+JSON = "application/dicom+json"
+SLOTS = ("L-CC", "L-MLO", "R-CC", "R-MLO")
+Target = tuple[str, dict[str, str]]  # path, headers
 
 
 def free_port() -> int:
@@ -68,19 +71,12 @@ def wait_http(port: int, path: str, timeout: float = 120.0) -> None:
 
 
 # --- data --------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Item:
-    patient_id: str
-    study_date: str
-    study_uid: str
-    series_uid: str
-    sop_uid: str
+def make_files(folder: Path, count: int) -> list[Path]:
+    """Real files of bulk exams 0 .. count - 1 (the values bulk rows of later exams follow)."""
+    from mammo_node.synth import SynthOptions, generate_exam
+    from mammo_node.synth.bulk import bulk_exam
 
-
-def make_files(folder: Path, count: int) -> tuple[list[Path], list[Item]]:
-    from mammo_node.synth import SynthOptions, generate_exam, make_uid
-
-    exam = generate_exam(
+    template = generate_exam(
         np.random.default_rng(7),
         options=SynthOptions(rows=128, columns=104),
         patient_id="BENCH-TEMPLATE",
@@ -91,23 +87,19 @@ def make_files(folder: Path, count: int) -> tuple[list[Path], list[Item]]:
         bits_stored=12,
     )
     folder.mkdir(parents=True, exist_ok=True)
-    files, items = [], []
-    first = dt.date(2023, 1, 1)
-    for n in range(count // 4):
-        day = (first + dt.timedelta(days=n % 730)).strftime("%Y%m%d")
-        patient = f"BENCH{n:05d}"
-        study = make_uid("bench-study", n)
-        for slot, ds in exam.datasets.items():
-            series, sop = make_uid("bench-series", n, slot), make_uid("bench-sop", n, slot)
-            ds.PatientID, ds.PatientName = patient, f"BENCH^PATIENT{n:05d}"
-            ds.StudyDate, ds.AccessionNumber = day, f"A{n:07d}"
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, sop
-            ds.file_meta.MediaStorageSOPInstanceUID = sop
-            path = folder / f"{n:05d}-{slot}.dcm"
+    files = []
+    for n in range(count):
+        exam = bulk_exam(n)
+        for slot, ds in template.datasets.items():
+            ds.PatientID, ds.PatientName = exam.patient_id, exam.patient_name
+            ds.StudyDate, ds.AccessionNumber = exam.study_date, exam.accession_number
+            ds.StudyInstanceUID = exam.study_uid
+            ds.SeriesInstanceUID = exam.series_uid(slot)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = exam.sop_uid(slot)
+            path = folder / f"{n:07d}-{slot}.dcm"
             ds.save_as(path, enforce_file_format=True)
             files.append(path)
-            items.append(Item(patient, day, study, series, sop))
-    return files, items
+    return files
 
 
 def ingest_mammo_node(data_dir: Path, db_url: str | None, files: list[Path]) -> float:
@@ -117,7 +109,7 @@ def ingest_mammo_node(data_dir: Path, db_url: str | None, files: list[Path]) -> 
     from mammo_node.filing.storage import InstanceStore
 
     settings = Settings(data_dir=data_dir, db_url=db_url, min_free_disk_mb=0)
-    upgrade(settings.database_url)
+    upgrade(settings.database_url, storage_dir=settings.storage_dir)
     db = Database(settings.database_url)
     store = InstanceStore(settings.storage_dir)
     ingestor = Ingestor(settings, db, store)
@@ -130,6 +122,25 @@ def ingest_mammo_node(data_dir: Path, db_url: str | None, files: list[Path]) -> 
     started = time.perf_counter()
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(one, files))
+    seconds = time.perf_counter() - started
+    db.dispose()
+    return seconds
+
+
+def add_bulk_rows(data_dir: Path, db_url: str | None, first: int, count: int) -> float:
+    from sqlalchemy import text
+
+    from mammo_node.config import Settings
+    from mammo_node.db.session import Database
+    from mammo_node.synth.bulk import insert_index_rows
+
+    settings = Settings(data_dir=data_dir, db_url=db_url, min_free_disk_mb=0)
+    db = Database(settings.database_url)
+    started = time.perf_counter()
+    insert_index_rows(db, first=first, count=count)
+    if db.dialect == "postgresql":  # what autovacuum would have done by then
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ANALYZE"))
     seconds = time.perf_counter() - started
     db.dispose()
     return seconds
@@ -218,141 +229,143 @@ class Orthanc:
         self.proc.wait(30)
 
 
-# --- load ---------------------------------------------------------------------------------------
-def client_process(
-    port: int,
-    requests: Requests,
-    seconds: float,
-    threads: int,
-    seed: int,
-    out: multiprocessing.Queue,
-) -> None:  # type: ignore[type-arg]
-    results: list[tuple[float, int, int]] = []
-    lock = threading.Lock()
-    stop_at = time.perf_counter() + seconds
-
-    def worker(index: int) -> None:
-        rng = random.Random(seed * 100 + index)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        local = []
-        while time.perf_counter() < stop_at:
-            path, headers = requests[rng.randrange(len(requests))]
-            started = time.perf_counter()
-            try:
-                conn.request("GET", path, headers=headers)
-                response = conn.getresponse()
-                body = response.read()
-                status = response.status
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                status, body = 599, b""
-            local.append((time.perf_counter() - started, status, len(body)))
-        with lock:
-            results.extend(local)
-
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    out.put(results)
-
-
+# --- latency ------------------------------------------------------------------------------------
 @dataclass
-class Figures:
-    requests: int
+class Latency:
+    samples_ms: list[float]
     errors: int
-    per_second: float
-    p50_ms: float
-    p99_ms: float
     mean_bytes: float
 
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples_ms) if self.samples_ms else float("nan")
 
-def load(
-    port: int, requests: Requests, seconds: float, processes: int = 4, threads: int = 4
-) -> Figures:
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [
-        ctx.Process(target=client_process, args=(port, requests, seconds, threads, p, queue))
-        for p in range(processes)
-    ]
-    for proc in procs:
-        proc.start()
-    results = [r for _ in procs for r in queue.get()]
-    for proc in procs:
-        proc.join()
-    ok = [r for r in results if r[1] == 200 and r[2] > 0]
-    latencies = sorted(r[0] for r in ok) or [float("nan")]
-    return Figures(
-        requests=len(results),
-        errors=len(results) - len(ok),
-        per_second=len(ok) / seconds,
-        p50_ms=1000 * statistics.median(latencies),
-        p99_ms=1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-        mean_bytes=statistics.fmean(r[2] for r in ok) if ok else 0.0,
-    )
+    @property
+    def p95(self) -> float:
+        ranked = sorted(self.samples_ms)
+        return ranked[min(len(ranked) - 1, int(0.95 * len(ranked)))] if ranked else float("nan")
 
 
-def scenarios(items: list[Item], root: str, headers: dict[str, str]) -> dict[str, Requests]:
-    json_headers = {**headers, "Accept": "application/dicom+json"}
-    patients = sorted({i.patient_id for i in items})
-    months = sorted({i.study_date[:6] for i in items})
+def timed(port: int, targets: list[Target], count: int, seed: int) -> Latency:
+    """``count`` requests one after another on one keep-alive connection, random targets."""
+    rng = random.Random(seed)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    samples, errors, sizes = [], 0, []
+    for _ in range(count):
+        path, headers = targets[rng.randrange(len(targets))]
+        started = time.perf_counter()
+        try:
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            errors += 1
+            continue
+        elapsed = 1000 * (time.perf_counter() - started)
+        if response.status != 200 or not body:
+            errors += 1
+            continue
+        samples.append(elapsed)
+        sizes.append(len(body))
+    conn.close()
+    return Latency(samples, errors, statistics.fmean(sizes) if sizes else 0.0)
+
+
+Scenarios = dict[str, list[Target]]
+
+
+def dicomweb_scenarios(root: str, exams: list[int], auth: dict[str, str]) -> Scenarios:
+    from mammo_node.synth.bulk import bulk_exam
+
+    json_headers = {**auth, "Accept": JSON}
+    chosen = [bulk_exam(n) for n in exams]
+    months = sorted({e.study_date[:6] for e in chosen})
     return {
-        "QIDO-RS studies?PatientID=": [
-            (f"{root}/studies?PatientID={p}", json_headers) for p in patients
+        "QIDO studies?PatientID=": [
+            (f"{root}/studies?PatientID={e.patient_id}", json_headers) for e in chosen
         ],
-        "QIDO-RS studies?StudyDate=<month>&limit=25": [
+        "QIDO studies?StudyDate=<month>&limit=25": [
             (f"{root}/studies?StudyDate={m}01-{m}31&limit=25", json_headers) for m in months
         ],
-        "WADO-RS instance": [
-            (
-                f"{root}/studies/{i.study_uid}/series/{i.series_uid}/instances/{i.sop_uid}",
-                {**headers, "Accept": MULTIPART},
-            )
-            for i in items
+        "QIDO studies?AccessionNumber=": [
+            (f"{root}/studies?AccessionNumber={e.accession_number}", json_headers) for e in chosen
         ],
     }
 
 
-Target = tuple[str, int, dict[str, Requests]]
+def wado_targets(root: str, exams: list[int], auth: dict[str, str]) -> list[Target]:
+    from mammo_node.synth.bulk import bulk_exam
+
+    targets = []
+    for n in exams:
+        exam = bulk_exam(n)
+        for slot in SLOTS:
+            path = (
+                f"{root}/studies/{exam.study_uid}/series/{exam.series_uid(slot)}"
+                f"/instances/{exam.sop_uid(slot)}"
+            )
+            targets.append((path, {**auth, "Accept": MULTIPART}))
+    return targets
 
 
-def show(name: str, scenario: str, figures: Figures, note: str = "") -> None:
-    print(
-        f"  {name:10s} {scenario:44s} {figures.per_second:8.0f} req/s  "
-        f"p50 {figures.p50_ms:7.1f} ms  p99 {figures.p99_ms:7.1f} ms  "
-        f"errors {figures.errors}  ({figures.mean_bytes / 1024:.1f} KiB/answer){note}",
-        flush=True,
-    )
+def page_scenarios(exams: list[int], auth: dict[str, str]) -> Scenarios:
+    from mammo_node.synth.bulk import bulk_exam
+
+    return {
+        "worklist page / (200 newest)": [("/", auth)],
+        "exam page /exams/<uid>": [(f"/exams/{bulk_exam(n).study_uid}", auth) for n in exams],
+    }
 
 
-def measure(targets: list[Target], seconds: float, rounds: int) -> dict[str, dict[str, Figures]]:
-    """Per scenario the servers take turns (A B, then B A ...), so that a change in the load
-    of the machine hits both; each server's figures are its round with the median rate."""
-    out: dict[str, dict[str, Figures]] = {name: {} for name, _, _ in targets}
-    for scenario in targets[0][2]:
-        runs: dict[str, list[Figures]] = {name: [] for name, _, _ in targets}
-        for round_ in range(rounds):
-            order = targets if round_ % 2 == 0 else targets[::-1]
+def sample(rng: random.Random, upto: int, count: int = 2000) -> list[int]:
+    return sorted(rng.sample(range(upto), min(upto, count)))
+
+
+def measure(
+    servers: list[tuple[str, int, Scenarios]], warmup: int, requests: int
+) -> dict[str, dict[str, Latency]]:
+    """Per scenario, each server in two halves, taking turns A B then B A."""
+    out: dict[str, dict[str, Latency]] = {name: {} for name, _, _ in servers}
+    names = [s for s in servers[0][2] if all(s in work for _, _, work in servers)]
+    names += [s for _, _, work in servers for s in work if s not in names]
+    for scenario in names:
+        present = [(name, port, work) for name, port, work in servers if scenario in work]
+        parts: dict[str, list[Latency]] = {name: [] for name, _, _ in present}
+        for half, order in enumerate((present, present[::-1])):
             for name, port, work in order:
-                load(port, work[scenario], 3.0)  # warm-up
-                runs[name].append(load(port, work[scenario], seconds))
-        for name, _, _ in targets:
-            ranked = sorted(runs[name], key=lambda f: f.per_second)
-            out[name][scenario] = ranked[len(ranked) // 2]
-            rates = ", ".join(f"{f.per_second:.0f}" for f in runs[name])
-            show(name, scenario, out[name][scenario], f"  rounds: {rates} req/s")
+                timed(port, work[scenario], warmup, seed=1000 + half)
+                parts[name].append(timed(port, work[scenario], requests // 2, seed=half))
+        for name, _, _ in present:
+            merged = Latency(
+                [x for p in parts[name] for x in p.samples_ms],
+                sum(p.errors for p in parts[name]),
+                statistics.fmean(p.mean_bytes for p in parts[name]),
+            )
+            out[name][scenario] = merged
+            print(
+                f"  {name:28s} {scenario:42s} median {merged.median:7.1f} ms   "
+                f"p95 {merged.p95:7.1f} ms   errors {merged.errors}   "
+                f"({merged.mean_bytes / 1024:.1f} KiB/answer)",
+                flush=True,
+            )
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--instances", type=int, default=10_000)
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured per round")
-    parser.add_argument("--rounds", type=int, default=3, help="turns per server and scenario")
+    parser.add_argument("--exams", type=int, default=100_000, help="mammo-node's full size")
+    parser.add_argument(
+        "--filed-exams",
+        type=int,
+        default=1000,
+        help="exams filed as real files into both servers (4 files each)",
+    )
+    parser.add_argument("--requests", type=int, default=200, help="measured per scenario")
+    parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--db-url", default=None, help="mammo-node database (default SQLite)")
+    parser.add_argument("--no-orthanc", action="store_true", help="mammo-node only")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
@@ -362,36 +375,43 @@ def main() -> None:
     if args.serve:
         serve_mammo_node(args.serve[0], args.serve[1], int(args.serve[2]))
         return
-    for tool in ("Orthanc", "storescu"):
+    if not 1 <= args.filed_exams <= args.exams:
+        sys.exit("--filed-exams should be between 1 and --exams")
+    tools = ("storescu", "Orthanc") if not args.no_orthanc else ()
+    for tool in tools:
         if shutil.which(tool) is None:
             sys.exit(f"{tool} not found: install orthanc, orthanc-dicomweb and dcmtk (make apt)")
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-web-"))
     node_proc = orthanc = None
+    backend = "PostgreSQL" if args.db_url else "SQLite"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    rng = random.Random(11)
     try:
         started = time.perf_counter()
-        files, items = make_files(work / "files", args.instances)
+        files = make_files(work / "files", args.filed_exams)
         megabytes = sum(f.stat().st_size for f in files) / 2**20
         print(
-            f"{len(files)} synthetic MG files ({megabytes:.0f} MB) in "
-            f"{time.perf_counter() - started:.1f} s",
+            f"{args.filed_exams} synthetic 4-view MG exams, {len(files)} files ({megabytes:.0f} "
+            f"MB) in {time.perf_counter() - started:.1f} s; load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
             flush=True,
         )
         data_dir = work / "mammo-node"
         seconds = ingest_mammo_node(data_dir, args.db_url, files)
         print(
-            f"mammo-node: indexed through the Ingestor in {seconds:.1f} s "
+            f"mammo-node ({backend}): {len(files)} files through the Ingestor in {seconds:.1f} s "
             f"({len(files) / seconds:.0f} instances/s, 4 threads)",
             flush=True,
         )
-        orthanc = Orthanc(work / "orthanc")
-        seconds = orthanc.load(files)
-        print(
-            f"Orthanc:    stored with storescu in {seconds:.1f} s "
-            f"({len(files) / seconds:.0f} instances/s, 4 associations); "
-            f"{orthanc.count()} instances",
-            flush=True,
-        )
-
+        if not args.no_orthanc:
+            orthanc = Orthanc(work / "orthanc")
+            seconds = orthanc.load(files)
+            print(
+                f"Orthanc: the same {len(files)} files with storescu in {seconds:.1f} s "
+                f"({len(files) / seconds:.0f} instances/s, 4 associations); "
+                f"{orthanc.count()} instances",
+                flush=True,
+            )
         port = free_port()
         node_proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", str(data_dir), args.db_url or "", str(port)],
@@ -399,31 +419,56 @@ def main() -> None:
             start_new_session=True,
         )
         wait_http(port, "/healthz")
+
+        small = sample(rng, args.filed_exams)
+        filed = f"{args.filed_exams} exams / {4 * args.filed_exams} instances"
         print(
-            f"\n16 concurrent clients; {args.rounds} rounds of {args.seconds:.0f} s (after 3 s "
-            f"warm-up) per server and scenario, taking turns; load average "
-            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores shared by servers and clients:"
+            f"\nRound 1, {'the same data on both' if orthanc else 'the filed exams'} "
+            f"({filed}): one client, {args.requests} "
+            f"requests per scenario after {args.warmup} warm-up; load average "
+            f"{os.getloadavg()[0]:.1f}:",
+            flush=True,
         )
-        figures = measure(
-            [
-                (
-                    "mammo-node",
-                    port,
-                    scenarios(items, "/dicomweb", {"Authorization": f"Bearer {TOKEN}"}),
-                ),
-                ("Orthanc", orthanc.http_port, scenarios(items, "/dicom-web", {})),
-            ],
-            args.seconds,
-            args.rounds,
-        )
-        node, other = figures["mammo-node"], figures["Orthanc"]
-        print(f"\nload average at the end {os.getloadavg()[0]:.1f}; mammo-node / Orthanc:")
-        for scenario in node:
-            a, b = node[scenario], other[scenario]
+        node_small = {
+            **dicomweb_scenarios("/dicomweb", small, auth),
+            "WADO-RS instance": wado_targets("/dicomweb", small, auth),
+            **page_scenarios(small, auth),
+        }
+        servers = [(f"mammo-node {backend}", port, node_small)]
+        if orthanc is not None:
+            peer = {
+                **dicomweb_scenarios("/dicom-web", small, {}),
+                "WADO-RS instance": wado_targets("/dicom-web", small, {}),
+            }
+            servers.append(("Orthanc 1.10 + DICOMweb", orthanc.http_port, peer))
+        round1 = measure(servers, args.warmup, args.requests)
+
+        added = args.exams - args.filed_exams
+        if added:
+            seconds = add_bulk_rows(data_dir, args.db_url, args.filed_exams, added)
             print(
-                f"  {scenario:44s} throughput {a.per_second / b.per_second:5.2f}x   "
-                f"p99 {a.p99_ms / b.p99_ms:5.2f}x"
+                f"\nmammo-node: added the rows of {added} exams ({4 * added} instances, "
+                f"{added} results) in {seconds:.1f} s ({added / seconds:.0f} exams/s)",
+                flush=True,
             )
+            every = sample(rng, args.exams)
+            node_full = {
+                **dicomweb_scenarios("/dicomweb", every, auth),
+                "WADO-RS instance": wado_targets("/dicomweb", small, auth),  # the files
+                **page_scenarios(every, auth),
+            }
+            full = f"{args.exams} exams / {4 * args.exams} instances"
+            print(
+                f"\nRound 2, mammo-node at full size ({full}; WADO reads the {len(files)} "
+                f"filed instances); load average {os.getloadavg()[0]:.1f}:",
+                flush=True,
+            )
+            round2 = measure(
+                [(f"mammo-node {backend}", port, node_full)], args.warmup, args.requests
+            )
+        else:
+            round2 = {}
+        summarise(round1, round2, filed, args.exams)
     finally:
         if node_proc is not None:
             node_proc.terminate()
@@ -432,6 +477,38 @@ def main() -> None:
             orthanc.stop()
         if not args.keep and args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def summarise(
+    round1: dict[str, dict[str, Latency]],
+    round2: dict[str, dict[str, Latency]],
+    filed: str,
+    exams: int,
+) -> None:
+    names = list(round1)
+    node = round1[names[0]]
+    peer = round1[names[1]] if len(names) > 1 else {}
+    full = next(iter(round2.values()), {})
+    print(f"\nmedian / p95 ms; load average at the end {os.getloadavg()[0]:.1f}")
+    header = f"  {'scenario':42s} {'mammo-node':>17s}"
+    header += f" {'Orthanc':>17s}" if peer else ""
+    header += f" {'mammo-node':>17s}" if full else ""
+    print(header)
+    sizes = f"  {'':42s} {filed[: filed.index(' exams')] + ' exams':>17s}"
+    sizes += f" {filed[: filed.index(' exams')] + ' exams':>17s}" if peer else ""
+    sizes += f" {f'{exams} exams':>17s}" if full else ""
+    print(sizes)
+
+    def show(f: Latency | None) -> str:
+        return f"{f.median:7.1f} / {f.p95:7.1f}" if f is not None else f"{'-':>17s}"
+
+    for scenario in node:
+        line = f"  {scenario:42s} {show(node.get(scenario))}"
+        if peer:
+            line += f" {show(peer.get(scenario))}"
+        if full:
+            line += f" {show(full.get(scenario))}"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -91,5 +91,5 @@ def db_upgrade(
 
     settings = _settings(data_dir=data_dir, db_url=db_url)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    upgrade(settings.database_url, revision)
+    upgrade(settings.database_url, revision, storage_dir=settings.storage_dir)
     out.print(f"database at revision {current_revision(settings.database_url)}")

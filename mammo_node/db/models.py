@@ -72,6 +72,15 @@ class Base(DeclarativeBase):
 
 
 UID = String(64)
+# PostgreSQL: a btree over a pattern operator class serves both = and LIKE 'prefix%' whatever
+# the database's collation (QIDO wildcards); SQLite's GLOB uses a plain (BINARY) index
+PATTERN = "varchar_pattern_ops"
+
+
+def fold_name(name: str) -> str:
+    """A person name as QIDO matches it: case-insensitive (PS3.4 C.2.2.2.1), folded once at
+    ingest into an indexed column."""
+    return name.lower()
 
 
 class Patient(Base):
@@ -87,6 +96,15 @@ class Patient(Base):
     sex: Mapped[str] = mapped_column(String(16), default="")
 
     exams: Mapped[list[Exam]] = relationship(back_populates="patient")
+
+    __table_args__ = (
+        Index(
+            "ix_patients_patient_id_issuer",
+            "patient_id",
+            "issuer",
+            postgresql_ops={"patient_id": PATTERN},
+        ),
+    )
 
 
 class Exam(Base):
@@ -119,6 +137,13 @@ class Exam(Base):
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
     patient_age: Mapped[str] = mapped_column(String(4), default="")
+    # PatientName as QIDO matches it (fold_name), indexed
+    patient_name_folded: Mapped[str] = mapped_column(String(324), default="", server_default="")
+    # attributes QIDO returns at the study level, read from the header at ingest; None only on
+    # rows filed before revision 0009 whose file was not there to read (QIDO reads the header)
+    study_id: Mapped[str | None] = mapped_column(String(16), default=None)
+    referring_physician_name: Mapped[str | None] = mapped_column(String(324), default=None)
+    timezone_offset: Mapped[str | None] = mapped_column(String(16), default=None)
     # scoring: attempts at the current revision, the worker holding it, the last failure
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_by: Mapped[str] = mapped_column(String(128), default="")
@@ -136,6 +161,27 @@ class Exam(Base):
     )
     events: Mapped[list[ExamEvent]] = relationship(back_populates="exam", order_by="ExamEvent.id")
 
+    __table_args__ = (
+        # QIDO matching (PS3.18 10.6.1.2) and the worklist's default order
+        Index("ix_exams_study_date", "study_date"),
+        Index(
+            "ix_exams_accession_number",
+            "accession_number",
+            postgresql_ops={"accession_number": PATTERN},
+        ),
+        Index(
+            "ix_exams_patient_name_folded",
+            "patient_name_folded",
+            postgresql_ops={"patient_name_folded": PATTERN},
+        ),
+        Index(
+            "ix_exams_study_description",
+            "study_description",
+            postgresql_ops={"study_description": PATTERN},
+        ),
+        Index("ix_exams_last_received_at", "last_received_at", "id"),
+    )
+
 
 class Series(Base):
     __tablename__ = "series"
@@ -146,9 +192,15 @@ class Series(Base):
     modality: Mapped[str] = mapped_column(String(16), default="")
     series_number: Mapped[int | None] = mapped_column(Integer, default=None)
     series_description: Mapped[str] = mapped_column(String(64), default="")
+    # returned by QIDO at the series level (None: filed before 0009, file not read)
+    pps_start_date: Mapped[str | None] = mapped_column(String(8), default=None)
+    pps_start_time: Mapped[str | None] = mapped_column(String(32), default=None)
 
     exam: Mapped[Exam] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+    # Modality and ModalitiesInStudy matching: series of a modality, then their exams
+    __table_args__ = (Index("ix_series_modality_exam", "modality", "exam_fk"),)
 
 
 class Instance(Base):
@@ -181,6 +233,11 @@ class Instance(Base):
     photometric: Mapped[str] = mapped_column(String(16), default="")
     presentation_intent: Mapped[str] = mapped_column(String(32), default="")
     image_type: Mapped[str] = mapped_column(String(128), default="")
+    # returned by QIDO at the instance level (None: filed before 0009, file not read)
+    bits_allocated: Mapped[int | None] = mapped_column(Integer, default=None)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer, default=None)
+    # how the exam page hangs the view ("A\\R"; "" absent; None: filed before 0009, not read)
+    patient_orientation: Mapped[str | None] = mapped_column(String(32), default=None)
 
     # what the tags say, and which tag decided (see grouping.classify)
     laterality: Mapped[str | None] = mapped_column(String(1), default=None)
@@ -215,6 +272,7 @@ class Instance(Base):
     __table_args__ = (
         Index("ix_instances_pixel_pending", "pixel_check", "origin"),
         Index("ix_instances_sha256", "sha256"),  # finds the files not hashed yet (NULL)
+        Index("ix_instances_sop_class_uid", "sop_class_uid"),  # QIDO SOPClassUID
     )
 
 

@@ -120,7 +120,9 @@ class Database:
         except SQLAlchemyError as exc:
             raise DatabaseError(f"database error ({self.dialect}): {scrub(str(exc))}") from exc
         finally:
-            session.rollback()
+            # close() ends the transaction (a rollback on the connection) and detaches the
+            # objects read; a session rollback() would first expire every one of them, which
+            # costs more than the query on a page of 200 exams
             session.close()
 
     def dispose(self) -> None:
@@ -128,7 +130,7 @@ class Database:
         self.read_engine.dispose()
 
 
-def alembic_config(url: str) -> Any:
+def alembic_config(url: str, storage_dir: Path | None = None) -> Any:
     from alembic.config import Config
 
     if not (ALEMBIC_DIR / "env.py").is_file():
@@ -140,16 +142,19 @@ def alembic_config(url: str) -> Any:
     cfg.set_main_option("script_location", str(ALEMBIC_DIR))
     cfg.set_main_option("sqlalchemy.url", _normalise_url(url).replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
+    if storage_dir is not None:  # migrations that backfill from stored headers read here
+        cfg.attributes["storage_dir"] = str(storage_dir)
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Apply migrations up to ``revision`` (creates the schema on an empty database)."""
+def upgrade(url: str, revision: str = "head", *, storage_dir: Path | None = None) -> None:
+    """Apply migrations up to ``revision`` (creates the schema on an empty database);
+    ``storage_dir``: the instance store, for migrations that backfill columns from headers."""
     from alembic import command
 
     logger.info("applying database migrations up to %s", revision)
     try:
-        command.upgrade(alembic_config(url), revision)
+        command.upgrade(alembic_config(url, storage_dir), revision)
     except SQLAlchemyError as exc:
         raise DatabaseError(f"migration failed: {scrub(str(exc))}") from exc
 

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from mammo_node.config import Settings
 from mammo_node.db import repo
-from mammo_node.db.models import Exam, Instance, InstanceConflict, utcnow
+from mammo_node.db.models import Exam, Instance, InstanceConflict, fold_name, utcnow
 from mammo_node.db.session import Database
 from mammo_node.domain import (
     ExamState,
@@ -162,23 +162,34 @@ def read_facts(ds: Dataset) -> HeaderFacts:
                 "patient_birth_date": _str(ds, "PatientBirthDate", 8),
                 "patient_sex": _str(ds, "PatientSex", 16),
                 "patient_age": _str(ds, "PatientAge", 4),
+                "patient_name_folded": fold_name(_str(ds, "PatientName", 324)),
             },
             study={
                 "accession_number": _str(ds, "AccessionNumber", 16),
                 "study_date": _str(ds, "StudyDate", 8),
                 "study_time": _str(ds, "StudyTime", 32),
                 "study_description": _str(ds, "StudyDescription", 64),
+                "study_id": _str(ds, "StudyID", 16),
+                "referring_physician_name": _str(ds, "ReferringPhysicianName", 324),
+                "timezone_offset": _str(ds, "TimezoneOffsetFromUTC", 16),
             },
             series={
                 "modality": _str(ds, "Modality", 16),
                 "series_number": _int(ds, "SeriesNumber"),
                 "series_description": _str(ds, "SeriesDescription", 64),
+                "pps_start_date": _str(ds, "PerformedProcedureStepStartDate", 8),
+                "pps_start_time": _str(ds, "PerformedProcedureStepStartTime", 32),
             },
             instance={
                 "modality": _str(ds, "Modality", 16),
                 "instance_number": _int(ds, "InstanceNumber"),
                 "rows": _int(ds, "Rows"),
                 "columns": _int(ds, "Columns"),
+                "bits_allocated": _int(ds, "BitsAllocated"),
+                "number_of_frames": _int(ds, "NumberOfFrames"),
+                "patient_orientation": "\\".join(
+                    str(v) for v in (ds.get("PatientOrientation") or [])
+                )[:32],
                 "photometric": _str(ds, "PhotometricInterpretation", 16),
                 "presentation_intent": intent,
                 "image_type": "\\".join(str(v) for v in ds.get("ImageType", []))[:128],

@@ -361,7 +361,7 @@ def restore(directory: Path, settings: Settings) -> RestoreReport:
     else:
         _restore_postgres(directory, url)
     files, size = _restore_files(directory, store)
-    upgrade(url)
+    upgrade(url, storage_dir=store)
     db = Database(url)
     try:
         marked = _mark_missing_pruned(db, manifest.get("missing", []), manifest["created_at"])

@@ -5,8 +5,14 @@ Matching (PS3.4 C.2.2.2) on the indexed attributes: single value, UID lists (``a
 date and time ranges (``20240101-20241231``, ``-20241231``, ``20240101-``), empty value =
 universal. ``includefield`` (keywords or tags, comma-separated, repeatable, or ``all``),
 ``limit`` / ``offset``. ``fuzzymatching`` is accepted and ignored (a Warning says so); so is a
-known attribute that is not indexed. Attributes the index lacks (Study ID, Referring
-Physician's Name, Bits Allocated, includefield extras) are read from a stored header (cached).
+known attribute that is not indexed.
+
+Every attribute matched on has an index (``mammo_node.db.models``: PatientID with its issuer,
+the case-folded PatientName, StudyDate, AccessionNumber, StudyDescription, Modality, the
+UIDs), and every attribute returned by default is a column, so an answer costs index lookups
+and no file reads. Only ``includefield`` attributes the index does not hold are read from a
+stored header (cached), as are the defaults of a row filed before revision 0009 whose file
+was not there when the migration ran (their columns are NULL).
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from mammo_node.db.models import Exam, Instance, Patient, Series
+from mammo_node.db.models import Exam, Instance, Patient, Series, fold_name
 from mammo_node.web.dicomjson import HeaderCache, JsonDataset, tag_key
 from mammo_node.web.errors import DicomWebError
 
@@ -54,7 +60,7 @@ INDEXED: dict[str, Attribute] = {
         Attribute("StudyTime", STUDY, Exam.study_time, "TM"),
         Attribute("AccessionNumber", STUDY, Exam.accession_number, "SH"),
         Attribute("StudyDescription", STUDY, Exam.study_description, "LO"),
-        Attribute("PatientName", STUDY, Exam.patient_name, "PN"),
+        Attribute("PatientName", STUDY, Exam.patient_name_folded, "PN"),
         Attribute("PatientID", STUDY, Patient.patient_id, "LO"),
         Attribute("IssuerOfPatientID", STUDY, Patient.issuer, "LO"),
         Attribute("PatientBirthDate", STUDY, Exam.patient_birth_date, "DA"),
@@ -69,8 +75,9 @@ INDEXED: dict[str, Attribute] = {
         Attribute("InstanceNumber", INSTANCE, Instance.instance_number, "IS"),
     )
 }
-# answered from a stored header at each level (PS3.18 Tables 10.6.3-3 .. -5), besides the index
-HEADER_DEFAULTS: dict[str, tuple[str, ...]] = {
+# returned at each level (PS3.18 Tables 10.6.3-3 .. -5) from columns besides the matching
+# keys; read from a stored header only where the column is NULL (see the module's doc)
+DEFAULTS: dict[str, tuple[str, ...]] = {
     STUDY: ("StudyID", "ReferringPhysicianName", "TimezoneOffsetFromUTC"),
     SERIES: ("PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime"),
     INSTANCE: ("BitsAllocated", "NumberOfFrames", "TimezoneOffsetFromUTC"),
@@ -217,22 +224,20 @@ def _check_value(attribute: Attribute, value: str) -> None:
 
 
 # --- SQL --------------------------------------------------------------------------------------
-def _wildcard(column: Any, value: str, *, dialect: str, fold: bool) -> ColumnElement[bool]:
-    if fold:
-        pattern = value.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = pattern.replace("*", "%").replace("?", "_")
-        return func.lower(column).like(pattern, escape="\\")
-    if dialect == "sqlite":  # GLOB: case-sensitive, * and ? as DICOM means them
+def _wildcard(column: Any, value: str, *, dialect: str) -> ColumnElement[bool]:
+    """Case-sensitive ``*`` / ``?`` matching that an index serves for a literal prefix."""
+    if dialect == "sqlite":  # GLOB: case-sensitive, * and ? as DICOM means them, BINARY index
         return column.op("GLOB")(value.replace("[", "[[]"))
+    # PostgreSQL's LIKE escapes with a backslash by default; the pattern_ops index serves it
     pattern = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return column.like(pattern.replace("*", "%").replace("?", "_"), escape="\\")
+    return column.like(pattern.replace("*", "%").replace("?", "_"))
 
 
 def _condition(attribute: Attribute, value: str, dialect: str) -> ColumnElement[bool]:
     column = attribute.column
-    if attribute.keyword == "ModalitiesInStudy":
+    if attribute.keyword == "ModalitiesInStudy":  # the series of those modalities, by index
         wanted = [v.strip() for v in re.split(r"[\\,]", value) if v.strip()]
-        return exists().where(Series.exam_fk == Exam.id, Series.modality.in_(wanted))
+        return Exam.id.in_(select(Series.exam_fk).where(Series.modality.in_(wanted)))
     if attribute.vr == "UI":
         uids = [v.strip() for v in re.split(r"[\\,]", value) if v.strip()]
         return column.in_(uids)
@@ -249,10 +254,11 @@ def _condition(attribute: Attribute, value: str, dialect: str) -> ColumnElement[
         return column == int(value)
     if attribute.vr == "CS" and "\\" in value:
         return column.in_([v for v in value.split("\\") if v])
-    fold = attribute.vr == "PN"
+    if attribute.vr == "PN":  # matched on the column folded at ingest
+        value = fold_name(value)
     if "*" in value or "?" in value:
-        return _wildcard(column, value, dialect=dialect, fold=fold)
-    return func.lower(column) == value.lower() if fold else column == value
+        return _wildcard(column, value, dialect=dialect)
+    return column == value
 
 
 def _filtered(statement: Select[Any], query: Query, dialect: str) -> Select[Any]:
@@ -279,12 +285,19 @@ def element(vr: str, value: Any) -> dict[str, Any]:
     return {"vr": vr, "Value": [value]}
 
 
+def _column_value(vr: str, value: Any) -> dict[str, Any] | None:
+    """A default attribute from its column; None (NULL: not read yet) leaves it to a header."""
+    return None if value is None else element(vr, value)
+
+
 @dataclass
 class Found:
-    """One answer row before it becomes JSON: indexed values plus a header to read from."""
+    """One answer row before it becomes JSON: indexed values, and where a header is read
+    if one is needed: ``rel_path`` (an instance) or the exam / series ``owner`` id."""
 
     values: dict[str, dict[str, Any]]
-    rel_path: str | None
+    rel_path: str | None = None
+    owner: int | None = None
 
 
 @dataclass
@@ -316,22 +329,56 @@ class Searcher:
             )
         elif more:
             warnings.append("There are additional results that can be requested.")
-        return SearchResult([self._finish(f, query) for f in found], more, warnings)
+        wanted = self._wanted(query)
+        self._locate_headers(session, query, [f for f in found if self._needs_header(f, wanted)])
+        return SearchResult([self._finish(f, query, wanted) for f in found], more, warnings)
 
-    def _page(self, statement: Select[Any], query: Query) -> Select[Any]:
-        return statement.offset(query.offset).limit(query.limit + 1)
+    def _page(
+        self, statement: Select[Any], key: Any, query: Query, ids: Select[Any] | None = None
+    ) -> Select[Any]:
+        """The page: first its ids, matched, sorted and skipped on index entries alone (a
+        month of StudyDate is thousands of exams), then only those rows with their joins.
+        ``ids``: the id query's joins when fewer than the statement's are needed."""
+        ids = (
+            _filtered(
+                ids if ids is not None else statement.with_only_columns(key), query, self.dialect
+            )
+            .order_by(key)
+            .offset(query.offset)
+            .limit(query.limit + 1)
+        )
+        return statement.where(key.in_(ids)).order_by(key)
 
-    def _finish(self, found: Found, query: Query) -> JsonDataset:
-        wanted = [tag_for_keyword(k) for k in HEADER_DEFAULTS[query.level]]
-        wanted += query.include
+    @staticmethod
+    def _wanted(query: Query) -> list[str]:
+        tags = [tag_for_keyword(k) for k in DEFAULTS[query.level]]
+        tags += query.include
         if query.include_all and query.level in ALL_FIELDS:
-            wanted += [tag_for_keyword(k) for k in ALL_FIELDS[query.level]]
+            tags += [tag_for_keyword(k) for k in ALL_FIELDS[query.level]]
+        return [tag_key(int(t)) for t in tags if t is not None]
+
+    @staticmethod
+    def _needs_header(found: Found, wanted: list[str]) -> bool:
+        return any(key not in found.values for key in wanted)
+
+    def _locate_headers(self, session: Session, query: Query, found: list[Found]) -> None:
+        """The first-filed instance of each exam / series whose answer needs a header."""
+        owners = [f.owner for f in found if f.rel_path is None and f.owner is not None]
+        if not owners:
+            return
+        column = Instance.exam_fk if query.level == STUDY else Instance.series_fk
+        paths = _first_instance(session, column, owners)
+        for item in found:
+            if item.rel_path is None and item.owner is not None:
+                item.rel_path = paths.get(item.owner)
+
+    def _finish(self, found: Found, query: Query, wanted: list[str]) -> JsonDataset:
         out = dict(found.values)
-        keys = [tag_key(int(t)) for t in wanted if t is not None]
-        missing = [k for k in keys if k not in out]
-        if found.rel_path and (missing or (query.include_all and query.level == INSTANCE)):
+        everything = query.include_all and query.level == INSTANCE
+        missing = [k for k in wanted if k not in out]
+        if found.rel_path and (missing or everything):
             header = self.headers.get(found.rel_path)
-            if query.include_all and query.level == INSTANCE:
+            if everything:
                 missing = [k for k in header if k not in out]
             for key in missing:
                 value = header.get(key)
@@ -342,13 +389,15 @@ class Searcher:
     # --- per level ------------------------------------------------------------------------
     def _studies(self, session: Session, query: Query, base: str) -> list[Found]:
         statement = select(Exam, Patient).join(Patient, Exam.patient_fk == Patient.id)
-        rows = session.execute(
-            self._page(_filtered(statement, query, self.dialect).order_by(Exam.id), query)
-        ).all()
+        ids = select(Exam.id)
+        if any(
+            a.column is not None and a.column.table is Patient.__table__ for a, _ in query.matches
+        ):
+            ids = ids.join(Patient, Exam.patient_fk == Patient.id)
+        rows = session.execute(self._page(statement, Exam.id, query, ids)).all()
         ids = [exam.id for exam, _ in rows]
         series_counts, modalities = _series_facts(session, ids)
         instance_counts = _count_by(session, Instance.exam_fk, ids)
-        first = _first_instance(session, Instance.exam_fk, ids)
         return [
             Found(
                 {
@@ -357,7 +406,7 @@ class Searcher:
                     tag_key(0x00201206): element("IS", series_counts.get(exam.id, 0)),
                     tag_key(0x00201208): element("IS", instance_counts.get(exam.id, 0)),
                 },
-                first.get(exam.id),
+                owner=exam.id,
             )
             for exam, patient in rows
         ]
@@ -368,18 +417,15 @@ class Searcher:
             .join(Exam, Series.exam_fk == Exam.id)
             .join(Patient, Exam.patient_fk == Patient.id)
         )
-        rows = session.execute(
-            self._page(_filtered(statement, query, self.dialect).order_by(Series.id), query)
-        ).all()
+        rows = session.execute(self._page(statement, Series.id, query)).all()
         ids = [series.id for series, _, _ in rows]
         counts = _count_by(session, Instance.series_fk, ids)
-        first = _first_instance(session, Instance.series_fk, ids)
         found = []
         for series, exam, patient in rows:
             values = {} if query.study_uid else _study_values(exam, patient, base)
             values.update(_series_values(series, exam, base))
             values[tag_key(0x00201209)] = element("IS", counts.get(series.id, 0))
-            found.append(Found(values, first.get(series.id)))
+            found.append(Found(values, owner=series.id))
         return found
 
     def _instances(self, session: Session, query: Query, base: str) -> list[Found]:
@@ -389,9 +435,7 @@ class Searcher:
             .join(Exam, Instance.exam_fk == Exam.id)
             .join(Patient, Exam.patient_fk == Patient.id)
         )
-        rows = session.execute(
-            self._page(_filtered(statement, query, self.dialect).order_by(Instance.id), query)
-        ).all()
+        rows = session.execute(self._page(statement, Instance.id, query)).all()
         found = []
         for instance, series, exam, patient in rows:
             values = {} if query.study_uid else _study_values(exam, patient, base)
@@ -399,51 +443,69 @@ class Searcher:
                 values.update(_series_values(series, exam, base))
             series_url = f"{base}/studies/{exam.study_uid}/series/{series.series_uid}"
             values.update(
-                {
-                    tag_key(0x00080016): element("UI", instance.sop_class_uid),
-                    tag_key(0x00080018): element("UI", instance.sop_instance_uid),
-                    tag_key(0x00080056): element("CS", "ONLINE"),
-                    tag_key(0x00081190): element(
-                        "UR", f"{series_url}/instances/{instance.sop_instance_uid}"
-                    ),
-                    tag_key(0x00200013): element("IS", instance.instance_number),
-                    tag_key(0x00280010): element("US", instance.rows),
-                    tag_key(0x00280011): element("US", instance.columns),
-                }
+                _present(
+                    {
+                        tag_key(0x00080016): element("UI", instance.sop_class_uid),
+                        tag_key(0x00080018): element("UI", instance.sop_instance_uid),
+                        tag_key(0x00080056): element("CS", "ONLINE"),
+                        tag_key(0x00080201): _column_value("SH", exam.timezone_offset),
+                        tag_key(0x00081190): element(
+                            "UR", f"{series_url}/instances/{instance.sop_instance_uid}"
+                        ),
+                        tag_key(0x00200013): element("IS", instance.instance_number),
+                        tag_key(0x00280008): element("IS", instance.number_of_frames),
+                        tag_key(0x00280010): element("US", instance.rows),
+                        tag_key(0x00280011): element("US", instance.columns),
+                        tag_key(0x00280100): element("US", instance.bits_allocated),
+                    }
+                )
             )
-            found.append(Found(values, instance.rel_path))
+            found.append(Found(values, rel_path=instance.rel_path))
         return found
 
 
+def _present(values: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def _study_values(exam: Exam, patient: Patient, base: str) -> dict[str, dict[str, Any]]:
-    return {
-        tag_key(0x00080020): element("DA", exam.study_date),
-        tag_key(0x00080030): element("TM", exam.study_time),
-        tag_key(0x00080050): element("SH", exam.accession_number),
-        tag_key(0x00080056): element("CS", "ONLINE"),
-        tag_key(0x00081030): element("LO", exam.study_description),
-        tag_key(0x00081190): element("UR", f"{base}/studies/{exam.study_uid}"),
-        # the study's own attributes; the patient row only links studies by ID
-        tag_key(0x00100010): element("PN", exam.patient_name),
-        tag_key(0x00100020): element("LO", patient.patient_id),
-        tag_key(0x00100021): element("LO", patient.issuer),
-        tag_key(0x00100030): element("DA", exam.patient_birth_date),
-        tag_key(0x00100040): element("CS", exam.patient_sex),
-        tag_key(0x0020000D): element("UI", exam.study_uid),
-    }
+    return _present(
+        {
+            tag_key(0x00080020): element("DA", exam.study_date),
+            tag_key(0x00080030): element("TM", exam.study_time),
+            tag_key(0x00080050): element("SH", exam.accession_number),
+            tag_key(0x00080056): element("CS", "ONLINE"),
+            tag_key(0x00080090): _column_value("PN", exam.referring_physician_name),
+            tag_key(0x00080201): _column_value("SH", exam.timezone_offset),
+            tag_key(0x00081030): element("LO", exam.study_description),
+            tag_key(0x00081190): element("UR", f"{base}/studies/{exam.study_uid}"),
+            # the study's own attributes; the patient row only links studies by ID
+            tag_key(0x00100010): element("PN", exam.patient_name),
+            tag_key(0x00100020): element("LO", patient.patient_id),
+            tag_key(0x00100021): element("LO", patient.issuer),
+            tag_key(0x00100030): element("DA", exam.patient_birth_date),
+            tag_key(0x00100040): element("CS", exam.patient_sex),
+            tag_key(0x0020000D): element("UI", exam.study_uid),
+            tag_key(0x00200010): _column_value("SH", exam.study_id),
+        }
+    )
 
 
 def _series_values(series: Series, exam: Exam, base: str) -> dict[str, dict[str, Any]]:
-    return {
-        tag_key(0x00080060): element("CS", series.modality),
-        tag_key(0x0008103E): element("LO", series.series_description),
-        tag_key(0x00081190): element(
-            "UR", f"{base}/studies/{exam.study_uid}/series/{series.series_uid}"
-        ),
-        tag_key(0x0020000D): element("UI", exam.study_uid),
-        tag_key(0x0020000E): element("UI", series.series_uid),
-        tag_key(0x00200011): element("IS", series.series_number),
-    }
+    return _present(
+        {
+            tag_key(0x00080060): element("CS", series.modality),
+            tag_key(0x0008103E): element("LO", series.series_description),
+            tag_key(0x00081190): element(
+                "UR", f"{base}/studies/{exam.study_uid}/series/{series.series_uid}"
+            ),
+            tag_key(0x0020000D): element("UI", exam.study_uid),
+            tag_key(0x0020000E): element("UI", series.series_uid),
+            tag_key(0x00200011): element("IS", series.series_number),
+            tag_key(0x00400244): _column_value("DA", series.pps_start_date),
+            tag_key(0x00400245): _column_value("TM", series.pps_start_time),
+        }
+    )
 
 
 def _count_by(session: Session, column: Any, ids: list[int]) -> dict[int, int]:

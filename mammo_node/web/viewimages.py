@@ -44,6 +44,7 @@ class StoredImage:
     view: str | None
     rows: int | None
     columns: int | None
+    patient_orientation: str | None = None  # None: not indexed (filed before 0009)
 
 
 class ViewImages:
@@ -54,6 +55,8 @@ class ViewImages:
         self.store = store
         self.headers = headers
         self.cache_dir = cache_dir
+        # flips decided from the pixels (no PatientOrientation), per stored version
+        self._pixel_flips: dict[str, render.Flips] = {}
 
     def _lookup(self, study_uid: str, sop_uid: str) -> StoredImage:
         with self.db.read() as session:
@@ -65,6 +68,7 @@ class ViewImages:
                     Instance.view,
                     Instance.rows,
                     Instance.columns,
+                    Instance.patient_orientation,
                     Instance.pruned_at,
                 )
                 .join(Exam, Instance.exam_fk == Exam.id)
@@ -76,7 +80,7 @@ class ViewImages:
             raise NotFoundError(
                 f"image {sop_uid} was deleted by retention on {row.pruned_at.date().isoformat()}"
             )
-        return StoredImage(*row[:6])
+        return StoredImage(*row[:7])
 
     @staticmethod
     def version(image: StoredImage) -> str:
@@ -84,12 +88,23 @@ class ViewImages:
         return hashlib.sha256(image.rel_path.encode()).hexdigest()[:16]
 
     def flips(self, image: StoredImage) -> render.Flips:
-        orientation = self.headers.get(image.rel_path).get("00200020", {}).get("Value")
-        values = [str(v) for v in orientation] if orientation else None
-        pixels = None
-        if not values or len(values) != 2:
+        """How to hang the image: from its indexed PatientOrientation (no file read); from
+        the pixels, once per stored version, when it has none."""
+        if image.patient_orientation is not None:
+            values = image.patient_orientation.split("\\") if image.patient_orientation else None
+        else:  # filed before the column existed
+            orientation = self.headers.get(image.rel_path).get("00200020", {}).get("Value")
+            values = [str(v) for v in orientation] if orientation else None
+        if values and len(values) == 2:
+            return render.hanging_flips(image.laterality, image.view, values, None)
+        found = self._pixel_flips.get(image.rel_path)
+        if found is None:
             pixels = render.display_image(dcmread(self.store.path(image.rel_path)))
-        return render.hanging_flips(image.laterality, image.view, values, pixels)
+            found = render.hanging_flips(image.laterality, image.view, values, pixels)
+            if len(self._pixel_flips) >= 4096:
+                self._pixel_flips.clear()
+            self._pixel_flips[image.rel_path] = found
+        return found
 
     def flips_for(self, study_uid: str, sop_uid: str) -> render.Flips:
         return self.flips(self._lookup(study_uid, sop_uid))

@@ -7,13 +7,15 @@ captures, what the node decided and why, and where the results went.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
-from mammo_node.db.models import Destination, Exam, Instance, Patient, Result
+from mammo_node.db.models import Destination, Exam, ExamEvent, Instance, Patient, Result
 from mammo_node.db.session import Database
 from mammo_node.domain import ExamState, Origin
 from mammo_node.exams import exam_in, find_exam, image_counts
@@ -46,24 +48,17 @@ def check_filters(state: str, sort: str, min_category: int | None = None) -> Non
         raise WebError(400, f"sort {sort!r}: expected one of {', '.join(SORTS)}")
 
 
-def _latest_results() -> Any:
+def _latest_result_id() -> Any:
+    """The exam's latest result, looked up per exam in the results' exam index."""
     return (
-        select(Result.exam_fk.label("exam_fk"), func.max(Result.id).label("result_id"))
-        .group_by(Result.exam_fk)
-        .subquery()
+        select(func.max(Result.id))
+        .where(Result.exam_fk == Exam.id)
+        .correlate(Exam)
+        .scalar_subquery()
     )
 
 
-def _worklist_query(
-    state: str | None, sort: str, search: str | None, min_category: int | None = None
-) -> Select[Any]:
-    latest = _latest_results()
-    query = (
-        select(Exam, Patient, Result)
-        .join(Patient, Exam.patient_fk == Patient.id)
-        .outerjoin(latest, latest.c.exam_fk == Exam.id)
-        .outerjoin(Result, Result.id == latest.c.result_id)
-    )
+def _filtered(query: Select[Any], state: str | None, search: str | None) -> Select[Any]:
     if state:
         query = query.where(Exam.state == state)
     if search:
@@ -76,6 +71,21 @@ def _worklist_query(
                 Exam.study_uid.like(f"{search}%"),
             )
         )
+    return query
+
+
+def _worklist_query(
+    state: str | None, sort: str, search: str | None, min_category: int | None = None
+) -> Select[Any]:
+    """Exams ordered or filtered by their latest result (risk, category): every exam's
+    latest result is weighed, so this reads all exams of the state asked for."""
+    query = _filtered(
+        select(Exam, Patient, Result)
+        .join(Patient, Exam.patient_fk == Patient.id)
+        .outerjoin(Result, Result.id == _latest_result_id()),
+        state,
+        search,
+    )
     if min_category is not None:  # triage: only exams at or above this category
         query = query.where(Result.category >= min_category)
     if sort == "category":  # the calibrated scale first, then the score within a category
@@ -85,11 +95,25 @@ def _worklist_query(
             Exam.last_received_at.desc(),
             Exam.id.desc(),
         )
-    if sort == "risk":
-        return query.order_by(
-            Result.exam_score.desc().nulls_last(), Exam.last_received_at.desc(), Exam.id.desc()
-        )
-    return query.order_by(Exam.last_received_at.desc(), Exam.id.desc())
+    return query.order_by(
+        Result.exam_score.desc().nulls_last(), Exam.last_received_at.desc(), Exam.id.desc()
+    )
+
+
+def _newest(
+    session: Session, state: str | None, search: str | None, limit: int
+) -> list[tuple[Exam, Patient, Result | None]]:
+    """The default page: the newest exams through the received-time index (the scan stops
+    at the page's end), then their latest results by exam id - two queries whatever the size
+    of the database."""
+    query = _filtered(
+        select(Exam, Patient).join(Patient, Exam.patient_fk == Patient.id), state, search
+    ).order_by(Exam.last_received_at.desc(), Exam.id.desc())
+    rows = session.execute(query.limit(limit)).all()
+    ids = [exam.id for exam, _ in rows]
+    latest = select(func.max(Result.id)).where(Result.exam_fk.in_(ids)).group_by(Result.exam_fk)
+    results = {r.exam_fk: r for r in session.scalars(select(Result).where(Result.id.in_(latest)))}
+    return [(exam, patient, results.get(exam.id)) for exam, patient in rows]
 
 
 def worklist(
@@ -108,8 +132,11 @@ def worklist(
     if min_category is not None and not 1 <= min_category <= 10:
         raise ValueError(f'Argument "min_category" should be 1..10, got {min_category!r}.')
     with db.read() as session:
-        query = _worklist_query(state, sort, search, min_category)
-        rows = session.execute(query.limit(limit)).all()
+        if sort == "newest" and min_category is None:
+            rows = _newest(session, state, search, limit)
+        else:
+            query = _worklist_query(state, sort, search, min_category)
+            rows = [tuple(r) for r in session.execute(query.limit(limit)).all()]
         counts = image_counts(session, [exam.id for exam, _, _ in rows])
         return [
             WorklistRow.of_row(exam, counts.get(exam.id, 0), patient, result)
@@ -117,10 +144,37 @@ def worklist(
         ]
 
 
+# per database: the marker the counts were made under, when, and the counts
+_COUNTED: dict[str, tuple[tuple[int | None, int | None], float, dict[str, int]]] = {}
+_COUNTED_LOCK = threading.Lock()
+#: counts are made again at least this often: ids are not handed out in commit order on
+#: PostgreSQL, so an exam event committed late can hide behind a newer one for this long
+RECOUNT_SECONDS = 10.0
+
+
 def state_counts(db: Database) -> dict[str, int]:
+    """Exams per state (the worklist's chips). Every page used to count the whole table; an
+    exam is only ever added (a new exam id) or moved by ``repo.set_exam_state`` (a new exam
+    event), so the counts are made again only when one of the two newest ids changed (or
+    after RECOUNT_SECONDS): two primary-key lookups otherwise."""
     with db.read() as session:
+        newest_exam, newest_event = session.execute(
+            select(
+                select(func.max(Exam.id)).scalar_subquery(),
+                select(func.max(ExamEvent.id)).scalar_subquery(),
+            )
+        ).one()
+        marker = (newest_exam, newest_event)
+        with _COUNTED_LOCK:
+            cached = _COUNTED.get(db.url)
+        now = time.monotonic()
+        if cached is not None and cached[0] == marker and now - cached[1] < RECOUNT_SECONDS:
+            return dict(cached[2])
         found = dict(session.execute(select(Exam.state, func.count()).group_by(Exam.state)).all())
-    return {state.value: int(found.get(state.value, 0)) for state in ExamState}
+    counts = {state.value: int(found.get(state.value, 0)) for state in ExamState}
+    with _COUNTED_LOCK:  # counted after the marker was read: never older than it says
+        _COUNTED[db.url] = (marker, now, counts)
+    return dict(counts)
 
 
 # --- one exam ---------------------------------------------------------------------------------
@@ -147,8 +201,9 @@ def exam_view(db: Database, headers: HeaderCache, study_uid: str) -> ExamPage:
             outputs=outputs,
             deliveries=deliveries,
         )
-    sc_for = _saliency_captures(headers, outputs)
-    seg_for = _segmentations(headers, outputs)
+    selected = dict((view.result.selection or {}).get("slots", {})) if view.result else {}
+    sc_for = _saliency_captures(headers, outputs, selected)
+    seg_for = _segmentations(headers, outputs, selected)
     scores = view.result.images if view.result else {}
     kept_out = {n.sop_instance_uid: n for n in detail.not_scored}
     for slot in HANGING_ORDER:
@@ -184,15 +239,33 @@ def _why_missing(
 
 
 def _outputs(session: Session, result_id: int) -> list[OutputFile]:
-    query = select(Instance).where(Instance.result_fk == result_id).order_by(Instance.id)
+    query = (
+        select(Instance)
+        .where(Instance.result_fk == result_id)
+        .order_by(Instance.id)
+        .options(joinedload(Instance.series))  # one query, not one per output for its series
+    )
     return [OutputFile.of(instance) for instance in session.scalars(query)]
 
 
-def _saliency_captures(headers: HeaderCache, outputs: list[OutputFile]) -> dict[str, str]:
-    """source SOP Instance UID -> its Secondary Capture (from the SC's SourceImageSequence)."""
-    found: dict[str, str] = {}
+def _by_slot(outputs: list[OutputFile], kind: str, selected: dict[str, str]) -> dict[str, str]:
+    """source SOP Instance UID -> the output of ``kind`` made for its view: the output's slot
+    and the image the result scored in that slot (both rows), no file read."""
+    return {
+        selected[o.slot]: o.sop_instance_uid
+        for o in outputs
+        if o.kind == kind and o.slot and o.slot in selected
+    }
+
+
+def _saliency_captures(
+    headers: HeaderCache, outputs: list[OutputFile], selected: dict[str, str]
+) -> dict[str, str]:
+    """source SOP Instance UID -> its Secondary Capture: from the rows, else (an output
+    without a slot) from the SC's SourceImageSequence."""
+    found = _by_slot(outputs, "sc", selected)
     for output in outputs:
-        if output.kind != "sc":
+        if output.kind != "sc" or (output.slot and output.slot in selected):
             continue
         header = headers.get(output.rel_path)
         for item in header.get("00082112", {}).get("Value", []) or []:
@@ -202,11 +275,14 @@ def _saliency_captures(headers: HeaderCache, outputs: list[OutputFile]) -> dict[
     return found
 
 
-def _segmentations(headers: HeaderCache, outputs: list[OutputFile]) -> dict[str, str]:
-    """source SOP Instance UID -> its SEG (from ReferencedSeriesSequence > instances)."""
-    found: dict[str, str] = {}
+def _segmentations(
+    headers: HeaderCache, outputs: list[OutputFile], selected: dict[str, str]
+) -> dict[str, str]:
+    """source SOP Instance UID -> its SEG: from the rows, else from the SEG's
+    ReferencedSeriesSequence > instances."""
+    found = _by_slot(outputs, "seg", selected)
     for output in outputs:
-        if output.kind != "seg":
+        if output.kind != "seg" or (output.slot and output.slot in selected):
             continue
         header = headers.get(output.rel_path)
         for series in header.get("00081115", {}).get("Value", []) or []:
