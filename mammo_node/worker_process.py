@@ -344,7 +344,8 @@ class WorkerSupervisor(threading.Thread):
         deadline = None if timeout is None else time.monotonic() + timeout
         process = self.process
         if process is not None:
-            process.join(timeout)
+            # still loading its model: no exam claimed yet, nothing to wait for
+            process.join(timeout if self.ready.is_set() else 0)
             if process.is_alive():
                 logger.warning("scoring process %d still busy: killed", process.pid)
                 process.kill()
