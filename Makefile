@@ -66,8 +66,9 @@ lint: venv
 	$(VENV)/bin/ruff format --check mammo_node trainer tests scripts alembic
 
 # --- benchmarks ----------------------------------------------------------------------------
+BENCH_INGEST_ARGS ?=  # e.g. --associations 4 --repeats 2 --scoring-bundle demo
 bench-ingest: venv apt
-	$(PY) scripts/bench_ingest.py
+	$(PY) scripts/bench_ingest.py $(BENCH_INGEST_ARGS)
 
 bench-pipeline: venv apt
 	$(PY) scripts/bench_pipeline.py

@@ -204,8 +204,9 @@ class ScoringLoad(MammoNode):
     variant: ClassVar[dict[str, str]] = {}
 
     def start(self) -> None:
+        # the default quiet period, as in the idle round: the timed files' pixel checks
+        # start after the send in both
         self.extra_env = dict(
-            MAMMO_QUIET_SECONDS="1",
             MAMMO_PRIOR_AFTER_DAYS="0",
             MAMMO_DEVICE="cpu",
             **({"MAMMO_MODEL_BUNDLE": str(self.bundle)} if self.bundle else {}),
