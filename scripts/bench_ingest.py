@@ -337,26 +337,15 @@ def send(port: int, files: list[Path], associations: int, durable: bool = True) 
     return time.perf_counter() - start
 
 
-def run(
-    receiver_cls: Callable[[Path], Receiver],
-    base: Path,
-    files: list[Path],
-    associations: int,
-    repeats: int,
-    tag: str = "",
-) -> tuple[list[float], list[str]]:
-    times, notes = [], []
-    for i in range(repeats):
-        receiver = receiver_cls(base / f"{receiver_cls.__name__}{tag}-{associations}-{i}")
-        receiver.start()
-        try:
-            subprocess.run(["sync"], check=True)
-            receiver.before_send()
-            times.append(send(receiver.port, files, associations))
-            notes.append(receiver.after_send())
-        finally:
-            receiver.stop()
-    return times, notes
+def run_once(receiver: Receiver, files: list[Path], associations: int) -> tuple[float, str]:
+    receiver.start()
+    try:
+        subprocess.run(["sync"], check=True)
+        receiver.before_send()
+        seconds = send(receiver.port, files, associations)
+        return seconds, receiver.after_send()
+    finally:
+        receiver.stop()
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
@@ -415,16 +404,24 @@ def main() -> None:
     results: dict[tuple[str, int], float] = {}
     try:
         for associations in args.associations:
-            for n, (name, cls, env) in enumerate(rounds):
-                ScoringLoad.variant = env
-                times, notes = run(cls, base, files, associations, args.repeats, f"-{n}")
-                seconds = statistics.median(times)
+            # repeats outermost: every receiver sees the same stretch of a shared machine
+            times: dict[str, list[float]] = {name: [] for name, _, _ in rounds}
+            notes: dict[str, list[str]] = {name: [] for name, _, _ in rounds}
+            for i in range(args.repeats):
+                for n, (name, cls, env) in enumerate(rounds):
+                    ScoringLoad.variant = env
+                    receiver = cls(base / f"{cls.__name__}-{n}-{associations}-{i}")
+                    seconds, note = run_once(receiver, files, associations)
+                    times[name].append(seconds)
+                    notes[name].append(note)
+            for name, _, _ in rounds:
+                seconds = statistics.median(times[name])
                 results[(name, associations)] = seconds
-                spread = f"{total_mb / max(times):.0f}-{total_mb / min(times):.0f}"
+                spread = f"{total_mb / max(times[name]):.0f}-{total_mb / min(times[name]):.0f}"
                 print(
                     f"  {name:24s} {associations} assoc: {seconds:6.2f} s "
                     f"{len(files) / seconds:6.1f} files/s {total_mb / seconds:7.1f} MB/s "
-                    f"(runs {spread}) {' '.join(sorted(set(notes)))}",
+                    f"(runs {spread}) {' '.join(notes[name])}",
                     flush=True,
                 )
     finally:
