@@ -69,8 +69,9 @@ lint: venv
 	$(VENV)/bin/ruff format --check mammo_node trainer tests scripts alembic
 
 # --- benchmarks ----------------------------------------------------------------------------
+BENCH_INGEST_ARGS ?=  # e.g. --associations 4 --repeats 2 --scoring-bundle demo
 bench-ingest: venv apt
-	$(PY) scripts/bench_ingest.py
+	$(PY) scripts/bench_ingest.py $(BENCH_INGEST_ARGS)
 
 # e.g. BENCH_PIPELINE_ARGS="--device cuda --precision bf16 --batch 1,4,8" on a GPU machine,
 # "--stages" for the model-free stages with CPU seconds

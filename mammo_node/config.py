@@ -108,6 +108,28 @@ class Settings(BaseSettings):
     claim_timeout_seconds: float = Field(
         900.0, gt=0, description="a SCORING claim older than this is taken back"
     )
+    # receiving comes first: the scoring process yields the CPUs to the listeners
+    worker_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="niceness the scoring process adds to the node's (0 = same priority as "
+        "receiving; 19 = lowest)",
+    )
+    worker_sched_idle: bool = Field(
+        False,
+        description="run the scoring process under SCHED_IDLE (only CPU time nothing else "
+        "wants; scoring may stall on a loaded machine)",
+    )
+    worker_threads: int = Field(
+        0, ge=0, description="torch threads of the scoring process; 0 = the CPUs it may use"
+    )
+    worker_threads_receiving: int = Field(
+        0,
+        ge=0,
+        description="torch threads while associations are open (set between exams and between "
+        "scoring and writing); 0 = half of worker_threads, at least 1",
+    )
 
     # --- export ----------------------------------------------------------------------
     return_to_sender: bool = Field(True, description="also send results to a known sender AE")

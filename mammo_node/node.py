@@ -46,8 +46,11 @@ class Node:
         if score and settings.serve_worker:
             # scoring decodes images from outside: in a child process, so that a crash or an
             # out-of-memory there costs that exam an attempt, never the listeners; the child
-            # scores with the registry's active bundle (activation needs no restart)
-            self.worker = WorkerSupervisor(settings, on_result=self.exporter.wake)
+            # scores with the registry's active bundle (activation needs no restart), at a
+            # lower priority and with fewer threads while associations are open
+            self.worker = WorkerSupervisor(
+                settings, on_result=self.exporter.wake, receiving=self.scp.open_associations
+            )
             # a shadow bundle scores in a child process of its own, for the same reason
             self.shadow = ShadowSupervisor(settings)
         self.retention: RetentionThread | None = None

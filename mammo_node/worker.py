@@ -15,7 +15,6 @@ import datetime as dt
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,7 +43,6 @@ from mammo_node.filing.ingest import Ingestor
 from mammo_node.grouping.rules import Resolution
 from mammo_node.limits import ImageLimits, check_before_decode, check_deflate
 from mammo_node.observe import metrics
-from mammo_node.observe.loops import LoopHealth
 from mammo_node.responses import ScoredExam
 from mammo_node.scrub import describe, format_exception
 from mammo_node.writers import OutputObject, build_outputs
@@ -107,22 +105,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def release_dead_claims(db: Database, settings: Settings, why: str = "") -> int:
+def release_dead_claims(
+    db: Database, settings: Settings, why: str = "", worker_id: str | None = None
+) -> int:
     """Claims held by worker processes of this host (and AE) that no longer run are taken
     back at once, instead of after ``claim_timeout_seconds``: the exam goes back to READY, or
-    is parked FAILED when it has used its ``max_attempts`` (whatever killed the worker)."""
+    is parked FAILED when it has used its ``max_attempts`` (whatever killed the worker).
+    ``worker_id``: the claims of that (stable) worker name, whose process the caller knows
+    has ended."""
     prefix = worker_id_prefix(settings)
     released = 0
     with db.session() as session:
+        held = Exam.claimed_by == worker_id if worker_id else Exam.claimed_by.startswith(prefix)
         exams = session.scalars(
-            select(Exam).where(
-                Exam.state == ExamState.SCORING.value, Exam.claimed_by.startswith(prefix)
-            )
+            select(Exam).where(Exam.state == ExamState.SCORING.value, held)
         ).all()
         for exam in exams:
-            pid_text = exam.claimed_by[len(prefix) :]
-            if not pid_text.isdigit() or _pid_alive(int(pid_text)):
-                continue
+            if not worker_id:
+                pid_text = exam.claimed_by[len(prefix) :]
+                if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+                    continue
             message = why or "the scoring process ended while scoring it"
             exam.last_error = message
             exam.claimed_by = ""
@@ -155,9 +157,12 @@ class Worker:
         *,
         worker_id: str | None = None,
         on_result: Callable[[], None] | None = None,
+        pace: Callable[[], None] | None = None,
     ) -> None:
-        """``on_result`` is called after a result and its deliveries are committed."""
+        """``on_result`` is called after a result and its deliveries are committed; ``pace``
+        between the stages of an exam (the scoring process sets its threads there)."""
         self.on_result = on_result
+        self.pace = pace
         self.settings = settings
         self.db = db
         self.ingestor = ingestor
@@ -280,6 +285,7 @@ class Worker:
         """Score a claimed exam; returns the Result id (None when the exam moved on)."""
         started = time.perf_counter()
         sources, read_seconds = self._read_sources(claim)
+        self._pace()
         inference = self.scorer.score_exam(sources, claim.study_uid)
         return self._finish(claim, sources, inference, read_seconds, started)
 
@@ -296,6 +302,7 @@ class Worker:
                 self._failed(claim, exc)
                 continue
             ready.append((claim, sources, read_seconds))
+        self._pace()  # threads for the model pass, as associations are open or not
         try:
             outcomes = score_many(self.scorer, [(src, c.study_uid) for c, src, _ in ready])
         except Exception as exc:  # the scorer itself broke: every exam of the batch failed
@@ -349,6 +356,7 @@ class Worker:
     ) -> int | None:
         """Writers, store, record: the result of one scored exam."""
         previous = self._previous_result(claim.exam_id)
+        self._pace()
         t1 = time.perf_counter()
         outputs = self._build_outputs(sources, inference, claim, previous)
         writers_seconds = time.perf_counter() - t1
@@ -386,6 +394,10 @@ class Worker:
         seconds = time.perf_counter() - t0
         logger.info("worker warmed up in %.2f s (batch of %d)", seconds, len(batch))
         return seconds
+
+    def _pace(self) -> None:
+        if self.pace is not None:
+            self.pace()
 
     def _previous_result(self, exam_id: int) -> tuple[int, list[ReferencedDocument]] | None:
         """The latest result of this exam and its SRs (they become Predecessor Documents)."""
@@ -730,40 +742,3 @@ def rescore(db: Database, study_uid: str, reason: str = "rescore requested") -> 
         exam.claimed_by = ""
         repo.set_exam_state(session, exam, ExamState.READY, reason)
         return exam.revision
-
-
-class WorkerThread(threading.Thread):
-    def __init__(self, worker: Worker) -> None:
-        super().__init__(name="worker", daemon=True)
-        self.worker = worker
-        self.stopping = threading.Event()
-        self.ready = threading.Event()
-        self.model_error = ""
-        self.health = LoopHealth("worker", is_alive=self.is_alive)
-
-    def run(self) -> None:
-        self.health.started = True
-        try:
-            self.worker.release_own_claims()
-            release_dead_claims(self.worker.db, self.worker.settings)
-            _ = self.worker.scorer  # load the model before claiming anything
-        except Exception as exc:
-            self.model_error = f"{type(exc).__name__}: {exc}"
-            self.health.failed(exc, "loading the model (exams stay READY)")
-            return
-        warm_up(self.worker)
-        self.ready.set()
-        while not self.stopping.is_set():
-            try:
-                busy = self.worker.run_once()
-            except Exception as exc:
-                self.health.failed(exc, "worker pass")
-                busy = False
-            else:
-                self.health.succeeded()
-            if not busy:
-                self.stopping.wait(self.worker.settings.worker_poll_seconds)
-
-    def stop(self) -> None:
-        self.health.stopped = True
-        self.stopping.set()

@@ -9,6 +9,12 @@ SCP and the web server in the parent keep answering.
 Memory is bounded two ways: the supervisor reads the child's resident set from /proc and
 kills it above ``worker_memory_limit_mb`` (works for CPU and GPU processes alike), and a CPU
 child also caps its address space (``RLIMIT_AS``) above what the loaded model already uses.
+
+Receiving comes first: the child lowers its own CPU priority before anything else
+(``worker_nice`` added to the node's niceness, optionally SCHED_IDLE), and bounds torch's
+intra-op threads (``worker_threads``). The supervisor copies the SCP's count of open
+associations into a shared value every poll; the child reads it between exams and between
+scoring and writing, and drops to ``worker_threads_receiving`` threads while any is open.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import resource
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
@@ -75,6 +83,60 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+@dataclass(frozen=True)
+class ScoringPriority:
+    """How the scoring process gives way to receiving (from the ``worker_*`` settings)."""
+
+    nice: int  # added to the niceness the process starts with
+    sched_idle: bool
+    threads: int  # torch intra-op threads with no association open
+    threads_receiving: int  # ... while one or more are open
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ScoringPriority:
+        threads = settings.worker_threads or len(os.sched_getaffinity(0))
+        receiving = settings.worker_threads_receiving or max(1, threads // 2)
+        return cls(
+            settings.worker_nice, settings.worker_sched_idle, threads, min(receiving, threads)
+        )
+
+    def threads_for(self, associations: int) -> int:
+        return self.threads_receiving if associations > 0 else self.threads
+
+
+def lower_priority(priority: ScoringPriority) -> int:
+    """Lower every thread of this process (Linux niceness and policy are per thread; threads
+    started later inherit them). Returns the niceness reached."""
+    nice = os.nice(0)
+    target = min(19, nice + priority.nice)
+    for tid in (int(t) for t in os.listdir("/proc/self/task")):
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, target)
+            if priority.sched_idle:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
+    return target
+
+
+class ThreadGovernor:
+    """Sets torch's intra-op threads from the open-association count (in the child)."""
+
+    def __init__(self, priority: ScoringPriority, receiving: Any, threads: Any) -> None:
+        self.priority = priority
+        self.receiving = receiving  # shared int written by the supervisor
+        self.threads = threads  # shared int: the threads in use, for /metrics and tests
+
+    def __call__(self) -> None:
+        import torch
+
+        wanted = self.priority.threads_for(int(self.receiving.value))
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
+            logger.debug("scoring with %d thread(s)", wanted)
+        self.threads.value = wanted
+
+
 def _child_main(
     settings: Settings,
     stop: MpEvent,
@@ -83,9 +145,16 @@ def _child_main(
     error: Any,
     limit: int,
     parent: int,
+    receiving: Any,
+    threads: Any,
+    worker_id: str | None,
 ) -> None:
-    """The child: load the model, then claim and score exams until told to stop."""
+    """The child: lower its priority, load the model, then claim and score exams until told
+    to stop."""
     _die_with_parent(parent)
+    priority = ScoringPriority.from_settings(settings)
+    lower_priority(priority)
+    governor = ThreadGovernor(priority, receiving, threads)
     from mammo_node import logs
     from mammo_node.db.session import Database
     from mammo_node.filing.ingest import Ingestor
@@ -100,9 +169,12 @@ def _child_main(
         db,
         Ingestor(settings, db, InstanceStore(settings.storage_dir)),
         lambda: ActiveBundleScorer(settings, db),
+        worker_id=worker_id,
         on_result=result.set,
+        pace=governor,
     )
     try:
+        governor()  # the model loads with bounded threads too
         scorer = worker.scorer
     except Exception as exc:
         error.value = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:1000]
@@ -115,6 +187,7 @@ def _child_main(
     ready.set()
     while not stop.is_set() and os.getppid() == parent:
         try:
+            governor()
             busy = worker.run_once()
         except Exception:
             logger.exception("worker pass failed")
@@ -130,18 +203,31 @@ class ScoringProcessDied(MammoNodeError):
 
 class WorkerSupervisor(threading.Thread):
     """Runs the scoring worker in a child process; restarts it and recovers its claim when it
-    dies. Quacks like ``WorkerThread`` for the node (``ready``, ``model_error``, ``stop``)."""
+    dies; the node's and `mammo-node worker`'s scoring (``ready``, ``model_error``, ``stop``)."""
 
-    def __init__(self, settings: Settings, on_result: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        on_result: Any = None,
+        *,
+        receiving: Callable[[], int] | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        """``receiving`` counts the open associations (the SCP's); ``worker_id`` a stable
+        name for the child's claims (default: host/AE/worker/<child pid>)."""
         super().__init__(name="worker-supervisor", daemon=True)
         self.settings = settings
         self.on_result = on_result
+        self.receiving = receiving
+        self.worker_id = worker_id
         self.limit = worker_memory_limit(settings)
         self._mp = multiprocessing.get_context("spawn")
         self.ready = self._mp.Event()
         self._result = self._mp.Event()
         self._stop_child = self._mp.Event()
         self._error = self._mp.Array("c", 1024)
+        self._receiving = self._mp.RawValue("i", 0)
+        self._threads = self._mp.RawValue("i", 0)
         self.stopping = threading.Event()
         self.process: Any = None
         self.restarts = 0
@@ -153,6 +239,11 @@ class WorkerSupervisor(threading.Thread):
     @property
     def model_error(self) -> str:
         return bytes(self._error.value).decode("utf-8", "replace")
+
+    @property
+    def threads(self) -> int:
+        """torch threads the scoring process uses now (0 before it has set them)."""
+        return int(self._threads.value)
 
     def _start_child(self) -> None:
         self.ready.clear()
@@ -166,6 +257,9 @@ class WorkerSupervisor(threading.Thread):
                 self._error,
                 self.limit,
                 os.getpid(),
+                self._receiving,
+                self._threads,
+                self.worker_id,
             ),
             name="mammo-worker",
             daemon=True,
@@ -181,6 +275,10 @@ class WorkerSupervisor(threading.Thread):
         self.health.started = True
         try:
             release_dead_claims(db, self.settings, "the node stopped while scoring it")
+            if self.worker_id:  # a stable name: its claims are from a run that ended
+                release_dead_claims(
+                    db, self.settings, "the worker stopped while scoring it", self.worker_id
+                )
             while not self.stopping.is_set():
                 self._start_child()
                 why = self._watch()
@@ -193,6 +291,10 @@ class WorkerSupervisor(threading.Thread):
                     self.health.failed(exc, "scoring process")
                 try:
                     release_dead_claims(db, self.settings, f"the scoring process {why}")
+                    if self.worker_id:
+                        release_dead_claims(
+                            db, self.settings, f"the scoring process {why}", self.worker_id
+                        )
                 except Exception:
                     logger.exception("could not take back the dead scoring process's claim")
                 if self.model_error:
@@ -209,6 +311,8 @@ class WorkerSupervisor(threading.Thread):
         process = self.process
         killed_for_memory = 0
         while process.is_alive():
+            if self.receiving is not None:
+                self._receiving.value = self.receiving()
             if self._result.is_set():
                 self._result.clear()
                 if self.on_result is not None:
@@ -241,7 +345,8 @@ class WorkerSupervisor(threading.Thread):
         deadline = None if timeout is None else time.monotonic() + timeout
         process = self.process
         if process is not None:
-            process.join(timeout)
+            # still loading its model: no exam claimed yet, nothing to wait for
+            process.join(timeout if self.ready.is_set() else 0)
             if process.is_alive():
                 logger.warning("scoring process %d still busy: killed", process.pid)
                 process.kill()

@@ -94,6 +94,8 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
             # the synthetic and real test data carry historical study dates; the tests of
             # the prior rule set their own window
             "prior_after_days": 0,
+            # as in NodeProcess: the scoring process at the tests' own priority
+            "worker_nice": 0,
         }
         if db_url:
             values["db_url"] = db_url

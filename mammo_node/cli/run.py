@@ -48,35 +48,28 @@ def worker(
         str | None, typer.Option("--id", help="Stable name of this worker")
     ] = None,
 ) -> None:
-    """Run a scoring worker alone (several may share one PostgreSQL database)."""
+    """Run a scoring worker alone (several may share one PostgreSQL database).
+
+    As in `serve`, exams are scored in a supervised child process at a lower priority: a
+    crash there costs the exam an attempt and the child is restarted."""
     import signal
     import threading
 
-    from mammo_node.db.session import Database
-    from mammo_node.filing.ingest import Ingestor
-    from mammo_node.filing.storage import InstanceStore
-    from mammo_node.operations.models import ActiveBundleScorer
-    from mammo_node.worker import Worker, WorkerThread
+    from mammo_node.errors import ModelError
+    from mammo_node.worker_process import WorkerSupervisor
 
     settings = _settings(data_dir=data_dir, db_url=db_url, model_bundle=model_bundle)
-    db = Database(settings.database_url)
-    ingestor = Ingestor(settings, db, InstanceStore(settings.storage_dir))
-    thread = WorkerThread(
-        Worker(
-            settings,
-            db,
-            ingestor,
-            lambda: ActiveBundleScorer(settings, db),
-            worker_id=worker_id,
-        )
-    )
+    supervisor = WorkerSupervisor(settings, worker_id=worker_id)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    thread.start()
-    stop.wait()
-    thread.stop()
-    thread.join(timeout=5)
+    supervisor.start()
+    while supervisor.is_alive() and not stop.wait(0.5):
+        pass
+    supervisor.stop()
+    supervisor.join(timeout=settings.shutdown_grace_seconds)
+    if not stop.is_set() and supervisor.model_error:
+        raise ModelError(f"the worker cannot load its model: {supervisor.model_error}")
 
 
 # --- db ----------------------------------------------------------------------------------

@@ -145,6 +145,11 @@ class StorageSCP:
         )
         return server
 
+    def open_associations(self) -> int:
+        """Associations accepted and not yet ended (the scoring process gives way to them)."""
+        with self._lock:
+            return len(self._counts)
+
     @property
     def port(self) -> int:
         if self.server is None:

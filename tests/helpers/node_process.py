@@ -25,6 +25,9 @@ class NodeProcess:
             "MAMMO_MIN_FREE_DISK_MB": "0",
             "MAMMO_PRIOR_AFTER_DAYS": "0",  # test data carries historical study dates
             "MAMMO_HOST": "127.0.0.1",
+            # tests run niced beside other jobs, where a scoring process another +10 below
+            # them waits for minutes; the priority tests (test_worker_priority) set their own
+            "MAMMO_WORKER_NICE": "0",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
