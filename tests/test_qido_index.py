@@ -353,6 +353,7 @@ def _as_before_0009(db: Database) -> None:
     assert spec is not None and spec.loader is not None
     migration = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(migration)
+    command.downgrade(alembic_config(db.url), "0009")  # the later revisions first
     command.stamp(alembic_config(db.url), "0008")
     added = {
         "exams": ("patient_name_folded", "study_id", "referring_physician_name", "timezone_offset"),
