@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
 from mammo_node.config import Settings
@@ -139,9 +138,9 @@ class ThreadGovernor:
 
 def _child_main(
     settings: Settings,
-    stop: MpEvent,
-    ready: MpEvent,
-    result: MpEvent,
+    stop: SharedFlag,
+    ready: SharedFlag,
+    result: SharedFlag,
     error: Any,
     limit: int,
     parent: int,
@@ -197,6 +196,31 @@ def _child_main(
     db.dispose()
 
 
+class SharedFlag:
+    """A flag shared with a child process without a lock: a byte in shared memory. A
+    ``multiprocessing.Event`` takes a lock to be read or set, and a child killed while it
+    held that lock (SIGKILL, the memory limit) leaves the parent blocked for ever on its next
+    ``is_set()``; a byte cannot be left held."""
+
+    def __init__(self, context: Any) -> None:
+        self._value = context.RawValue("b", 0)
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def clear(self) -> None:
+        self._value.value = 0
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._value.value and time.monotonic() < deadline:
+            time.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
+        return self.is_set()
+
+
 class ScoringProcessDied(MammoNodeError):
     """The scoring child process ended without being asked to (killed, crashed, OOM)."""
 
@@ -222,9 +246,9 @@ class WorkerSupervisor(threading.Thread):
         self.worker_id = worker_id
         self.limit = worker_memory_limit(settings)
         self._mp = multiprocessing.get_context("spawn")
-        self.ready = self._mp.Event()
-        self._result = self._mp.Event()
-        self._stop_child = self._mp.Event()
+        self.ready = SharedFlag(self._mp)
+        self._result = SharedFlag(self._mp)
+        self._stop_child = SharedFlag(self._mp)
         self._error = self._mp.Array("c", 1024)
         self._receiving = self._mp.RawValue("i", 0)
         self._threads = self._mp.RawValue("i", 0)
