@@ -315,6 +315,22 @@ def markdown(result: Mapping[str, Any]) -> str:
                 f"{small['coa_in_lesion_rate']:.1%} of {small['n']}; lesion in ROI "
                 f"{small['lesion_in_roi_rate']:.1%}."
             )
+    points = [p for p in result.get("operating_points", ()) if p.get("expected_sensitivity_range")]
+    if points:
+        lines += [
+            "",
+            "| Operating point | sensitivity (expected here) | specificity (expected here) "
+            "| as claimed |",
+            "|---|---|---|---|",
+        ]
+        for p in points:
+            cells = []
+            for key in ("sensitivity", "specificity"):
+                lo, hi = p[f"expected_{key}_range"]
+                value = "n/a" if p[key] is None else f"{p[key]:.3f}"
+                cells.append(f"{value} ({lo:.3f}-{hi:.3f})")
+            verdict = {True: "yes", False: "**no**", None: "n/a"}[p.get("as_claimed")]
+            lines.append(f"| {p['name']} | {cells[0]} | {cells[1]} | {verdict} |")
     lines += [f"Note: {n}." for n in result.get("notes", [])]
     return "\n".join(lines) + "\n"
 
