@@ -146,3 +146,44 @@ def test_breast_region_coa_finds_the_blob_that_the_paper_centroid_misses() -> No
     region = region_centre_of_attention(smooth(saliency, 1.0), mask)[0]
     assert math.dist(region.tolist(), lesion) < 3.0
     assert math.dist(paper.tolist(), lesion) > 8.0
+
+
+class SpotBlockNet(nn.Module):
+    """BrightSpotNet with a named last block (``layer4``, stride 2) for Grad-CAM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer4 = nn.Conv2d(1, 1, kernel_size=5, stride=2, padding=2, bias=False)
+        nn.init.constant_(self.layer4.weight, 1.0 / 25)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = torch.relu(self.layer4(x)).flatten(1)
+        positive = torch.logsumexp(50.0 * local, dim=1) / 50.0
+        return torch.stack([torch.zeros_like(positive), positive], dim=1)
+
+
+def test_smoothgrad_and_grad_cam_point_at_the_spot() -> None:
+    from mammo_node.ml.saliency import (
+        breast_mask,
+        grad_cam,
+        input_gradient,
+        smoothed_maximum,
+        smoothgrad,
+    )
+
+    spots = [(20.5, 30.5), (44.5, 40.5)]
+    batch = torch.cat([spot_image(x, y, seed=i) for i, (x, y) in enumerate(spots)])
+    model = BrightSpotNet().eval()
+    sg = smoothgrad(model, batch, samples=6, noise=0.05)
+    assert torch.equal(sg, smoothgrad(model, batch, samples=6, noise=0.05))  # seeded noise
+    assert torch.allclose(
+        smoothgrad(model, batch, samples=1, noise=0.0), input_gradient(model, batch)
+    )
+    cam = grad_cam(SpotBlockNet().eval(), batch)
+    assert cam.shape == (2, 64, 64) and bool((cam >= 0).all())
+    mask = breast_mask(batch[:, 0])
+    for saliency in (sg, cam):
+        for (x, y), coa in zip(spots, smoothed_maximum(saliency, mask), strict=True):
+            assert math.dist((x, y), coa.tolist()) < 3.0
+    with pytest.raises(ValueError, match='"layer" should name a block'):
+        grad_cam(model, batch)
