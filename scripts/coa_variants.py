@@ -64,7 +64,7 @@ MAPS = (
     "gradcam4",
     "gradcam3",
 )
-PICKS = ("centroid", "region", "max")
+PICKS = ("centroid", "region", "region_peak", "region_0.5pct", "region_2pct", "max", "oracle_top3")
 
 
 def maps(
