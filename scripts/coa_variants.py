@@ -164,7 +164,7 @@ def main() -> None:
                         inside |= math.dist(stored, (lesion.x, lesion.y)) <= lesion.radius
                         in_roi |= x0 <= lesion.x < x1 and y0 <= lesion.y < y1
                     hits[variant].append((lesion.radius, inside, in_roi))
-    cut = float(np.median([r for r, _, _ in hits["grad+centroid"]]))
+    cut = float(np.median([r for r, _, _ in hits[rules[0]]]))
     out = {}
     for variant, found in hits.items():
         small = [h for h in found if h[0] <= cut]
@@ -187,8 +187,8 @@ def main() -> None:
             f"{r['small_coa_in_lesion']:.1%} | {r['small_lesion_in_roi']:.1%} |"
         )
     print(
-        f"\n{out['grad+centroid']['n']} positive held-out images; small = radius <= {cut:.1f} px "
-        f"({out['grad+centroid']['small_n']} images)."
+        f"\n{out[rules[0]]['n']} positive held-out images; small = radius <= {cut:.1f} px "
+        f"({out[rules[0]]['small_n']} images)."
     )
 
 
