@@ -22,6 +22,7 @@ from mammo_node.ml.calibration import Calibration
 from mammo_node.ml.models import build_model
 from mammo_node.ml.preprocess import PreprocessSettings
 from trainer.calibrate import fit_calibration
+from trainer.stats import expected_range
 
 
 def population(n: int = 2000, prevalence: float = 0.1, seed: int = 0) -> tuple[dict, dict]:
@@ -75,16 +76,60 @@ def test_operating_points_hold_on_new_exams_within_their_intervals() -> None:
     pos = [v for k, v in test_scores.items() if test_outcomes[k] == "screening"]
     neg = [v for k, v in test_scores.items() if test_outcomes[k] != "screening"]
     for detail in calibration.points:
+        assert (
+            detail.positives == calibration.cancers and detail.negatives == 3000 - detail.positives
+        )
+        assert detail.sensitivity == detail.true_positives / detail.positives
+        assert detail.chosen_on_cancers == detail.name.startswith("sensitivity")
         sens = np.mean([v >= detail.threshold for v in pos])
         spec = np.mean([v < detail.threshold for v in neg])
-        lo, hi = detail.sensitivity_ci
-        assert lo - 0.03 <= sens <= hi + 0.03, detail.name
-        lo, hi = detail.specificity_ci
-        assert lo - 0.02 <= spec <= hi + 0.02, detail.name
+        lo, hi = expected_range(
+            detail.true_positives,
+            detail.positives,
+            len(pos),
+            order_statistic=detail.chosen_on_cancers,
+        )
+        assert lo <= sens <= hi, detail.name
+        lo, hi = expected_range(
+            detail.true_negatives, detail.negatives, len(neg), order_statistic=False
+        )
+        assert lo <= spec <= hi, detail.name
     recall = calibration.points[-1]
     assert recall.name == "recall_rate_10" and recall.recall_rate <= 0.1
     assert recall.recall_rate == pytest.approx(0.1, abs=0.005)
     assert points[-1].threshold == recall.threshold
+
+
+def test_sensitivity_intervals_cover_the_population_value_on_small_calibration_sets() -> None:
+    """A 90 % point fitted on 15 cancers: over 400 calibration sets the exact interval holds
+    the threshold's population sensitivity (cancers ~ N(2, 1): 1 - Phi(t - 2)) at least 95 %
+    of the time, and the range for 15 new cancers holds their measurement as often; the
+    point's mean population sensitivity is k / (n + 1), below the k / n measured."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(7)
+    covered = predicted = 0
+    truths = []
+    for trial in range(400):
+        n = 40
+        cancers = rng.normal(2.0, 1.0, 15)
+        normals = rng.normal(0.0, 1.0, n - 15)
+        scores = {f"p{i}": float(v) for i, v in enumerate(cancers)}
+        scores |= {f"n{i}": float(v) for i, v in enumerate(normals)}
+        outcomes = {k: "screening" if k[0] == "p" else "normal" for k in scores}
+        calibration, _ = fit_calibration(scores, outcomes, {}, sensitivities=(0.9,), recall_rate=0)
+        point = calibration.points[0]
+        truth = float(norm.sf(point.threshold - 2.0))
+        truths.append(truth)
+        lo, hi = point.sensitivity_ci
+        covered += lo <= truth <= hi
+        new = rng.normal(2.0, 1.0, 15)
+        measured = float(np.mean(new >= point.threshold))
+        lo, hi = expected_range(point.true_positives, point.positives, 15, order_statistic=True)
+        predicted += lo <= measured <= hi
+        assert (point.true_positives, point.positives) == (14, 15), trial
+    assert covered / 400 >= 0.95 and predicted / 400 >= 0.95
+    assert np.mean(truths) == pytest.approx(14 / 16, abs=0.02)
 
 
 def _manifest(**extra: object) -> BundleManifest:

@@ -119,7 +119,12 @@ def test_smoothing_keeps_the_coa_on_a_finding_amid_pixel_speckle() -> None:
 
 
 def test_breast_region_coa_finds_the_blob_that_the_paper_centroid_misses() -> None:
-    from mammo_node.ml.saliency import breast_mask, region_centre_of_attention, smooth
+    from mammo_node.ml.saliency import (
+        breast_mask,
+        region_centre_of_attention,
+        region_centres,
+        smooth,
+    )
 
     rows, cols = 96, 80
     yy, xx = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
@@ -146,3 +151,52 @@ def test_breast_region_coa_finds_the_blob_that_the_paper_centroid_misses() -> No
     region = region_centre_of_attention(smooth(saliency, 1.0), mask)[0]
     assert math.dist(region.tolist(), lesion) < 3.0
     assert math.dist(paper.tolist(), lesion) > 8.0
+    # the strongest regions, strongest first
+    top3 = region_centres(smooth(saliency, 1.0), mask, keep=3)[0]
+    assert len(top3) == 3 and top3[0] == pytest.approx(tuple(region.tolist()))
+    # by its peak the chest-wall edge's blur just inside the band wins: why "sum" is the rule
+    peak = region_centres(smooth(saliency, 1.0), mask, by="peak")[0][0]
+    assert peak[0] < 5.0 and math.dist(peak, lesion) > 8.0
+    with pytest.raises(ValueError, match='"by" should be'):
+        region_centres(saliency, mask, by="mean")
+
+
+class SpotBlockNet(nn.Module):
+    """BrightSpotNet with a named last block (``layer4``, stride 2) for Grad-CAM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer4 = nn.Conv2d(1, 1, kernel_size=5, stride=2, padding=2, bias=False)
+        nn.init.constant_(self.layer4.weight, 1.0 / 25)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = torch.relu(self.layer4(x)).flatten(1)
+        positive = torch.logsumexp(50.0 * local, dim=1) / 50.0
+        return torch.stack([torch.zeros_like(positive), positive], dim=1)
+
+
+def test_smoothgrad_and_grad_cam_point_at_the_spot() -> None:
+    from mammo_node.ml.saliency import (
+        breast_mask,
+        grad_cam,
+        input_gradient,
+        smoothed_maximum,
+        smoothgrad,
+    )
+
+    spots = [(20.5, 30.5), (44.5, 40.5)]
+    batch = torch.cat([spot_image(x, y, seed=i) for i, (x, y) in enumerate(spots)])
+    model = BrightSpotNet().eval()
+    sg = smoothgrad(model, batch, samples=6, noise=0.05)
+    assert torch.equal(sg, smoothgrad(model, batch, samples=6, noise=0.05))  # seeded noise
+    assert torch.allclose(
+        smoothgrad(model, batch, samples=1, noise=0.0), input_gradient(model, batch)
+    )
+    cam = grad_cam(SpotBlockNet().eval(), batch)
+    assert cam.shape == (2, 64, 64) and bool((cam >= 0).all())
+    mask = breast_mask(batch[:, 0])
+    for saliency in (sg, cam):
+        for (x, y), coa in zip(spots, smoothed_maximum(saliency, mask), strict=True):
+            assert math.dist((x, y), coa.tolist()) < 3.0
+    with pytest.raises(ValueError, match='"layer" should name a block'):
+        grad_cam(model, batch)

@@ -87,3 +87,36 @@ def test_bootstrap_resamples_patients_not_exams() -> None:
     lo, hi = patient_bootstrap_auc(y, s, patients, resamples=300, seed=0)
     lo_e, hi_e = patient_bootstrap_auc(y, s, [str(i) for i in range(200)], resamples=300, seed=0)
     assert (hi - lo) > 1.7 * (hi_e - lo_e)
+
+
+def test_localisation_gives_small_lesion_image_aucs_per_model() -> None:
+    """Four cancer images (lesion radii 2, 3, 8, 9: small = radius <= the median 5.5) and
+    four negatives; attention ranks the small ones first, holistic last."""
+    from pathlib import Path
+
+    from mammo_node.domain import Slot
+    from trainer.data import ExamRecord, ImageRecord, LesionTruth, Manifest
+    from trainer.report import ImageScores, localisation
+
+    slots = [Slot.parse(s) for s in ("L-CC", "L-MLO", "R-CC", "R-MLO")]
+    exams, truth, images = [], {}, []
+    holistic = {0: [0.1, 0.2], 1: [5.0, 6.0]}  # exam 0 = small lesions, exam 1 = large
+    attention = {0: [7.0, 8.0], 1: [5.0, 6.0]}
+    for e in range(2):
+        records = {s: ImageRecord(f"{e}-{s}", f"{e}/{s}.dcm", s, "dicom") for s in slots}
+        exams.append(ExamRecord(f"study{e}", f"p{e}", "screening", "L", records))
+        for k, slot in enumerate(slots):
+            if k < 2:  # the left breast carries the cancer
+                truth[f"{e}-{slot}"] = LesionTruth(10.0, 10.0, [2.0, 3.0, 8.0, 9.0][2 * e + k])
+                scores = {"holistic": holistic[e][k], "attention": attention[e][k]}
+            else:
+                scores = {"holistic": 1.0 + k, "attention": 1.0 + k}
+            images.append(
+                ImageScores(f"study{e}", slot, int(k < 2), scores, (10.0, 10.0), (0, 0, 20, 20), 0)
+            )
+    result = localisation(images, Manifest(Path("."), exams, truth))
+    assert result["n"] == 4 and result["coa_in_lesion_rate"] == 1.0
+    small = result["small"]
+    assert small["radius_at_most"] == 5.5 and small["n"] == 2
+    assert small["image_auc"] == {"attention": 1.0, "holistic": 0.0}
+    assert result["image_auc"]["holistic"] == 0.5

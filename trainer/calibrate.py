@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from mammo_node.domain import OperatingPoint
 from mammo_node.ml.calibration import METHODS, Calibration, PointDetail
 from trainer.errors import RunError
-from trainer.stats import wilson
+from trainer.stats import clopper_pearson
 
 DEFAULT_SENSITIVITIES = (0.85, 0.9, 0.95)
 DEFAULT_RECALL_RATE = 0.05
@@ -102,7 +102,14 @@ def fit_calibration(
 
 
 def _measure(
-    s: np.ndarray, y: np.ndarray, weights: np.ndarray, threshold: float, name: str, target: str
+    s: np.ndarray,
+    y: np.ndarray,
+    weights: np.ndarray,
+    threshold: float,
+    name: str,
+    target: str,
+    *,
+    chosen_on_cancers: bool,
 ) -> PointDetail:
     flagged = s >= threshold
     tp, pos = int((flagged & (y == 1)).sum()), int(y.sum())
@@ -114,8 +121,13 @@ def _measure(
         sensitivity=tp / pos,
         specificity=tn / neg,
         recall_rate=float(weights[flagged].sum() / weights.sum()),
-        sensitivity_ci=wilson(tp, pos),
-        specificity_ci=wilson(tn, neg),
+        sensitivity_ci=clopper_pearson(tp, pos),
+        specificity_ci=clopper_pearson(tn, neg),
+        true_positives=tp,
+        positives=pos,
+        true_negatives=tn,
+        negatives=neg,
+        chosen_on_cancers=chosen_on_cancers,
     )
 
 
@@ -140,6 +152,7 @@ def _points(
                 threshold,
                 f"sensitivity_{round(target * 100):d}",
                 f"sensitivity {target:.2f}",
+                chosen_on_cancers=True,
             )
         )
     if recall_rate:
@@ -160,6 +173,7 @@ def _points(
                 threshold,
                 f"recall_rate_{recall_rate * 100:g}",
                 f"recall rate {recall_rate:.3f}",
+                chosen_on_cancers=False,
             )
         )
     return tuple(out)

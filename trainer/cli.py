@@ -331,9 +331,10 @@ def calibrate(
     for p in fitted.points:
         typer.echo(
             f"  {p.name}: threshold {p.threshold:.3f}, sensitivity {p.sensitivity:.3f} "
-            f"({p.sensitivity_ci[0]:.3f}-{p.sensitivity_ci[1]:.3f}), specificity "
-            f"{p.specificity:.3f} ({p.specificity_ci[0]:.3f}-{p.specificity_ci[1]:.3f}), "
-            f"recall rate {p.recall_rate:.3f}"
+            f"({p.true_positives}/{p.positives}; {p.sensitivity_ci[0]:.3f}-"
+            f"{p.sensitivity_ci[1]:.3f}), specificity {p.specificity:.3f} "
+            f"({p.true_negatives}/{p.negatives}; {p.specificity_ci[0]:.3f}-"
+            f"{p.specificity_ci[1]:.3f}), recall rate {p.recall_rate:.3f}"
         )
 
 

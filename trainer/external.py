@@ -22,7 +22,7 @@ import pydicom
 
 from mammo_node.errors import MammoNodeError
 from mammo_node.ml.bundle import LoadedBundle, load_bundle, rewrite_manifest
-from mammo_node.ml.calibration import Calibration
+from mammo_node.ml.calibration import Calibration, PointDetail
 from mammo_node.ml.inference import EnsembleScorer
 from mammo_node.ml.scoring import score_exam
 from trainer.calibrate import (
@@ -44,6 +44,7 @@ from trainer.report import (
     roc_png,
     table,
 )
+from trainer.stats import expected_range
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +202,34 @@ def _reliability_png(bins: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+def _expected(
+    detail: PointDetail | None, measured: dict[str, Any], positives: int, negatives: int
+) -> dict[str, Any]:
+    """What the calibration's counts predict for a measurement on this many exams (the
+    95 % range of ``trainer.stats.expected_range``) and whether the measurement is in it;
+    nothing for a bundle calibrated before the counts were kept."""
+    if detail is None or not detail.positives or not detail.negatives:
+        return {"expected_sensitivity_range": None, "expected_specificity_range": None}
+    sens = expected_range(
+        detail.true_positives,
+        detail.positives,
+        positives,
+        order_statistic=detail.chosen_on_cancers,
+    )
+    spec = expected_range(detail.true_negatives, detail.negatives, negatives, order_statistic=False)
+    out: dict[str, Any] = {
+        "expected_sensitivity_range": list(sens),
+        "expected_specificity_range": list(spec),
+    }
+    checks = [
+        lo <= measured[key] <= hi
+        for key, (lo, hi) in (("sensitivity", sens), ("specificity", spec))
+        if measured[key] is not None
+    ]
+    out["as_claimed"] = all(checks) if checks else None
+    return out
+
+
 def evaluate_bundle(
     bundle_dir: Path,
     manifest_path: Path,
@@ -230,18 +259,20 @@ def evaluate_bundle(
         sens = np.mean([ensemble[s] >= point.threshold for s in positives]) if positives else None
         spec = np.mean([ensemble[s] < point.threshold for s in negatives]) if negatives else None
         detail = claimed.get(point.name)
-        points.append(
-            {
-                "name": point.name,
-                "threshold": point.threshold,
-                "sensitivity": None if sens is None else float(sens),
-                "specificity": None if spec is None else float(spec),
-                "claimed_sensitivity": point.sensitivity,
-                "claimed_specificity": point.specificity,
-                "claimed_sensitivity_ci": list(detail.sensitivity_ci) if detail else None,
-                "claimed_specificity_ci": list(detail.specificity_ci) if detail else None,
-            }
-        )
+        entry: dict[str, Any] = {
+            "name": point.name,
+            "threshold": point.threshold,
+            "sensitivity": None if sens is None else float(sens),
+            "specificity": None if spec is None else float(spec),
+            "positives": len(positives),
+            "negatives": len(negatives),
+            "claimed_sensitivity": point.sensitivity,
+            "claimed_specificity": point.specificity,
+            "claimed_sensitivity_ci": list(detail.sensitivity_ci) if detail else None,
+            "claimed_specificity_ci": list(detail.specificity_ci) if detail else None,
+        }
+        entry.update(_expected(detail, entry, len(positives), len(negatives)))
+        points.append(entry)
     outcomes = [scored.outcomes[s] for s in studies]
     result: dict[str, Any] = {
         "bundle": {"name": bundle.manifest.name, "version": bundle.manifest.version},

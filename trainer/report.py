@@ -189,6 +189,19 @@ def _rates(hits: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
     }
 
 
+def _image_aucs(
+    positives: Sequence[ImageScores], negatives: Sequence[ImageScores]
+) -> dict[str, float | None]:
+    """Image-level AUC per model of these positive images against these negative ones."""
+    if not positives or not negatives:
+        return {}
+    y = [1] * len(positives) + [0] * len(negatives)
+    models = sorted(set.intersection(*(set(i.scores) for i in [*positives, *negatives])))
+    return {
+        m: float(roc_auc_score(y, [i.scores[m] for i in [*positives, *negatives]])) for m in models
+    }
+
+
 def localisation(images: Sequence[ImageScores], manifest: Manifest) -> dict[str, Any]:
     """Share of positive held-out images whose COA lies inside the true lesion, and whose
     lesion centre lies inside the ROI: overall, for small lesions (radius at most the median
@@ -197,10 +210,12 @@ def localisation(images: Sequence[ImageScores], manifest: Manifest) -> dict[str,
         (e.study_uid, s): i.sop_instance_uid for e in manifest.exams for s, i in e.images.items()
     }
     found: list[tuple[int, float, bool, bool]] = []
+    radius_of: list[tuple[ImageScores, float]] = []
     for image in images:
         lesion = manifest.truth.get(sop_of.get((image.study_uid, image.slot), ""))
         if image.label != 1 or lesion is None:
             continue
+        radius_of.append((image, lesion.radius))
         x0, y0, x1, y1 = image.box
         found.append(
             (
@@ -213,10 +228,15 @@ def localisation(images: Sequence[ImageScores], manifest: Manifest) -> dict[str,
     result = _rates([(a, b) for _, _, a, b in found])
     if found:
         cut = float(np.median([r for _, r, _, _ in found]))
+        negatives = [i for i in images if i.label == 0]
         result["small"] = {
             **_rates([(a, b) for _, r, a, b in found if r <= cut]),
             "radius_at_most": cut,
+            # image AUC of these small-lesion images vs every negative image, per model (the
+            # paper: attention >= holistic on small findings)
+            "image_auc": _image_aucs([i for i, r in radius_of if r <= cut], negatives),
         }
+        result["image_auc"] = _image_aucs([i for i, _ in radius_of], negatives)
         result["folds"] = {
             str(k): _rates([(a, b) for f, _, a, b in found if f == k])
             for k in sorted({f for f, _, _, _ in found})
@@ -315,6 +335,29 @@ def markdown(result: Mapping[str, Any]) -> str:
                 f"{small['coa_in_lesion_rate']:.1%} of {small['n']}; lesion in ROI "
                 f"{small['lesion_in_roi_rate']:.1%}."
             )
+            aucs = small.get("image_auc") or {}
+            if all(aucs.get(m) is not None for m in ("holistic", "attention")):
+                lines.append(
+                    f"Small lesions vs all negative images, image AUC: holistic "
+                    f"{aucs['holistic']:.3f}, attention {aucs['attention']:.3f}"
+                    + (f", ensemble {aucs['ensemble']:.3f}." if aucs.get("ensemble") else ".")
+                )
+    points = [p for p in result.get("operating_points", ()) if p.get("expected_sensitivity_range")]
+    if points:
+        lines += [
+            "",
+            "| Operating point | sensitivity (expected here) | specificity (expected here) "
+            "| as claimed |",
+            "|---|---|---|---|",
+        ]
+        for p in points:
+            cells = []
+            for key in ("sensitivity", "specificity"):
+                lo, hi = p[f"expected_{key}_range"]
+                value = "n/a" if p[key] is None else f"{p[key]:.3f}"
+                cells.append(f"{value} ({lo:.3f}-{hi:.3f})")
+            verdict = {True: "yes", False: "**no**", None: "n/a"}[p.get("as_claimed")]
+            lines.append(f"| {p['name']} | {cells[0]} | {cells[1]} | {verdict} |")
     lines += [f"Note: {n}." for n in result.get("notes", [])]
     return "\n".join(lines) + "\n"
 

@@ -5,6 +5,14 @@
 - DeLong et al. (1988), in the fast form of Sun & Xu (2014): the variance of a difference of
   two correlated AUCs measured on the same exams; two-sided p-value from the normal.
 - Wilson score intervals for a sensitivity or specificity at a fixed threshold.
+- Operating points fitted on a calibration set: exact (Clopper-Pearson) intervals for the
+  population sensitivity and specificity, and the range a measurement on ``m`` new exams
+  should fall in (beta-binomial). A threshold put at the k-th highest of n cancer scores
+  has a population sensitivity distributed as Beta(k, n - k + 1) whatever the scores'
+  distribution (order statistics); its mean k / (n + 1) is below the k / n measured on the
+  fitting cancers, and the Clopper-Pearson lower end is that Beta's 2.5 % quantile. A
+  measurement on m new cancers adds its own binomial noise: a 90 % point fitted on 14
+  cancers (13 / 14) can measure 11 / 14 on 14 new ones and still be what was claimed.
 """
 
 from __future__ import annotations
@@ -92,3 +100,39 @@ def wilson(successes: int, total: int, z: float = 1.959964) -> tuple[float, floa
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def clopper_pearson(successes: int, total: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a proportion."""
+    from scipy.stats import beta
+
+    if total == 0:
+        return math.nan, math.nan
+    alpha = (1 - level) / 2
+    lo = 0.0 if successes == 0 else float(beta.ppf(alpha, successes, total - successes + 1))
+    hi = 1.0 if successes == total else float(beta.ppf(1 - alpha, successes + 1, total - successes))
+    return lo, hi
+
+
+def expected_range(
+    successes: int, total: int, new: int, *, order_statistic: bool, level: float = 0.95
+) -> tuple[float, float]:
+    """The proportion a measurement on ``new`` exams should show (central ``level`` range)
+    for a rate measured as ``successes`` of ``total`` on the fitting exams.
+
+    ``order_statistic``: the threshold was put at the ``successes``-th highest of these
+    exams' scores (a sensitivity point): the population rate is Beta(k, n - k + 1);
+    otherwise (a fixed threshold for these exams) the Jeffreys posterior Beta(k + 1/2,
+    n - k + 1/2). The count on ``new`` exams is then beta-binomial.
+    """
+    from scipy.stats import betabinom
+
+    if total == 0 or new == 0:
+        return math.nan, math.nan
+    if order_statistic:
+        a, b = float(max(successes, 1)), float(total - successes + 1)
+    else:
+        a, b = successes + 0.5, total - successes + 0.5
+    alpha = (1 - level) / 2
+    lo, hi = betabinom.ppf([alpha, 1 - alpha], new, a, b)
+    return float(lo) / new, float(hi) / new

@@ -12,7 +12,11 @@ trained on:
 - ``category(score)``: 1-10, the decile of a screening population's exam scores the score
   falls in (10 = the top 10 %), as commercial readers show;
 - ``points``: operating points (sensitivity 85 / 90 / 95 % and a recall rate) with the
-  sensitivity and specificity measured on the fitting exams and their 95 % intervals.
+  sensitivity and specificity measured on the fitting exams, the counts they come from and
+  exact 95 % intervals of the population values (``trainer.stats``: a threshold put at the
+  k-th highest of n cancer scores has a population sensitivity of Beta(k, n - k + 1), so the
+  fitting set's size sets the interval; the trainer's ``evaluate`` turns the counts into the
+  range a measurement on a given number of new exams should fall in).
 
 Pure: numpy only; the fitting lives in the trainer (``trainer.calibrate``).
 """
@@ -42,6 +46,13 @@ class PointDetail:
     recall_rate: float
     sensitivity_ci: tuple[float, float]
     specificity_ci: tuple[float, float]
+    # the counts measured on the fitting exams (0 in bundles calibrated before they were kept)
+    true_positives: int = 0
+    positives: int = 0
+    true_negatives: int = 0
+    negatives: int = 0
+    # True when the threshold was put at one of the cancers' scores (a sensitivity point)
+    chosen_on_cancers: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +64,11 @@ class PointDetail:
             "recall_rate": self.recall_rate,
             "sensitivity_ci": list(self.sensitivity_ci),
             "specificity_ci": list(self.specificity_ci),
+            "true_positives": self.true_positives,
+            "positives": self.positives,
+            "true_negatives": self.true_negatives,
+            "negatives": self.negatives,
+            "chosen_on_cancers": self.chosen_on_cancers,
         }
 
     @classmethod
@@ -66,6 +82,11 @@ class PointDetail:
             recall_rate=float(data.get("recall_rate", math.nan)),
             sensitivity_ci=tuple(map(float, data["sensitivity_ci"])),  # type: ignore[arg-type]
             specificity_ci=tuple(map(float, data["specificity_ci"])),  # type: ignore[arg-type]
+            true_positives=int(data.get("true_positives", 0)),
+            positives=int(data.get("positives", 0)),
+            true_negatives=int(data.get("true_negatives", 0)),
+            negatives=int(data.get("negatives", 0)),
+            chosen_on_cancers=bool(data.get("chosen_on_cancers", False)),
         )
 
 

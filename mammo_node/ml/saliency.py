@@ -114,6 +114,98 @@ def input_saliency(
     return SaliencyResult(scores=risk_scores(logits.detach()), saliency=saliency, coa=coa)
 
 
+def _positive_logit_sum(
+    model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None
+) -> torch.Tensor:
+    with _autocast(x.device, autocast_dtype):
+        return model(x).float()[:, POSITIVE].sum()
+
+
+def input_gradient(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, H, W) |d positive logit / d input| (eval mode, parameters frozen).
+
+    The gradient of the risk score (logit difference) gives the same maps in practice: with
+    cross-entropy the two head rows are updated by opposite amounts, so w_neg ~ -w_pos.
+    """
+    x = images.detach().to(torch.float32).requires_grad_(True)
+    with frozen_parameters(model), torch.enable_grad():
+        (grad,) = torch.autograd.grad(_positive_logit_sum(model, x, autocast_dtype), x)
+    return grad.detach().abs()[:, 0].float()
+
+
+def smoothgrad(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    samples: int = 8,
+    noise: float = 0.15,
+    seed: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """SmoothGrad (Smilkov et al. 2017): the mean |input gradient| of the positive logit over
+    ``samples`` copies with Gaussian noise of ``noise`` times each image's intensity range.
+
+    (B, 1, H, W) -> (B, H, W). ``samples`` backward passes; the noise comes from its own
+    seeded generator, so a map is the same in the trainer and the node.
+    """
+    if samples < 1:
+        raise ValueError(f'Argument "samples" should be >= 1, got {samples!r}.')
+    x0 = images.detach().to(torch.float32)
+    b = x0.shape[0]
+    span = (x0.reshape(b, -1).amax(1) - x0.reshape(b, -1).amin(1)).clamp_min(1e-6)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    total = torch.zeros_like(x0[:, 0])
+    with frozen_parameters(model), torch.enable_grad():
+        for _ in range(samples):
+            eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+            x = (x0 + eps * (noise * span)[:, None, None, None]).requires_grad_(True)
+            (grad,) = torch.autograd.grad(_positive_logit_sum(model, x, autocast_dtype), x)
+            total += grad.detach().abs()[:, 0].float()
+    return total / samples
+
+
+def grad_cam(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    layer: str = "layer4",
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017) on a ResNet block: ReLU of the block's channels
+    weighted by the spatial mean of the positive logit's gradient, upsampled (bilinear) to
+    the input. (B, 1, H, W) -> (B, H, W), >= 0."""
+    block = getattr(model, layer, None)
+    if not isinstance(block, nn.Module):
+        raise ValueError(f'Argument "layer" should name a block of the model, got {layer!r}.')
+    kept: list[torch.Tensor] = []
+    hook = block.register_forward_hook(lambda _m, _i, out: kept.append(out))
+    try:
+        x = images.detach().to(torch.float32)
+        with frozen_parameters(model), torch.enable_grad():
+            x.requires_grad_(True)  # so the block's output is part of a graph
+            (grad,) = torch.autograd.grad(_positive_logit_sum(model, x, autocast_dtype), kept[-1])
+    finally:
+        hook.remove()
+    acts = kept[-1].detach().float()
+    weights = grad.detach().float().mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * acts).sum(dim=1, keepdim=True))
+    return F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+def smoothed_maximum(saliency: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) map and mask -> (B, 2) the centre (x, y) of the map's largest pixel inside
+    the mask."""
+    masked = torch.where(mask, saliency, torch.full_like(saliency, -math.inf))
+    flat = masked.reshape(len(saliency), -1).argmax(dim=1)
+    w = saliency.shape[2]
+    return torch.stack([(flat % w).float() + 0.5, (flat // w).float() + 0.5], dim=1)
+
+
 def breast_mask(images: torch.Tensor, *, edge_fraction: float = EDGE_FRACTION) -> torch.Tensor:
     """(B, H, W) model inputs -> bool mask of breast tissue away from its edges.
 
@@ -136,36 +228,63 @@ def breast_mask(images: torch.Tensor, *, edge_fraction: float = EDGE_FRACTION) -
     return mask
 
 
-def region_centre_of_attention(
-    saliency: torch.Tensor, mask: torch.Tensor, *, top_fraction: float = TOP_FRACTION
-) -> torch.Tensor:
-    """(B, H, W) map and mask -> (B, 2) saliency-weighted centre (x, y) of the connected
-    region of top ``top_fraction`` (of the masked area) pixels with the largest sum."""
+def region_centres(
+    saliency: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    top_fraction: float = TOP_FRACTION,
+    by: str = "sum",
+    keep: int = 1,
+) -> list[list[tuple[float, float]]]:
+    """Per image, the saliency-weighted centres (x, y) of the ``keep`` strongest connected
+    regions of the top ``top_fraction`` (of the masked area) pixels inside ``mask``,
+    strongest first; ``by``: a region's strength is its summed saliency ("sum") or its
+    largest pixel ("peak"). An image without a region gets the whole map's top-1 % centroid.
+    """
     from scipy import ndimage
 
-    b = saliency.shape[0]
-    out = torch.empty((b, 2), dtype=torch.float32)
+    if by not in ("sum", "peak"):
+        raise ValueError(f'Argument "by" should be "sum" or "peak", got {by!r}.')
+    out: list[list[tuple[float, float]]] = []
     maps = saliency.detach().float().cpu().numpy()
     masks = mask.cpu().numpy()
-    for i in range(b):
+    for i in range(saliency.shape[0]):
         values = np.where(masks[i], maps[i], -np.inf)
         k = max(1, math.ceil(top_fraction * int(masks[i].sum())))
         cut = np.partition(values.ravel(), -k)[-k]
         top = (values >= cut) & masks[i]
         labels, count = ndimage.label(top, structure=np.ones((3, 3)))
         if count == 0:
-            out[i] = centre_of_attention(saliency[i : i + 1].cpu(), top_fraction=top_fraction)[0]
+            x, y = centre_of_attention(saliency[i : i + 1].cpu(), top_fraction=top_fraction)[0]
+            out.append([(float(x), float(y))])
             continue
-        sums = ndimage.sum(maps[i], labels, index=np.arange(1, count + 1))
-        best = labels == int(np.argmax(sums)) + 1
-        weights = maps[i] * best
-        ys, xs = np.nonzero(best)
-        wts = weights[ys, xs].astype(np.float64)
-        if wts.sum() <= 0:
-            wts = np.ones_like(wts)
-        out[i, 0] = float(np.average(xs + 0.5, weights=wts))
-        out[i, 1] = float(np.average(ys + 0.5, weights=wts))
-    return out.to(saliency.device)
+        index = np.arange(1, count + 1)
+        strength = (ndimage.sum if by == "sum" else ndimage.maximum)(maps[i], labels, index)
+        centres = []
+        for label in np.argsort(-np.asarray(strength), kind="stable")[:keep] + 1:
+            ys, xs = np.nonzero(labels == label)
+            wts = maps[i][ys, xs].astype(np.float64)
+            if wts.sum() <= 0:
+                wts = np.ones_like(wts)
+            centres.append(
+                (float(np.average(xs + 0.5, weights=wts)), float(np.average(ys + 0.5, weights=wts)))
+            )
+        out.append(centres)
+    return out
+
+
+def region_centre_of_attention(
+    saliency: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    top_fraction: float = TOP_FRACTION,
+    by: str = "sum",
+) -> torch.Tensor:
+    """(B, H, W) map and mask -> (B, 2) saliency-weighted centre (x, y) of the connected
+    region of top ``top_fraction`` (of the masked area) pixels with the largest sum (or
+    peak, ``by="peak"``)."""
+    found = region_centres(saliency, mask, top_fraction=top_fraction, by=by)
+    return torch.tensor([c[0] for c in found], dtype=torch.float32).to(saliency.device)
 
 
 def smooth(saliency: torch.Tensor, sigma: float) -> torch.Tensor:
