@@ -27,6 +27,7 @@ from typing import Annotated
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from mammo_node.errors import MammoNodeError
@@ -37,7 +38,8 @@ console = Console(stderr=True)
 
 
 def _fail(exc: MammoNodeError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
+    # one unbroken line (a path stays copyable) and the text as written, not read as markup
+    console.print("[red]error:[/red]", escape(str(exc)), soft_wrap=True)
     return typer.Exit(code=2)
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from mammo_node.config import Settings, load_settings
 
@@ -48,5 +49,6 @@ def _database(data_dir: Path | None, db_url: str | None) -> Database:
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc}")
+    # one unbroken line (a path stays copyable) and the text as written, not read as markup
+    err.print("[red]error:[/red]", escape(str(exc)), soft_wrap=True)
     return typer.Exit(2)
