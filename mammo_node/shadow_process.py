@@ -27,6 +27,7 @@ from mammo_node.errors import DatabaseError, MammoNodeError
 from mammo_node.observe.loops import LoopHealth
 from mammo_node.sandbox import describe_exit
 from mammo_node.worker_process import (
+    SharedFlag,
     _die_with_parent,
     _virtual_bytes,
     resident_bytes,
@@ -43,13 +44,6 @@ class ShadowProcessDied(MammoNodeError):
 
 class ShadowBundleError(MammoNodeError):
     """The shadow bundle does not load; it is not retried until another one is set."""
-
-
-def _pause(stop: Any, seconds: float) -> None:
-    """Sleep up to ``seconds``, waking when ``stop`` is set (a lock-free flag, see below)."""
-    deadline = time.monotonic() + seconds
-    while not stop.value and time.monotonic() < deadline:
-        time.sleep(_POLL)
 
 
 def _shadow_main(
@@ -80,12 +74,12 @@ def _shadow_main(
     scorer = ShadowScorer(settings, db, InstanceStore(settings.storage_dir).root, on_exam)
     capped = False
     try:
-        while not stop.value and os.getppid() == parent:
+        while not stop.is_set() and os.getppid() == parent:
             try:
                 shadow = bundle_with_role(db, ModelRole.SHADOW)
             except DatabaseError:
                 logger.warning("shadow: cannot read the shadow bundle", exc_info=True)
-                _pause(stop, settings.worker_poll_seconds)
+                stop.wait(settings.worker_poll_seconds)
                 continue
             if shadow is None:
                 return  # shadow scoring is off: the supervisor starts a child for the next one
@@ -101,14 +95,14 @@ def _shadow_main(
                     budget = _virtual_bytes() + 2 * limit
                     resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
                 capped = True
-                ready.value = 1
+                ready.set()
             try:
                 busy = scorer.run_once(shadow)
             except DatabaseError:
                 logger.warning("shadow scoring pass failed", exc_info=True)
                 busy = False
             if not busy:
-                _pause(stop, settings.worker_poll_seconds)
+                stop.wait(settings.worker_poll_seconds)
     finally:
         db.dispose()
 
@@ -125,8 +119,8 @@ class ShadowSupervisor(threading.Thread):
         self._mp = multiprocessing.get_context("spawn")
         # shared with the child without locks: a child killed while holding a lock (or while
         # waiting on an Event) would leave the next set() or read in this process blocked
-        self.ready = self._mp.Value("b", 0, lock=False)
-        self._stop_child = self._mp.Value("b", 0, lock=False)
+        self.ready = SharedFlag(self._mp)
+        self._stop_child = SharedFlag(self._mp)
         self._current = self._mp.Value("q", 0, lock=False)  # result id being scored, 0: none
         self._sha = self._mp.Array("c", 65, lock=False)  # the bundle the child scores with
         self._error = self._mp.Array("c", 1024, lock=False)
@@ -141,7 +135,7 @@ class ShadowSupervisor(threading.Thread):
         return bytes(self._error.value).decode("utf-8", "replace")
 
     def _start_child(self) -> None:
-        self.ready.value = 0
+        self.ready.clear()
         self._current.value = 0
         self._error.value = b""
         self.process = self._mp.Process(
@@ -226,7 +220,7 @@ class ShadowSupervisor(threading.Thread):
         process = self.process
         killed_for_memory = 0
         while process.is_alive():
-            if self.ready.value:
+            if self.ready.is_set():
                 self.health.succeeded()
             rss = resident_bytes(process.pid)
             if rss > self.limit:
@@ -245,7 +239,7 @@ class ShadowSupervisor(threading.Thread):
     def stop(self) -> None:
         self.health.stopped = True
         self.stopping.set()
-        self._stop_child.value = 1
+        self._stop_child.set()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the child to finish its exam (up to ``timeout``), then kill it."""

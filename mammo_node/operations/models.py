@@ -268,24 +268,21 @@ class ActiveBundleScorer:
     def precision(self) -> str:
         return str(self._scorer.precision)
 
-    def score_exam(self, datasets: Mapping[Slot, Dataset], study_uid: str) -> ExamInference:
+    def _current(self) -> Any:
+        """The active bundle's scorer, switched first if another bundle was activated."""
         with self._lock:
             try:
                 self._refresh()
             except ModelError:
                 logger.exception("the newly activated bundle cannot load; scoring with the old one")
-            scorer = self._scorer
-        return scorer.score_exam(datasets, study_uid)
+            return self._scorer
+
+    def score_exam(self, datasets: Mapping[Slot, Dataset], study_uid: str) -> ExamInference:
+        return self._current().score_exam(datasets, study_uid)
 
     def score_exams(self, exams: Sequence[tuple[Mapping[Slot, Dataset], str]]) -> list[Any]:
         """Several exams with the active bundle in one batch (an outcome each)."""
-        with self._lock:
-            try:
-                self._refresh()
-            except ModelError:
-                logger.exception("the newly activated bundle cannot load; scoring with the old one")
-            scorer = self._scorer
-        return list(scorer.score_exams(exams))
+        return list(self._current().score_exams(exams))
 
 
 # --- shadow scoring -----------------------------------------------------------------------------
