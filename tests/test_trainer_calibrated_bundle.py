@@ -15,24 +15,16 @@ import pydicom
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from mammo_node.ml.bundle import load_bundle
 from mammo_node.ml.inference import EnsembleScorer
 from mammo_node.synth import SynthOptions, write_synthetic_dataset
-from tests.helpers.trainer import TINY_CV
+from tests.helpers.trainer import TINY_CV, index_synthetic, invoke_trainer
 from trainer.calibrate import study_hash
-from trainer.cli import app
 from trainer.data import Manifest
 from trainer.stats import expected_range
 
-runner = CliRunner()
-
-
-def invoke(*args: str) -> str:
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.stdout
+invoke = invoke_trainer
 
 
 def cohort(root: Path, exams: int, seed: int) -> Path:
@@ -50,31 +42,13 @@ def cohort(root: Path, exams: int, seed: int) -> Path:
         ),
     )
     manifest = root / "manifest.json"
-    invoke(
-        "index",
-        str(root / "data"),
-        "--labels",
-        str(root / "data" / "labels.csv"),
-        "--truth",
-        str(root / "data" / "truth.csv"),
-        "--out",
-        str(manifest),
-    )
+    index_synthetic(root / "data", manifest)
     return manifest
 
 
 def test_final_train_bundle_calibrated_on_new_exams_keeps_its_claims(tiny_cohort: Path) -> None:
     data, manifest, run = tiny_cohort / "data", tiny_cohort / "manifest.json", tiny_cohort / "run2"
-    invoke(
-        "index",
-        str(data),
-        "--labels",
-        str(data / "labels.csv"),
-        "--truth",
-        str(data / "truth.csv"),
-        "--out",
-        str(manifest),
-    )
+    index_synthetic(data, manifest)
     invoke("cv", str(manifest), "--folds", "2", "--out", str(run), "--quiet", *TINY_CV)
 
     # export --final-train: both models retrained on every exam, shipped uncalibrated

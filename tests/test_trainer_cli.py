@@ -18,31 +18,18 @@ from mammo_node.domain import Slot
 from mammo_node.ml.bundle import load_bundle
 from mammo_node.ml.inference import EnsembleScorer
 from mammo_node.synth import SynthOptions, write_synthetic_dataset
-from tests.helpers.trainer import TINY_CV
+from tests.helpers.trainer import TINY_CV, index_synthetic, invoke_trainer
 from trainer.cli import app
 
 runner = CliRunner()
 
 
-def invoke(*args: str) -> str:
-    """The command's stdout (its stderr - logs, progress - is kept apart)."""
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.stdout
+invoke = invoke_trainer  # the command's stdout (logs and progress kept apart)
 
 
 def test_index_cv_report_export_and_the_node_scores_with_the_bundle(tiny_cohort: Path) -> None:
     data, manifest, run = tiny_cohort / "data", tiny_cohort / "manifest.json", tiny_cohort / "run"
-    out = invoke(
-        "index",
-        str(data),
-        "--labels",
-        str(data / "labels.csv"),
-        "--truth",
-        str(data / "truth.csv"),
-        "--out",
-        str(manifest),
-    )
+    out = index_synthetic(data, manifest)
     assert '"exams": 12' in out
 
     invoke("cv", str(manifest), "--folds", "2", "--out", str(run), "--quiet", *TINY_CV)

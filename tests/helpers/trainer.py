@@ -59,3 +59,28 @@ TINY_CV = [
     "--lr",
     "1e-3",
 ]
+
+
+def invoke_trainer(*args: str) -> str:
+    """``mammo-train ARGS`` in process; its stdout (a failure shows the whole output)."""
+    from typer.testing import CliRunner
+
+    from trainer.cli import app
+
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def index_synthetic(data: Path, manifest: Path) -> str:
+    """``mammo-train index`` over a folder the generator wrote (labels.csv + truth.csv)."""
+    return invoke_trainer(
+        "index",
+        str(data),
+        "--labels",
+        str(data / "labels.csv"),
+        "--truth",
+        str(data / "truth.csv"),
+        "--out",
+        str(manifest),
+    )
