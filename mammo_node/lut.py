@@ -9,6 +9,7 @@ Tables are built in value order (index = value - smallest value) and used by bit
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -78,3 +79,24 @@ def present_range(raw: np.ndarray, table: np.ndarray) -> tuple[float, float]:
 def lookup(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
     """A pattern-ordered table applied to ``raw``: one pass, float32."""
     return np.take(table, patterns(raw))
+
+
+def lookup_reduced(table: np.ndarray, raw: np.ndarray, factor: int) -> np.ndarray:
+    """A pattern-ordered table applied to ``raw`` (H, W) and reduced ``factor`` x by block mean
+    (edges replicated to whole blocks): the same float32 values as block-averaging the full
+    ``lookup``, without making that full-size float array (one table lookup per block offset,
+    each over 1 / factor**2 of the pixels)."""
+    if factor < 1:
+        raise ValueError(f'Argument "factor" should be >= 1, got {factor!r}.')
+    if factor == 1:
+        return lookup(table, raw)
+    codes = patterns(raw)
+    rows, cols = codes.shape
+    out_r, out_c = math.ceil(rows / factor), math.ceil(cols / factor)
+    if rows % factor or cols % factor:  # a ragged edge: replicate it (2-byte codes, cheap)
+        codes = np.pad(codes, ((0, out_r * factor - rows), (0, out_c * factor - cols)), "edge")
+    total = np.zeros((out_r, out_c), dtype=np.float32)
+    for dy in range(factor):  # the order of block_mean's sums: bit-identical results
+        for dx in range(factor):
+            total += np.take(table, codes[dy::factor, dx::factor])
+    return total / np.float32(factor * factor)

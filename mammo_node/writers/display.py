@@ -19,8 +19,13 @@ from mammo_node import lut
 from mammo_node.errors import OutputError
 
 
-def display_grey(dataset: Dataset) -> np.ndarray:
-    """(Rows, Columns) float32 in 0..1 as displayed; raises OutputError if undecodable."""
+def display_grey(dataset: Dataset, factor: int = 1) -> np.ndarray:
+    """(Rows, Columns) float32 in 0..1 as displayed, reduced ``factor`` x by block mean
+    (ceil sizes); raises OutputError if undecodable.
+
+    8- and 16-bit images go through one table lookup per block offset
+    (:func:`mammo_node.lut.lookup_reduced`): the full-size displayed image is never made.
+    """
     try:
         stored = dataset.pixel_array
     except Exception as exc:  # any decoder failure: the file cannot be rendered
@@ -34,10 +39,9 @@ def display_grey(dataset: Dataset) -> np.ndarray:
             f"array of shape {stored.shape}."
         )
     if lut.has_table(stored):  # one lookup per pixel (mammo_node.lut): the same values
-        return lut.lookup(
-            lut.by_pattern(_grey(lut.domain(stored.dtype), dataset, stored), stored.dtype), stored
-        )
-    return _grey(stored, dataset, stored)
+        table = lut.by_pattern(_grey(lut.domain(stored.dtype), dataset, stored), stored.dtype)
+        return lut.lookup_reduced(table, stored, factor)
+    return block_mean(_grey(stored, dataset, stored), factor)
 
 
 def _grey(values: np.ndarray, dataset: Dataset, stored: np.ndarray) -> np.ndarray:
@@ -131,7 +135,9 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
         return image
     rows, cols = image.shape
     out_r, out_c = math.ceil(rows / factor), math.ceil(cols / factor)
-    padded = np.pad(image, ((0, out_r * factor - rows), (0, out_c * factor - cols)), mode="edge")
+    padded = image
+    if rows % factor or cols % factor:  # only a ragged edge needs the (full-size) padded copy
+        padded = np.pad(image, ((0, out_r * factor - rows), (0, out_c * factor - cols)), "edge")
     total = np.zeros((out_r, out_c), dtype=np.float32)
     for dy in range(factor):  # strided sums: several times faster than reshape().mean()
         for dx in range(factor):

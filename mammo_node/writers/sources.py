@@ -21,7 +21,7 @@ from pydicom.tag import Tag
 from mammo_node.domain import SLOTS, BundleInfo, ExamInference, Slot, ViewInference
 from mammo_node.errors import OutputError
 from mammo_node.writers import codes
-from mammo_node.writers.display import block_mean, display_grey
+from mammo_node.writers.display import display_grey
 
 _PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
 # Type 2 attributes of the Patient and General Study modules that the outputs copy (highdicom
@@ -54,7 +54,7 @@ class ScoredView:
         reduced ``factor`` x by block mean: rendered once per view and exam, then shared by
         every writer that draws it."""
         if factor not in self._displayed:
-            self._displayed[factor] = block_mean(display_grey(self.source), factor)
+            self._displayed[factor] = display_grey(self.source, factor)
         return self._displayed[factor]
 
     @property
