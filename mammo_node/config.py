@@ -96,6 +96,15 @@ class Settings(BaseSettings):
         description="READY exams the worker claims and scores in one batch (on CUDA all their "
         "views go through the model together); 0 = automatic: 1 on CPU, 4 on CUDA",
     )
+    scoring_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="scoring child processes, each claiming, reading, scoring, writing and "
+        "storing its own exams (one model each; on a GPU they share it): more than 1 on a "
+        "machine with many cores, so that the CPU stages of one exam run while another is in "
+        "the model; threads and the automatic memory limit are divided among them",
+    )
     scoring_warm_up: bool | None = Field(
         None,
         description="score a synthetic exam (model and writers) before the first claim; "

@@ -41,16 +41,22 @@ class Node:
         self.scp = StorageSCP(settings, self.db, self.ingestor)
         self.grouper = GrouperThread(Grouper(settings, self.db, self.store))
         self.exporter = ExporterThread(Exporter(settings, self.db, self.store))
-        self.worker: WorkerSupervisor | None = None
+        self.workers: list[WorkerSupervisor] = []
         self.shadow: ShadowSupervisor | None = None
         if score and settings.serve_worker:
-            # scoring decodes images from outside: in a child process, so that a crash or an
-            # out-of-memory there costs that exam an attempt, never the listeners; the child
+            # scoring decodes images from outside: in child processes, so that a crash or an
+            # out-of-memory there costs that exam an attempt, never the listeners; each child
             # scores with the registry's active bundle (activation needs no restart), at a
             # lower priority and with fewer threads while associations are open
-            self.worker = WorkerSupervisor(
-                settings, on_result=self.exporter.wake, receiving=self.scp.open_associations
-            )
+            self.workers = [
+                WorkerSupervisor(
+                    settings,
+                    on_result=self.exporter.wake,
+                    receiving=self.scp.open_associations,
+                    index=i,
+                )
+                for i in range(settings.scoring_processes)
+            ]
             # a shadow bundle scores in a child process of its own, for the same reason
             self.shadow = ShadowSupervisor(settings)
         self.retention: RetentionThread | None = None
@@ -58,7 +64,7 @@ class Node:
             self.retention = RetentionThread(settings, self.db, self.store)
         self.audit = AuditLog(self.db)
         self.loops = Loops()
-        loops = (self.grouper, self.worker, self.exporter, self.shadow, self.retention)
+        loops = (self.grouper, *self.workers, self.exporter, self.shadow, self.retention)
         for thread in loops:  # the web app adds audit
             if thread is not None:
                 self.loops.add(thread.health)
@@ -67,28 +73,38 @@ class Node:
             self.db,
             self.ingestor,
             audit_log=self.audit,
-            model_ready=self._model_ready if self.worker is not None else None,
+            model_ready=self._model_ready if self.workers else None,
             loops=self.loops,
             public_url=settings.public_url,
         )
         self._stop = threading.Event()
 
+    @property
+    def worker(self) -> WorkerSupervisor | None:
+        """The first scoring process's supervisor (None when this node does not score)."""
+        return self.workers[0] if self.workers else None
+
     def _model_ready(self) -> tuple[bool, str]:
-        worker = self.worker
-        if worker is None:
+        """Ready as soon as one scoring process has loaded the model."""
+        if not self.workers:
             return False, "no scoring worker in this process"
-        if worker.ready.is_set():
-            return True, "model loaded"
-        if worker.model_error:
-            return False, f"model failed to load: {worker.model_error}"
+        loaded = sum(w.ready.is_set() for w in self.workers)
+        of = (
+            f" ({loaded} of {len(self.workers)} scoring processes)" if len(self.workers) > 1 else ""
+        )
+        if loaded:
+            return True, f"model loaded{of}"
+        errors = [w.model_error for w in self.workers if w.model_error]
+        if errors:
+            return False, f"model failed to load: {errors[0]}"
         return False, "model loading"
 
     def start(self) -> None:
         self.scp.start()
         self.web.start()
         self.grouper.start()
-        if self.worker is not None:
-            self.worker.start()
+        for worker in self.workers:
+            worker.start()
         self.exporter.start()
         if self.retention is not None:
             self.retention.start()
@@ -103,7 +119,7 @@ class Node:
         self.scp.stop()
         threads = [
             t
-            for t in (self.grouper, self.worker, self.exporter, self.retention, self.shadow)
+            for t in (self.grouper, *self.workers, self.exporter, self.retention, self.shadow)
             if t is not None
         ]
         for thread in threads:
@@ -113,7 +129,7 @@ class Node:
         # make the retry a no-duplicate
         for thread in threads:
             if thread.is_alive():
-                grace = self.settings.shutdown_grace_seconds if thread is self.worker else 30
+                grace = self.settings.shutdown_grace_seconds if thread in self.workers else 30
                 thread.join(timeout=grace)
         self.db.dispose()
         logger.info("stopped")
@@ -130,7 +146,7 @@ class Node:
             self._stop.wait()
         finally:
             self.stop()
-        if self.worker is not None and self.worker.is_alive():
+        if any(worker.is_alive() for worker in self.workers):
             # still inside the model after the grace period: leave without running the
             # interpreter's teardown under a busy native thread (it would abort the process)
             logger.warning("an exam was abandoned mid-scoring; it is rescored after restart")

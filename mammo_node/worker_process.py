@@ -40,12 +40,12 @@ _POLL = 0.05
 
 
 def worker_memory_limit(settings: Settings) -> int:
-    """Resident-set limit of the scoring process, bytes (automatic: half the machine, at
-    least 4 GiB)."""
+    """Resident-set limit of one scoring process, bytes (automatic: half the machine shared
+    by the ``scoring_processes``, at least 4 GiB each)."""
     if settings.worker_memory_limit_mb:
         return settings.worker_memory_limit_mb * 2**20
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return max(4 * 2**30, total // 2)
+    return max(4 * 2**30, total // (2 * settings.scoring_processes))
 
 
 def resident_bytes(pid: int) -> int:
@@ -93,7 +93,9 @@ class ScoringPriority:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ScoringPriority:
-        threads = settings.worker_threads or len(os.sched_getaffinity(0))
+        # the CPUs are shared by the scoring processes (worker_threads is per process)
+        cpus = len(os.sched_getaffinity(0))
+        threads = settings.worker_threads or max(1, cpus // settings.scoring_processes)
         receiving = settings.worker_threads_receiving or max(1, threads // 2)
         return cls(
             settings.worker_nice, settings.worker_sched_idle, threads, min(receiving, threads)
@@ -236,10 +238,14 @@ class WorkerSupervisor(threading.Thread):
         *,
         receiving: Callable[[], int] | None = None,
         worker_id: str | None = None,
+        index: int = 0,
     ) -> None:
         """``receiving`` counts the open associations (the SCP's); ``worker_id`` a stable
-        name for the child's claims (default: host/AE/worker/<child pid>)."""
-        super().__init__(name="worker-supervisor", daemon=True)
+        name for the child's claims (default: host/AE/worker/<child pid>); ``index`` numbers
+        this one among the node's ``scoring_processes`` (names of thread, process, loop)."""
+        suffix = f"-{index + 1}" if index else ""
+        super().__init__(name=f"worker-supervisor{suffix}", daemon=True)
+        self.suffix = suffix
         self.settings = settings
         self.on_result = on_result
         self.receiving = receiving
@@ -258,7 +264,7 @@ class WorkerSupervisor(threading.Thread):
         self.deaths: list[str] = []
         # /readyz and mammo_loop_failures_total: a dead child is a failed pass until the next
         # one has loaded its model
-        self.health = LoopHealth("worker", is_alive=self.is_alive)
+        self.health = LoopHealth(f"worker{suffix}", is_alive=self.is_alive)
 
     @property
     def model_error(self) -> str:
@@ -285,7 +291,7 @@ class WorkerSupervisor(threading.Thread):
                 self._threads,
                 self.worker_id,
             ),
-            name="mammo-worker",
+            name=f"mammo-worker{self.suffix}",
             daemon=True,
         )
         self.process.start()

@@ -50,8 +50,8 @@ def worker(
 ) -> None:
     """Run a scoring worker alone (several may share one PostgreSQL database).
 
-    As in `serve`, exams are scored in a supervised child process at a lower priority: a
-    crash there costs the exam an attempt and the child is restarted."""
+    As in `serve`, exams are scored in supervised child processes (`scoring_processes`) at a
+    lower priority: a crash there costs the exam an attempt and the child is restarted."""
     import signal
     import threading
 
@@ -59,17 +59,29 @@ def worker(
     from mammo_node.worker_process import WorkerSupervisor
 
     settings = _settings(data_dir=data_dir, db_url=db_url, model_bundle=model_bundle)
-    supervisor = WorkerSupervisor(settings, worker_id=worker_id)
+    # scoring_processes children, each with its own claims (a stable --id gets -2, -3, ...)
+    supervisors = [
+        WorkerSupervisor(
+            settings,
+            worker_id=f"{worker_id}-{i + 1}" if worker_id and i else worker_id,
+            index=i,
+        )
+        for i in range(settings.scoring_processes)
+    ]
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    supervisor.start()
-    while supervisor.is_alive() and not stop.wait(0.5):
+    for supervisor in supervisors:
+        supervisor.start()
+    while any(s.is_alive() for s in supervisors) and not stop.wait(0.5):
         pass
-    supervisor.stop()
-    supervisor.join(timeout=settings.shutdown_grace_seconds)
-    if not stop.is_set() and supervisor.model_error:
-        raise ModelError(f"the worker cannot load its model: {supervisor.model_error}")
+    for supervisor in supervisors:
+        supervisor.stop()
+    for supervisor in supervisors:
+        supervisor.join(timeout=settings.shutdown_grace_seconds)
+    errors = [s.model_error for s in supervisors if s.model_error]
+    if not stop.is_set() and errors:
+        raise ModelError(f"the worker cannot load its model: {errors[0]}")
 
 
 # --- db ----------------------------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""Several scoring processes (`scoring_processes`): each is its own supervised, lower-priority
+child with its share of the CPUs, and every exam is scored exactly once among them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from mammo_node.db.models import Exam, ExamEvent, Result
+from tests.helpers.tools import storescu, wait_for
+
+
+def _torch_threads(node: Any) -> list[int]:
+    return [w.threads for w in node.workers]
+
+
+def test_two_scoring_processes_share_the_cpus_and_score_each_exam_once(
+    node_factory: Any, tiny_bundle: Path, synth_exams: list[Any]
+) -> None:
+    node = node_factory(
+        score=True,
+        model_bundle=tiny_bundle,
+        device="cpu",
+        scoring_processes=2,
+        worker_poll_seconds=0.2,
+    )
+    assert [w.name for w in node.workers] == ["worker-supervisor", "worker-supervisor-2"]
+    for worker in node.workers:
+        wait_for(worker.ready.is_set, timeout=180)
+    pids = {w.process.pid for w in node.workers}
+    assert len(pids) == 2 and os.getpid() not in pids
+    cpus = len(os.sched_getaffinity(0))
+    wait_for(lambda: _torch_threads(node) == [max(1, cpus // 2)] * 2, timeout=30)
+    ready, why = node._model_ready()
+    assert ready and why == "model loaded (2 of 2 scoring processes)"
+    # one loop per process in /readyz and mammo_loop_failures_total
+    assert {"worker", "worker-2"} <= {h.name for h in node.loops}
+
+    files = [path for exam in synth_exams for path in exam.files]
+    assert storescu(node.scp.port, files).returncode == 0
+    studies = [exam.study_uid for exam in synth_exams]
+
+    def all_scored() -> bool:
+        with node.db.session() as session:
+            states = session.scalars(select(Exam.state).where(Exam.study_uid.in_(studies)))
+            return sorted(states) == ["scored"] * len(studies)
+
+    wait_for(all_scored, timeout=300, interval=0.5)
+    with node.db.session() as session:
+        claims = session.execute(
+            select(Exam.study_uid, ExamEvent.reason)
+            .join(ExamEvent, ExamEvent.exam_fk == Exam.id)
+            .where(Exam.study_uid.in_(studies), ExamEvent.to_state == "scoring")
+        ).all()
+        results = session.execute(
+            select(Exam.study_uid, func.count(Result.id))
+            .join(Result, Result.exam_fk == Exam.id)
+            .where(Exam.study_uid.in_(studies))
+            .group_by(Exam.study_uid)
+        ).all()
+    assert sorted(study for study, _ in claims) == sorted(studies), "each exam claimed once"
+    assert sorted(n for _, n in results) == [1] * len(studies), "each exam scored once"
+    claimers = {reason.rsplit("/", 1)[-1] for _, reason in claims}
+    assert claimers <= {str(pid) for pid in pids}, claims
