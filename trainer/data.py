@@ -266,6 +266,7 @@ class _Found:
     study_uid: str
     facts: ImageFacts
     record: ImageRecord | None
+    patient_id: str = ""  # the file's PatientID (public layouts key exams by it)
 
 
 def scan_dicom(data_dir: Path, progress: Callable[[int, int], None] | None = None) -> list[_Found]:
@@ -295,7 +296,8 @@ def scan_dicom(data_dir: Path, progress: Callable[[int, int], None] | None = Non
                 info.view_source,
             )
         facts = ImageFacts(sop, info.slot, info.for_processing, info.rule, info.rule_detail, "ok")
-        found.append(_Found(str(ds.get("StudyInstanceUID", "")), facts, record))
+        study = str(ds.get("StudyInstanceUID", ""))
+        found.append(_Found(study, facts, record, str(ds.get("PatientID", "")).strip()))
         if progress:
             progress(n, len(files))
     if skipped:
