@@ -14,12 +14,17 @@ Per exam it prints decode (read the files + decode the pixels), preprocess (LUT,
 saliency back to the stored grid), model (holistic + saliency + attention), writers, store and
 send, and the model-free total (all but the model and the grouping wait).
 
+``--scoring-processes 1,2 --backlog 8`` sends a backlog of copies of the exam (other study
+UIDs) to a node with each ``scoring_processes`` setting and prints exams/min from the first
+C-STORE to the last exam report at storescp (a many-core GPU machine: 1,4,8).
+
 ``--batch 1,4,8`` then scores copies of the exam in process with the node's own scorer
 (``EnsembleScorer.score_exams``, the worker's batch path) on ``--device``, and prints per batch
 size the model time per exam and exams/s (``--no-node`` skips the end-to-end run).
 
     python scripts/bench_pipeline.py [--device cpu|cuda] [--precision bf16 fp32] [--repeats 1]
         [--arch resnet101] [--size 976] [--batch 1,4,8] [--no-node]
+        [--scoring-processes 1,2 --backlog 8]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +153,31 @@ def iso(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
 
 
-def run_once(
-    work: Path, files: list[Path], bundle: Path, device: str, precision: str
-) -> dict[str, Any]:
+@dataclass
+class RunningNode:
+    """A `mammo-node serve` with a storescp as its one destination, warmed up."""
+
+    node: subprocess.Popen[bytes]
+    scp: subprocess.Popen[bytes]
+    env: dict[str, str]
+    port: int
+    results_dir: Path
+
+    def stop(self) -> None:
+        for proc in (self.node, self.scp):
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+
+def start_node(
+    work: Path, bundle: Path, device: str, precision: str, **settings: str
+) -> RunningNode:
+    """A fresh node (data in ``work``) with a storescp destination, after its warm-up exam;
+    ``settings``: more MAMMO_* variables."""
     data = work / "node"
     results_dir = work / "storescp"
     shutil.rmtree(data, ignore_errors=True)
@@ -170,6 +198,7 @@ def run_once(
         MAMMO_PRIOR_AFTER_DAYS="0",  # synthetic exams are dated 2018-2021
         MAMMO_SHUTDOWN_GRACE_SECONDS="5",
         MAMMO_SCORING_WARM_UP="true",  # the first exam is timed warm, as on a GPU node
+        **settings,
     )
     subprocess.run([CLI, "db", "upgrade"], env=env, check=True, capture_output=True)
     subprocess.run(
@@ -202,6 +231,7 @@ def run_once(
         stderr=log,
         start_new_session=True,
     )
+    running = RunningNode(node, scp, env, port, results_dir)
     try:
         deadline = time.monotonic() + 300
         while (
@@ -213,15 +243,48 @@ def run_once(
             if time.monotonic() > deadline or node.poll() is not None:
                 raise RuntimeError(f"node did not start; see {work / 'node.log'}")
             time.sleep(0.3)
-        # the worker loads the model and runs its warm-up exam after the SCP is up
+        # each scoring process loads the model and runs its warm-up exam after the SCP is up
         log_path = work / "node.log"
-        while not any(
-            word in log_path.read_text(errors="replace")
-            for word in ("worker warmed up", "warm-up pass failed")
+        processes = int(settings.get("MAMMO_SCORING_PROCESSES", "1"))
+        while (
+            sum(
+                log_path.read_text(errors="replace").count(word)
+                for word in ("worker warmed up", "warm-up pass failed")
+            )
+            < processes
         ):
             if time.monotonic() > deadline + 600 or node.poll() is not None:
                 raise RuntimeError(f"the worker did not warm up; see {log_path}")
             time.sleep(0.5)
+    except BaseException:
+        running.stop()
+        raise
+    return running
+
+
+def exam_reports(results_dir: Path, seen: set[Path]) -> int:
+    """Exam reports (the SR in series 9100) newly arrived at storescp's folder."""
+    import pydicom
+
+    found = 0
+    for path in results_dir.glob("SR*"):
+        if path in seen:
+            continue
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # storescp is still writing it: look again
+            continue
+        seen.add(path)
+        found += int(header.get("SeriesNumber", 0) or 0) == 9100
+    return found
+
+
+def run_once(
+    work: Path, files: list[Path], bundle: Path, device: str, precision: str
+) -> dict[str, Any]:
+    running = start_node(work, bundle, device, precision)
+    env, port, results_dir = running.env, running.port, running.results_dir
+    try:
         subprocess.run(
             ["storescu", "-aec", "MAMMO_NODE", "127.0.0.1", str(port), *map(str, files)],
             env=ENV,
@@ -234,39 +297,20 @@ def run_once(
 
         study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
         # watch storescp's folder only: polling the node (a CLI process per look) would take
-        # a CPU core from the model. The exam report is the SR in series 9100.
+        # a CPU core from the model
         seen: set[Path] = set()
-        while True:
+        while not exam_reports(results_dir, seen):
             if time.perf_counter() - t_sent > 900:
                 raise RuntimeError("no SR within 15 minutes")
-            found = False
-            for path in results_dir.glob("SR*"):
-                if path in seen:
-                    continue
-                try:
-                    header = pydicom.dcmread(path, stop_before_pixels=True)
-                except Exception:  # storescp is still writing it: look again
-                    continue
-                seen.add(path)
-                if int(header.get("SeriesNumber", 0) or 0) == 9100:
-                    found = True
-            if found:
-                arrived = time.perf_counter() - t_sent
-                break
             time.sleep(0.02)
+        arrived = time.perf_counter() - t_sent
         detail = json.loads(
             subprocess.run(
                 [CLI, "exams", "show", study, "--json"], env=env, capture_output=True, text=True
             ).stdout
         )
     finally:
-        for proc in (node, scp):
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+        running.stop()
     result = detail["result"]
     timings = result["timings"]
     events = {e["to"]: iso(e["at"]) for e in detail["events"]}
@@ -290,6 +334,71 @@ def run_once(
         "device": result["device"],
         "model": model,
     }
+
+
+def exam_copies(folder: Path, files: list[Path], count: int) -> list[list[Path]]:
+    """``count`` copies of the exam as other studies (new Study, Series and SOP Instance
+    UIDs, accession numbers), written once under ``folder``."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    copies = []
+    for i in range(count):
+        target = folder / f"exam{i:03d}"
+        if len(list(target.glob("*.dcm"))) != len(files):
+            target.mkdir(parents=True, exist_ok=True)
+            study = generate_uid()
+            for f in files:
+                ds = pydicom.dcmread(f)
+                ds.StudyInstanceUID = study
+                ds.SeriesInstanceUID = generate_uid()
+                ds.SOPInstanceUID = generate_uid()
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+                ds.AccessionNumber = f"BENCH{i:05d}"
+                ds.save_as(target / f.name, enforce_file_format=True)
+        copies.append(sorted(target.glob("*.dcm")))
+    return copies
+
+
+def node_throughput(
+    work: Path,
+    files: list[Path],
+    bundle: Path,
+    device: str,
+    precision: str,
+    processes: list[int],
+    exams: int,
+) -> None:
+    """A backlog of ``exams`` full-size exams sent to a node with each ``scoring_processes``
+    setting: time from the first C-STORE to the last exam report at storescp, exams/min."""
+    copies = exam_copies(work / "backlog", files, exams)
+    print(f"\nbacklog of {exams} exams through the node, {precision} on {device}:")
+    print("  scoring processes  sent s  all results s  exams/min")
+    for n in processes:
+        running = start_node(
+            work / f"procs{n}", bundle, device, precision, MAMMO_SCORING_PROCESSES=str(n)
+        )
+        try:
+            t0 = time.perf_counter()
+            subprocess.run(
+                ["storescu", "-aec", "MAMMO_NODE", "127.0.0.1", str(running.port)]
+                + [str(f) for exam in copies for f in exam],
+                env=ENV,
+                check=True,
+                capture_output=True,
+            )
+            sent = time.perf_counter() - t0
+            seen: set[Path] = set()
+            arrived = 0
+            while arrived < exams:
+                if time.perf_counter() - t0 > 3600:
+                    raise RuntimeError(f"{arrived} of {exams} exam reports within an hour")
+                arrived += exam_reports(running.results_dir, seen)
+                time.sleep(0.1)
+            total = time.perf_counter() - t0
+        finally:
+            running.stop()
+        print(f"  {n:17d}  {sent:6.1f}  {total:13.1f}  {60 * exams / total:9.2f}")
 
 
 def batch_throughput(
@@ -420,8 +529,15 @@ def main() -> None:
     parser.add_argument(
         "--stages", action="store_true", help="also time the model-free stages in this process"
     )
+    parser.add_argument(
+        "--scoring-processes",
+        default="",
+        help="e.g. 1,2: a backlog of --backlog exams through a node with each setting",
+    )
+    parser.add_argument("--backlog", type=int, default=8, help="exams in the backlog run")
     args = parser.parse_args()
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    processes = [int(n) for n in args.scoring_processes.split(",") if n.strip()]
     for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None and not args.no_node:
             sys.exit(f"{tool} not found: install dcmtk (make apt)")
@@ -458,6 +574,16 @@ def main() -> None:
             stage_costs(files, bundle, precision, max(1, args.repeats))
         if batches:
             batch_throughput(files, bundle, args.device, precision, batches, max(1, args.repeats))
+        if processes:
+            node_throughput(
+                args.out / "throughput",
+                files,
+                bundle,
+                args.device,
+                precision,
+                processes,
+                args.backlog,
+            )
 
 
 if __name__ == "__main__":
