@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import event, func, select, text
 
 from mammo_node.config import Settings
 from mammo_node.db.models import Exam, Instance, Series
@@ -341,6 +341,56 @@ def test_worklist_and_exam_page_read_through_indexes_in_a_fixed_number_of_querie
         assert full_scans(archive.db, statement, parameters, ()) == [], statement
     filed = exam_view(archive.db, headers, archive.filed_study)  # its files are gone
     assert all(c.sop_instance_uid in archive.filed_sops for c in filed.views)
+
+
+TRIAGE_INDEXES = ("ix_exams_triage", "ix_exams_state_triage", "ix_exams_last_received_at")
+
+
+def _latest(archive: Archive) -> dict[str, tuple[float, int | None]]:
+    """Each exam's latest result (exam score, category), the way the worklist shows it."""
+    from mammo_node.db.models import Result
+
+    with archive.db.read() as session:
+        latest = select(Result.exam_fk, func.max(Result.id).label("id")).group_by(Result.exam_fk)
+        rows = session.execute(
+            select(Exam.study_uid, Result.exam_score, Result.category)
+            .join(Result, Result.exam_fk == Exam.id)
+            .where(Result.id.in_(select(latest.subquery().c.id)))
+        ).all()
+    return {study: (score, category) for study, score, category in rows}
+
+
+@pytest.mark.parametrize("state", ["", "scored"])
+def test_worklist_triage_orders_walk_an_index_and_stop_at_the_page(
+    archive: Archive, state: str
+) -> None:
+    latest = _latest(archive)
+    by_risk = sorted(latest, key=lambda s: -latest[s][0])
+    with statements(archive.db) as seen:
+        risk = worklist(archive.db, sort="risk", limit=40, state=state or None)
+        category = worklist(archive.db, sort="category", limit=40, state=state or None)
+        top = worklist(archive.db, min_category=8, limit=400, state=state or None)
+        newest_top = worklist(archive.db, sort="newest", min_category=8, limit=400)
+    assert [r.study_uid for r in risk] == by_risk[:40]
+    keyed = [(latest[r.study_uid][1], latest[r.study_uid][0]) for r in category]
+    assert keyed == sorted(keyed, reverse=True) and len(keyed) == 40
+    assert keyed[0] == max((c, v) for v, c in latest.values())
+    wanted = {s for s, (_, c) in latest.items() if c is not None and c >= 8}
+    assert wanted and {r.study_uid for r in top} == wanted
+    assert {r.study_uid for r in newest_top} == wanted
+    received = [r.last_received_at for r in newest_top]
+    assert received == sorted(received, reverse=True)  # sort=newest stays newest
+    for statement, parameters in seen:
+        assert (
+            full_scans(
+                archive.db, statement, parameters, TRIAGE_INDEXES, ("sort", "mergejoin", "hashjoin")
+            )
+            == []
+        ), statement
+    if not state:  # the exam without a result comes after every scored one
+        everything = worklist(archive.db, sort="risk", limit=BULK + 5)
+        assert everything[-1].study_uid == archive.filed_study
+        assert [r.study_uid for r in everything[:-1]] == by_risk
 
 
 # --- migration ---------------------------------------------------------------------------------

@@ -515,6 +515,8 @@ def test_health_readiness_and_metrics(site: Site) -> None:
         checks = r.json()["checks"]
         assert not checks["storage"]["ok"] and checks["model"]["detail"] == "bundle still loading"
     metrics.instance_received("dimse", "stored")
+    unknown = httpx.get(f"{site.base}/dicomweb/studies/{generate_uid()}/metadata", headers=READER)
+    assert unknown.status_code == 404  # counted as a DICOMweb 4xx (this test's own request)
     text = httpx.get(f"{site.base}/metrics").text
     assert 'mammo_exams{state="scored"} 1.0' in text
     assert 'mammo_exams{state="partial"} 1.0' in text

@@ -24,7 +24,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    event,
+    update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from mammo_node.domain import OutboxState, PixelCheck
@@ -149,6 +152,10 @@ class Exam(Base):
     claimed_by: Mapped[str] = mapped_column(String(128), default="")
     claimed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # the latest result's exam score and category (set with each new result), so that the
+    # worklist's triage orders walk an index instead of weighing every exam's latest result
+    latest_exam_score: Mapped[float | None] = mapped_column(Float, default=None)
+    latest_category: Mapped[int | None] = mapped_column(Integer, default=None)
     # retention never prunes a held exam's images (a case under review, a legal hold)
     retention_hold: Mapped[bool] = mapped_column(Boolean, default=False)
     retention_hold_reason: Mapped[str] = mapped_column(Text, default="")
@@ -180,6 +187,26 @@ class Exam(Base):
             postgresql_ops={"study_description": PATTERN},
         ),
         Index("ix_exams_last_received_at", "last_received_at", "id"),
+        # the worklist's triage orders (risk, category), all exams or one state
+        Index("ix_exams_triage_score", "latest_exam_score", "last_received_at", "id"),
+        Index(
+            "ix_exams_state_triage_score", "state", "latest_exam_score", "last_received_at", "id"
+        ),
+        Index(
+            "ix_exams_triage_category",
+            "latest_category",
+            "latest_exam_score",
+            "last_received_at",
+            "id",
+        ),
+        Index(
+            "ix_exams_state_triage_category",
+            "state",
+            "latest_category",
+            "latest_exam_score",
+            "last_received_at",
+            "id",
+        ),
     )
 
 
@@ -369,6 +396,18 @@ class Result(Base):
     manufacturer_model: Mapped[str] = mapped_column(String(64), default="")
 
     __table_args__ = (Index("ix_results_exam_revision", "exam_fk", "exam_revision"),)
+
+
+@event.listens_for(Result, "after_insert")
+def _exam_latest_result(_mapper: Any, connection: Connection, target: Result) -> None:
+    """A new result is its exam's newest: copy its exam score and category to the exam's
+    triage columns (the worklist's risk and category orders), whoever adds the result."""
+    exams = Exam.__table__
+    connection.execute(
+        update(exams)
+        .where(exams.c.id == target.exam_fk)
+        .values(latest_exam_score=target.exam_score, latest_category=target.category)
+    )
 
 
 class Destination(Base):

@@ -186,6 +186,8 @@ def _rows(
             "selection": {"slots": {str(s): exam.sop_uid(s) for s in SLOTS}},
             "category": min(10, max(1, int(score + 6))),
         }
+        exam_row["latest_exam_score"] = result["exam_score"]
+        exam_row["latest_category"] = result["category"]
         yield patient, exam_row, series_rows, instance_rows, result
 
 

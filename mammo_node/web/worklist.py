@@ -48,16 +48,6 @@ def check_filters(state: str, sort: str, min_category: int | None = None) -> Non
         raise WebError(400, f"sort {sort!r}: expected one of {', '.join(SORTS)}")
 
 
-def _latest_result_id() -> Any:
-    """The exam's latest result, looked up per exam in the results' exam index."""
-    return (
-        select(func.max(Result.id))
-        .where(Result.exam_fk == Exam.id)
-        .correlate(Exam)
-        .scalar_subquery()
-    )
-
-
 def _filtered(query: Select[Any], state: str | None, search: str | None) -> Select[Any]:
     if state:
         query = query.where(Exam.state == state)
@@ -74,42 +64,54 @@ def _filtered(query: Select[Any], state: str | None, search: str | None) -> Sele
     return query
 
 
-def _worklist_query(
-    state: str | None, sort: str, search: str | None, min_category: int | None = None
-) -> Select[Any]:
-    """Exams ordered or filtered by their latest result (risk, category): every exam's
-    latest result is weighed, so this reads all exams of the state asked for."""
-    query = _filtered(
-        select(Exam, Patient, Result)
-        .join(Patient, Exam.patient_fk == Patient.id)
-        .outerjoin(Result, Result.id == _latest_result_id()),
-        state,
-        search,
-    )
-    if min_category is not None:  # triage: only exams at or above this category
-        query = query.where(Result.category >= min_category)
+NEWEST_FIRST = (Exam.last_received_at.desc(), Exam.id.desc())
+RISK_FIRST = (Exam.latest_exam_score.desc(), *NEWEST_FIRST)
+CATEGORY_FIRST = (Exam.latest_category.desc(), *RISK_FIRST)
+
+
+def _tiers(sort: str, min_category: int | None) -> list[tuple[Any, tuple[Any, ...]]]:
+    """The page's order as (condition, order) tiers, each walked through an index
+    (``ix_exams[_state]_triage_*`` or the received-time one) and read up to the page's end.
+    Exams without a result (or a category) come after those with one."""
+    scored, unscored = Exam.latest_exam_score.is_not(None), Exam.latest_exam_score.is_(None)
+    if min_category is not None:  # triage: only exams whose latest result is that high
+        at_least = Exam.latest_category >= min_category
+        order = {"newest": NEWEST_FIRST, "risk": RISK_FIRST, "category": CATEGORY_FIRST}[sort]
+        return [(at_least, order)]
+    if sort == "risk":
+        return [(scored, RISK_FIRST), (unscored, NEWEST_FIRST)]
     if sort == "category":  # the calibrated scale first, then the score within a category
-        return query.order_by(
-            Result.category.desc().nulls_last(),
-            Result.exam_score.desc().nulls_last(),
-            Exam.last_received_at.desc(),
-            Exam.id.desc(),
-        )
-    return query.order_by(
-        Result.exam_score.desc().nulls_last(), Exam.last_received_at.desc(), Exam.id.desc()
-    )
+        return [
+            (Exam.latest_category.is_not(None), CATEGORY_FIRST),
+            (scored & Exam.latest_category.is_(None), RISK_FIRST),
+            (unscored, NEWEST_FIRST),
+        ]
+    return [(None, NEWEST_FIRST)]
 
 
-def _newest(
-    session: Session, state: str | None, search: str | None, limit: int
+def _page(
+    session: Session,
+    state: str | None,
+    search: str | None,
+    limit: int,
+    sort: str,
+    min_category: int | None,
 ) -> list[tuple[Exam, Patient, Result | None]]:
-    """The default page: the newest exams through the received-time index (the scan stops
-    at the page's end), then their latest results by exam id - two queries whatever the size
-    of the database."""
-    query = _filtered(
-        select(Exam, Patient).join(Patient, Exam.patient_fk == Patient.id), state, search
-    ).order_by(Exam.last_received_at.desc(), Exam.id.desc())
-    rows = session.execute(query.limit(limit)).all()
+    """One page in the order asked for, in a query per tier (each stops at the page's end),
+    then the listed exams' latest results by exam id: a fixed number of queries whatever the
+    size of the database."""
+    rows: list[tuple[Exam, Patient]] = []
+    for condition, order in _tiers(sort, min_category):
+        if len(rows) >= limit:
+            break
+        query = _filtered(
+            select(Exam, Patient).join(Patient, Exam.patient_fk == Patient.id), state, search
+        )
+        if condition is not None:
+            query = query.where(condition)
+        rows += [
+            (e, p) for e, p in session.execute(query.order_by(*order).limit(limit - len(rows)))
+        ]
     ids = [exam.id for exam, _ in rows]
     latest = select(func.max(Result.id)).where(Result.exam_fk.in_(ids)).group_by(Result.exam_fk)
     results = {r.exam_fk: r for r in session.scalars(select(Result).where(Result.id.in_(latest)))}
@@ -132,11 +134,7 @@ def worklist(
     if min_category is not None and not 1 <= min_category <= 10:
         raise ValueError(f'Argument "min_category" should be 1..10, got {min_category!r}.')
     with db.read() as session:
-        if sort == "newest" and min_category is None:
-            rows = _newest(session, state, search, limit)
-        else:
-            query = _worklist_query(state, sort, search, min_category)
-            rows = [tuple(r) for r in session.execute(query.limit(limit)).all()]
+        rows = _page(session, state, search, limit, sort, min_category)
         counts = image_counts(session, [exam.id for exam, _, _ in rows])
         return [
             WorklistRow.of_row(exam, counts.get(exam.id, 0), patient, result)
