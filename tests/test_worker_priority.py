@@ -17,10 +17,15 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import RLELossless
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
+from sqlalchemy import select
 
+from mammo_node.db.models import Instance
+from mammo_node.domain import PixelCheck
 from tests.helpers.hostile import big_image
+from tests.helpers.mg import mg_dataset
 from tests.helpers.tools import storescu, wait_for
 
 SCHED_IDLE = 5
@@ -55,6 +60,37 @@ def test_the_scoring_process_runs_at_the_configured_niceness_and_policy(
     # the listeners keep their priority
     assert os.getpriority(os.PRIO_PROCESS, 0) == before
     assert os.sched_getscheduler(0) != SCHED_IDLE
+
+
+def test_the_pixel_check_decoder_runs_at_the_scoring_niceness(
+    node_factory: Any, tmp_path: Path
+) -> None:
+    """Compressed images are decoded (pixel check) in a child process beside receiving: it
+    runs below the listeners, at worker_nice, as the scoring process does."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    node = node_factory(worker_nice=5)
+    ds = mg_dataset()
+    ds.compress(RLELossless)
+    path = tmp_path / "rle.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    run = storescu(node.scp.port, [path], "-xr")  # propose RLE
+    assert run.returncode == 0, run.stderr
+
+    def checked() -> PixelCheck | None:
+        with node.db.read() as session:
+            state = session.scalar(
+                select(Instance.pixel_check).where(Instance.sop_instance_uid == ds.SOPInstanceUID)
+            )
+        return None if state in (None, PixelCheck.PENDING) else state
+
+    assert wait_for(checked, timeout=60) == PixelCheck.OK
+    pids = node.grouper.grouper.sandbox.child_pids()
+    assert pids, "the RLE image was decoded in the decoder process"
+    expected = min(19, before + 5)
+    for pid in pids:
+        for tid in _threads(pid):
+            assert int(_stat(pid, tid)[16]) == expected, f"decoder thread {tid}"  # field 19
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before, "the listeners keep their priority"
 
 
 BOUNDARY = "slow-stow"
