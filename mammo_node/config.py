@@ -117,13 +117,14 @@ class Settings(BaseSettings):
     claim_timeout_seconds: float = Field(
         900.0, gt=0, description="a SCORING claim older than this is taken back"
     )
-    # receiving comes first: the scoring process yields the CPUs to the listeners
+    # receiving comes first: the scoring and pixel-check processes yield the CPUs to the
+    # listeners
     worker_nice: int = Field(
         10,
         ge=0,
         le=19,
-        description="niceness the scoring process adds to the node's (0 = same priority as "
-        "receiving; 19 = lowest)",
+        description="niceness the scoring process and the pixel-check decoder add to the "
+        "node's (0 = same priority as receiving; 19 = lowest)",
     )
     worker_sched_idle: bool = Field(
         False,

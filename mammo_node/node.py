@@ -17,6 +17,7 @@ from mammo_node.grouping.service import Grouper, GrouperThread
 from mammo_node.observe.audit import AuditLog
 from mammo_node.observe.loops import Loops
 from mammo_node.operations.retention import RetentionPolicy, RetentionThread
+from mammo_node.receive.activity import ReceivingNow
 from mammo_node.receive.scp import StorageSCP
 from mammo_node.shadow_process import ShadowSupervisor
 from mammo_node.web.server import WebServer
@@ -39,6 +40,8 @@ class Node:
             logger.info("removed %d unacknowledged temp file(s) left by a crash", removed)
         self.ingestor = Ingestor(settings, self.db, self.store)
         self.scp = StorageSCP(settings, self.db, self.ingestor)
+        # what the node receives now: open associations and STOW-RS uploads in flight
+        self.receiving = ReceivingNow(self.scp.open_associations)
         self.grouper = GrouperThread(Grouper(settings, self.db, self.store))
         self.exporter = ExporterThread(Exporter(settings, self.db, self.store))
         self.workers: list[WorkerSupervisor] = []
@@ -47,13 +50,11 @@ class Node:
             # scoring decodes images from outside: in child processes, so that a crash or an
             # out-of-memory there costs that exam an attempt, never the listeners; each child
             # scores with the registry's active bundle (activation needs no restart), at a
-            # lower priority and with fewer threads while associations are open
+            # lower priority and with fewer threads while the node receives (associations
+            # open, STOW-RS uploads in flight)
             self.workers = [
                 WorkerSupervisor(
-                    settings,
-                    on_result=self.exporter.wake,
-                    receiving=self.scp.open_associations,
-                    index=i,
+                    settings, on_result=self.exporter.wake, receiving=self.receiving, index=i
                 )
                 for i in range(settings.scoring_processes)
             ]
@@ -76,6 +77,7 @@ class Node:
             model_ready=self._model_ready if self.workers else None,
             loops=self.loops,
             public_url=settings.public_url,
+            receiving=self.receiving,
         )
         self._stop = threading.Event()
 

@@ -5,6 +5,10 @@ item an attempt, never the listener.
 sockets of the parent are inherited) whose address space is capped with ``RLIMIT_AS``; when the
 child dies (SIGKILL, SIGSEGV, the kernel's OOM killer) the call raises ``SandboxCrash`` and the
 next call starts a fresh child. A call that runs past its timeout kills the child the same way.
+
+Receiving comes first: a child given ``nice`` adds it to its niceness before its first item
+(the pixel-check decoder runs at ``worker_nice``, as the scoring process does), so decoding
+images from outside never competes with the listeners at their priority.
 """
 
 from __future__ import annotations
@@ -31,8 +35,16 @@ class SandboxCrash(MammoNodeError):
     """The child process died or ran out of time while working on an item."""
 
 
+def start_child(limit_bytes: int, nice: int) -> None:
+    """The child's first acts: lower its CPU priority, cap its memory. The child has one
+    thread here; threads a decoder starts later inherit its niceness."""
+    if nice > 0:
+        os.nice(nice)
+    limit_memory(limit_bytes)
+
+
 def limit_memory(limit_bytes: int) -> None:
-    """Cap this process's address space (the child's first act)."""
+    """Cap this process's address space."""
     if limit_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
     # one decode at a time needs no thread pools reserving address space per core
@@ -52,13 +64,23 @@ def describe_exit(code: int | None) -> str:
 
 
 class Sandbox:
-    """One child process with a memory cap, restarted after it dies."""
+    """One child process with a memory cap, restarted after it dies; ``nice`` is added to
+    the child's niceness (0: the parent's priority)."""
 
     def __init__(
-        self, name: str, memory_limit_bytes: int, timeout: float = 300.0, processes: int = 1
+        self,
+        name: str,
+        memory_limit_bytes: int,
+        timeout: float = 300.0,
+        processes: int = 1,
+        *,
+        nice: int = 0,
     ) -> None:
+        if not 0 <= nice <= 19:
+            raise ValueError(f'Argument "nice" should be between 0 and 19, not {nice}.')
         self.name = name
         self.memory_limit_bytes = memory_limit_bytes
+        self.nice = nice
         self.timeout = timeout
         self.processes = processes
         self.restarts = 0
@@ -70,8 +92,8 @@ class Sandbox:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=limit_memory,
-                initargs=(self.memory_limit_bytes,),
+                initializer=start_child,
+                initargs=(self.memory_limit_bytes, self.nice),
             )
         return self._pool
 

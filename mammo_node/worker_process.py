@@ -12,9 +12,10 @@ child also caps its address space (``RLIMIT_AS``) above what the loaded model al
 
 Receiving comes first: the child lowers its own CPU priority before anything else
 (``worker_nice`` added to the node's niceness, optionally SCHED_IDLE), and bounds torch's
-intra-op threads (``worker_threads``). The supervisor copies the SCP's count of open
-associations into a shared value every poll; the child reads it between exams and between
-scoring and writing, and drops to ``worker_threads_receiving`` threads while any is open.
+intra-op threads (``worker_threads``). The supervisor copies what the node receives now (open
+associations and STOW-RS uploads in flight, ``receive.activity``) into a shared value every
+poll; the child reads it between exams and between scoring and writing, and drops to
+``worker_threads_receiving`` threads while anything is being received.
 """
 
 from __future__ import annotations
@@ -240,9 +241,10 @@ class WorkerSupervisor(threading.Thread):
         worker_id: str | None = None,
         index: int = 0,
     ) -> None:
-        """``receiving`` counts the open associations (the SCP's); ``worker_id`` a stable
-        name for the child's claims (default: host/AE/worker/<child pid>); ``index`` numbers
-        this one among the node's ``scoring_processes`` (names of thread, process, loop)."""
+        """``receiving`` counts what the node receives now (open associations, STOW-RS
+        uploads: the node's ``ReceivingNow``); ``worker_id`` a stable name for the child's
+        claims (default: host/AE/worker/<child pid>); ``index`` numbers this one among the
+        node's ``scoring_processes`` (names of thread, process, loop)."""
         suffix = f"-{index + 1}" if index else ""
         super().__init__(name=f"worker-supervisor{suffix}", daemon=True)
         self.suffix = suffix

@@ -3,14 +3,18 @@ on SQLite and on PostgreSQL, migrations applied from empty."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import (
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
@@ -330,3 +334,75 @@ def test_wrapped_nyu_exam_and_mias_films_are_received_and_classified(
         assert film["not_scored"] == []  # digitised film is a candidate...
         assert {i["view"] for i in film["instances"]} == {"MLO"}
         assert {"L-CC", "R-CC"} <= set(film["missing_views"])  # ...but MIAS has no CC views
+
+
+# --- stop: nothing of the listener runs (or logs) after it returns ---------------------------
+def _association_threads(server: Any) -> list[threading.Thread]:
+    """The threads of a listener's associations: each acceptor and its DUL provider."""
+    acceptors = server.active_associations
+    return [*acceptors, *(assoc.dul for assoc in acceptors)]
+
+
+def _audited_ends(node: Any) -> list[str | None]:
+    with node.db.read() as session:
+        rows = session.scalars(select(Association).where(Association.accepted.is_(True))).all()
+        return [row.end_reason if row.ended_at is not None else None for row in rows]
+
+
+def test_stop_ends_idle_associations_and_joins_their_threads(node_factory: Any) -> None:
+    """An association open at stop, and a connection that never sent its request: both are
+    ended at once (not waited for), and no thread of theirs is left when stop returns."""
+    node = node_factory()
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", node.scp.port, ae_title="MAMMO_NODE")
+    assert assoc.is_established
+    server = node.scp.server
+    wait_for(lambda: node.scp.open_associations() == 1)
+    with socket.create_connection(("127.0.0.1", node.scp.port), timeout=10) as silent:
+        wait_for(lambda: len(server.active_associations) == 2)
+        threads = _association_threads(server)
+        assert len(threads) == 4
+        started = time.monotonic()
+        node.scp.stop()
+        assert time.monotonic() - started < 10, "idle associations are not waited for"
+        alive = [t.name for t in threading.enumerate() if t in threads]
+        assert alive == [], "association threads outlived stop"
+        assert server.active_associations == []
+        assert silent.recv(1) == b"", "the silent connection was closed"
+    assert _audited_ends(node) == ["aborted"], "its audit row was closed before stop returned"
+    wait_for(lambda: not assoc.is_alive(), timeout=10)
+    assert assoc.is_aborted, "the modality was told (A-ABORT)"
+
+
+def test_stop_lets_a_c_store_in_progress_be_filed_and_answered(node_factory: Any) -> None:
+    node = node_factory(max_pdu_size=16384)
+    ds = mg_dataset(rows=512, columns=256)  # 256 kB: 16 P-DATA PDUs of 16 kB
+    sending = threading.Event()
+
+    def slow_modality(event: evt.Event) -> None:
+        if isinstance(event.pdu, P_DATA_TF):
+            sending.set()
+            time.sleep(0.1)  # the dataset takes ~1.6 s to arrive
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(MG_PRESENTATION)
+    assoc = ae.associate(
+        "127.0.0.1",
+        node.scp.port,
+        ae_title="MAMMO_NODE",
+        evt_handlers=[(evt.EVT_PDU_SENT, slow_modality)],
+    )
+    assert assoc.is_established
+    server = node.scp.server
+    statuses: list[int] = []
+    sender = threading.Thread(target=lambda: statuses.append(int(assoc.send_c_store(ds).Status)))
+    sender.start()
+    assert sending.wait(10)
+    threads = _association_threads(server)
+    node.scp.stop()
+    sender.join(30)
+    assert statuses == [0x0000], "the C-STORE under way at stop was answered Success"
+    assert stored_count(node) == 1
+    assert [t.name for t in threading.enumerate() if t in threads] == []
+    assert _audited_ends(node) == ["aborted"]

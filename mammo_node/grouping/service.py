@@ -224,7 +224,10 @@ class Grouper:
     @property
     def sandbox(self) -> Sandbox:
         if self._sandbox is None:
-            self._sandbox = Sandbox("decoder", decoder_memory_limit(self.settings))
+            # beside receiving, below it: the scoring process's niceness (worker_nice)
+            self._sandbox = Sandbox(
+                "decoder", decoder_memory_limit(self.settings), nice=self.settings.worker_nice
+            )
         return self._sandbox
 
     def close(self) -> None:

@@ -16,13 +16,16 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from typing import Any, cast
 
 from pydicom import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt, register_uid
 from pynetdicom.association import Association as PnAssociation
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification
@@ -51,6 +54,9 @@ logger = logging.getLogger(__name__)
 # Never log identifiers (they carry patient data); our own log lines carry UIDs and AEs.
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+
+#: how long ``stop`` waits for the threads of aborted associations to end
+STOP_JOIN_SECONDS = 5.0
 
 
 def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -83,7 +89,8 @@ def _status(code: int, comment: str) -> Dataset:
 
 
 class StorageSCP:
-    """The node's DICOM listener. ``start()`` returns at once; ``stop()`` drains and closes."""
+    """The node's DICOM listener. ``start()`` returns at once; ``stop()`` drains and closes:
+    once it returns no association of this listener runs (nor logs)."""
 
     def __init__(self, settings: Settings, db: Database, ingestor: Ingestor) -> None:
         self.settings = settings
@@ -94,6 +101,7 @@ class StorageSCP:
         self._audit_ids: dict[int, int] = {}
         self._counts: dict[int, list[int]] = {}
         self._stored: dict[int, dict[str, list[str]]] = {}  # association -> study -> SOP UIDs
+        self._storing: set[int] = set()  # associations with a C-STORE in, its answer not sent
         self._lock = threading.Lock()
 
     # --- lifecycle -------------------------------------------------------------------
@@ -125,6 +133,8 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_ended, ["aborted"]),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_DIMSE_RECV, self._on_message),
+            (evt.EVT_PDU_SENT, self._on_pdu_sent),
         ]
         # the allow-list (by host) and PDU length limits apply before pynetdicom reads a PDU
         server = start_guarded_server(
@@ -156,17 +166,71 @@ class StorageSCP:
             return self.settings.port
         return int(self.server.server_address[1])
 
-    def stop(self) -> None:
-        """Stop accepting, let running C-STOREs finish, then close."""
+    def stop(self, drain: float | None = None) -> None:
+        """Stop accepting; let C-STOREs in progress be filed and answered (up to ``drain``
+        seconds, default ``dimse_timeout``), ending each association once it is idle; end
+        the rest when the drain is over; then wait (``STOP_JOIN_SECONDS`` at most) for their
+        threads, so that nothing of this listener runs, or logs, after ``stop`` returns."""
         if self.server is None:
             return
         server = self.server
-        server.shutdown()  # stop accepting new associations
-        for assoc in list(server.active_associations):
-            assoc.join(timeout=self.settings.dimse_timeout)
-        server.server_close()
+        server.shutdown()  # no new associations; the listening socket is closed
+        drain = self.settings.dimse_timeout if drain is None else drain
+        deadline = time.monotonic() + drain
+        associations: list[PnAssociation] = []
+        while True:
+            running = [a for a in server.active_associations if a.is_alive()]
+            associations.extend(a for a in running if a not in associations)
+            if not running or time.monotonic() >= deadline:
+                break
+            for assoc in running:
+                self._end(assoc, busy_too=False)
+            time.sleep(0.05)
+        for assoc in running:
+            if self._busy(assoc):
+                logger.warning("association still receiving after %.0f s: aborted", drain)
+            self._end(assoc, busy_too=True)
+        join_by = time.monotonic() + STOP_JOIN_SECONDS
+        for assoc in associations:
+            assoc.join(max(0.0, join_by - time.monotonic()))
+            assoc.dul.join(max(0.0, join_by - time.monotonic()))
+        left = [a.name for a in associations if a.is_alive() or a.dul.is_alive()]
+        if left:
+            logger.warning("association thread(s) still running after stop: %s", left)
         self.server = None
         logger.info("DICOM SCP stopped")
+
+    def _end(self, assoc: PnAssociation, *, busy_too: bool) -> None:
+        """For ``stop``: abort ``assoc`` when established and idle (or ``busy_too``); hang up
+        a connection that has not sent its A-ASSOCIATE-RQ; one negotiating or already ending
+        is left to finish (the next look, or the join, sees it gone)."""
+        if assoc.is_established:
+            if busy_too or not self._busy(assoc):
+                assoc.abort()  # idle: nothing received is left unanswered
+        elif assoc.requestor.primitive is None:
+            _hang_up(assoc)
+
+    def _busy(self, assoc: PnAssociation) -> bool:
+        """Whether ``assoc`` is receiving a message, or has a C-STORE in that is not yet
+        filed and answered."""
+        with self._lock:
+            if id(assoc) in self._storing:
+                return True
+        dimse = assoc.dimse
+        return dimse.message is not None or not dimse.msg_queue.empty()
+
+    def _on_message(self, event: evt.Event) -> None:
+        """A whole DIMSE message is in (DUL thread, before it is queued for the handler): a
+        C-STORE keeps its association busy for ``stop`` until its answer is sent."""
+        if isinstance(event.message, C_STORE_RQ):
+            with self._lock:
+                self._storing.add(id(event.assoc))
+
+    def _on_pdu_sent(self, event: evt.Event) -> None:
+        """After a C-STORE the SCP's next P-DATA is its answer, now on the wire."""
+        if isinstance(event.pdu, P_DATA_TF):
+            with self._lock:
+                self._storing.discard(id(event.assoc))
 
     # --- associations ----------------------------------------------------------------
     def _on_refused_connection(self, host: str, port: int, reason: str) -> None:
@@ -222,6 +286,7 @@ class StorageSCP:
             audit_id = self._audit_ids.pop(key, None)
             stored, failed = self._counts.pop(key, [0, 0])
             studies = self._stored.pop(key, {})
+            self._storing.discard(key)
         if audit_id is None:
             return
         try:
@@ -316,6 +381,17 @@ class StorageSCP:
             return _status(Status.HANDLER_ERROR, "internal error; see the node's log")
         self._count(event, ok=True, result=result)
         return Status.SUCCESS
+
+
+def _hang_up(assoc: PnAssociation) -> None:
+    """Close a connection whose A-ASSOCIATE-RQ has not come: pynetdicom's acceptor waits for
+    it up to ``acse_timeout`` and an A-ABORT is not valid before it (state Sta2). Closing the
+    transport takes the state machine back to Sta1 (Evt17); an empty item wakes the acceptor,
+    which then ends as on a timeout."""
+    sock = assoc.dul.socket
+    if sock is not None:
+        sock.close()
+    assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
 
 
 # Private / newer storage SOP classes registered with pynetdicom so far (bounded: the names

@@ -32,6 +32,7 @@ from mammo_node.filing.ingest import Ingestor
 from mammo_node.observe import metrics
 from mammo_node.observe.audit import AuditLog
 from mammo_node.observe.loops import Loops
+from mammo_node.receive.activity import ReceivingNow
 from mammo_node.web import api, dicomweb, health, pages
 from mammo_node.web import metrics as metrics_route
 from mammo_node.web import monitor as monitor_page
@@ -70,10 +71,12 @@ def create_app(
     audit_log: AuditLog | None = None,
     max_stow_bytes: int = DEFAULT_MAX_STOW_BYTES,
     public_url: str | None = None,
+    receiving: ReceivingNow | None = None,
 ) -> FastAPI:
     """The app. ``model_ready`` reports the scoring worker's model and ``loops`` the
     background loops for /readyz;
-    ``public_url`` (e.g. https://pacs-ai.example.org) fixes the base of the URLs handed out."""
+    ``public_url`` (e.g. https://pacs-ai.example.org) fixes the base of the URLs handed out;
+    ``receiving`` is the node's count of what it receives now (STOW-RS uploads enter it)."""
     headers = HeaderCache(ingestor.store)
     log = audit_log or AuditLog(db)
     loops = Loops() if loops is None else loops
@@ -94,6 +97,7 @@ def create_app(
         public_url=public_url,
         decoder=web_decoder(settings),
         stow_slots=threading.BoundedSemaphore(settings.max_stow_concurrency),
+        receiving=receiving if receiving is not None else ReceivingNow(),
     )
     if not ctx.tokens and not settings.loopback_without_token:
         logger.warning(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -13,6 +13,7 @@ from mammo_node.db.session import Database
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.observe.audit import AuditLog
 from mammo_node.observe.loops import Loops
+from mammo_node.receive.activity import ReceivingNow
 from mammo_node.sandbox import Sandbox
 from mammo_node.web.auth import (
     SESSION_COOKIE,
@@ -51,6 +52,9 @@ class WebContext:
     decoder: Sandbox | None = None
     # STOW-RS requests being filed at once (max_stow_concurrency); the rest get 503
     stow_slots: threading.BoundedSemaphore | None = None
+    # STOW-RS uploads in flight count as receiving (the node's one counter; the scoring
+    # process gives way to them as to open associations)
+    receiving: ReceivingNow = field(default_factory=ReceivingNow)
 
 
 def context(request: Request) -> WebContext:

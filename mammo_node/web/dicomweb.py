@@ -167,11 +167,12 @@ async def _store(request: Request, study_uid: str | None) -> Response:
         max_part_bytes=ctx.settings.max_instance_bytes,
     )
     try:
-        parts = await _receive(request, receiver, ctx.max_stow_bytes, ctx.settings)
-        who, host = principal.name, client_host(request)
-        outcomes = await anyio.to_thread.run_sync(
-            lambda: [_file_part(ctx, part, study_uid, who, host) for part in parts]
-        )
+        with ctx.receiving.upload():  # the scoring process gives way, as to an association
+            parts = await _receive(request, receiver, ctx.max_stow_bytes, ctx.settings)
+            who, host = principal.name, client_host(request)
+            outcomes = await anyio.to_thread.run_sync(
+                lambda: [_file_part(ctx, part, study_uid, who, host) for part in parts]
+            )
     finally:
         receiver.cleanup()
         if slots is not None:

@@ -21,6 +21,7 @@ from mammo_node.errors import ConfigError
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.observe.audit import AuditLog
 from mammo_node.observe.loops import Loops
+from mammo_node.receive.activity import ReceivingNow
 from mammo_node.web.app import DEFAULT_MAX_STOW_BYTES, create_app
 from mammo_node.web.deps import ModelReady
 from mammo_node.web.protocol import protocol_with_timeout
@@ -40,6 +41,7 @@ class WebServer:
         audit_log: AuditLog | None = None,
         max_stow_bytes: int = DEFAULT_MAX_STOW_BYTES,
         public_url: str | None = None,
+        receiving: ReceivingNow | None = None,
         grace: float = 10.0,
     ) -> None:
         self.settings = settings
@@ -52,6 +54,7 @@ class WebServer:
             audit_log=audit_log,
             max_stow_bytes=max_stow_bytes,
             public_url=public_url,
+            receiving=receiving,
         )
         self.grace = grace
         self.port: int = settings.http_port
