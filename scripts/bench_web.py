@@ -7,7 +7,8 @@
    storescu (4 associations). These are the only files: WADO-RS reads them.
 2. Round 1, the same data on both servers: latency of QIDO-RS study searches by PatientID, by
    a one-month StudyDate range (limit 25) and by AccessionNumber, WADO-RS of one instance; on
-   mammo-node also the worklist page (``/``, 200 newest exams) and the exam page.
+   mammo-node also the worklist page (``/``, 200 newest exams; by risk, by category, category
+   9 and above) and the exam page.
 3. Adds the rows of exams ``--filed-exams`` .. ``--exams`` - 1 straight into mammo-node's
    tables (mammo_node.synth.bulk: patient, exam, 4 series, 4 instances and a result each, in
    batches; no files), ANALYZE on PostgreSQL, and measures mammo-node again at full size.
@@ -315,6 +316,9 @@ def page_scenarios(exams: list[int], auth: dict[str, str]) -> Scenarios:
 
     return {
         "worklist page / (200 newest)": [("/", auth)],
+        "worklist by risk /?sort=risk": [("/?sort=risk", auth)],
+        "worklist by category /?sort=category": [("/?sort=category", auth)],
+        "worklist triage /?min_category=9": [("/?min_category=9&sort=risk", auth)],
         "exam page /exams/<uid>": [(f"/exams/{bulk_exam(n).study_uid}", auth) for n in exams],
     }
 
