@@ -371,6 +371,9 @@ def test_worklist_triage_orders_walk_an_index_and_stop_at_the_page(
         category = worklist(archive.db, sort="category", limit=40, state=state or None)
         top = worklist(archive.db, min_category=8, limit=400, state=state or None)
         newest_top = worklist(archive.db, sort="newest", min_category=8, limit=400)
+        # few exams that high: read by category, ordered in Python; many: the order's index
+        rare = worklist(archive.db, sort="risk", min_category=8, limit=40)
+        common = worklist(archive.db, sort="risk", min_category=2, limit=40)
     assert [r.study_uid for r in risk] == by_risk[:40]
     keyed = [(latest[r.study_uid][1], latest[r.study_uid][0]) for r in category]
     assert keyed == sorted(keyed, reverse=True) and len(keyed) == 40
@@ -380,6 +383,10 @@ def test_worklist_triage_orders_walk_an_index_and_stop_at_the_page(
     assert {r.study_uid for r in newest_top} == wanted
     received = [r.last_received_at for r in newest_top]
     assert received == sorted(received, reverse=True)  # sort=newest stays newest
+    for rows, at_least in ((rare, 8), (common, 2)):
+        expected = [s for s in by_risk if (latest[s][1] or 0) >= at_least][:40]
+        assert [r.study_uid for r in rows] == expected
+    assert len(wanted) <= 5 * 40 < len([c for _, c in latest.values() if (c or 0) >= 2])
     for statement, parameters in seen:
         assert (
             full_scans(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from statistics import NormalDist
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -184,7 +185,8 @@ def _rows(
             "verdicts": {},
             "timings": {"total": 1.0},
             "selection": {"slots": {str(s): exam.sop_uid(s) for s in SLOTS}},
-            "category": min(10, max(1, int(score + 6))),
+            # deciles of the screening population's scores, as a calibration makes them
+            "category": min(10, 1 + int(10 * NormalDist(-3.0, 2.0).cdf(score))),
         }
         exam_row["latest_exam_score"] = result["exam_score"]
         exam_row["latest_category"] = result["category"]

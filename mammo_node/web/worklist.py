@@ -7,6 +7,7 @@ captures, what the node decided and why, and where the results went.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import defaultdict
@@ -67,6 +68,7 @@ def _filtered(query: Select[Any], state: str | None, search: str | None) -> Sele
 NEWEST_FIRST = (Exam.last_received_at.desc(), Exam.id.desc())
 RISK_FIRST = (Exam.latest_exam_score.desc(), *NEWEST_FIRST)
 CATEGORY_FIRST = (Exam.latest_category.desc(), *RISK_FIRST)
+FEW_PAGES = 5  # min_category matching at most this many pages: read by category, sorted here
 
 
 def _tiers(sort: str, min_category: int | None) -> list[tuple[Any, tuple[Any, ...]]]:
@@ -89,6 +91,24 @@ def _tiers(sort: str, min_category: int | None) -> list[tuple[Any, tuple[Any, ..
     return [(None, NEWEST_FIRST)]
 
 
+def _few(session: Session, query: Select[Any], limit: int) -> bool:
+    """Whether the exams ``query`` matches are at most a few pages (counted on the index of
+    its condition, stopping past that)."""
+    probe = query.with_only_columns(Exam.id).limit(FEW_PAGES * limit + 1).subquery()
+    return int(session.scalar(select(func.count()).select_from(probe)) or 0) <= FEW_PAGES * limit
+
+
+def _sort_key(exam: Exam, sort: str) -> tuple[Any, ...]:
+    """The SQL orders of _tiers, for rows ordered in Python (descending)."""
+    newest = (exam.last_received_at, exam.id)
+    if sort == "newest":
+        return newest
+    score = exam.latest_exam_score if exam.latest_exam_score is not None else -math.inf
+    if sort == "risk":
+        return (score, *newest)
+    return (exam.latest_category or 0, score, *newest)
+
+
 def _page(
     session: Session,
     state: str | None,
@@ -109,6 +129,13 @@ def _page(
         )
         if condition is not None:
             query = query.where(condition)
+        if min_category is not None and _few(session, query, limit):
+            # a rare category: walking the order's index would pass over every exam to find
+            # them; read them through the category index and order them here
+            found = [(e, p) for e, p in session.execute(query)]
+            found.sort(key=lambda row: _sort_key(row[0], sort), reverse=True)
+            rows += found[: limit - len(rows)]
+            continue
         rows += [
             (e, p) for e, p in session.execute(query.order_by(*order).limit(limit - len(rows)))
         ]
