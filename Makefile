@@ -24,7 +24,7 @@ APT_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools chromium curl iproute
 SHARED ?= $(firstword $(wildcard $(abspath ../shared) /work/shared) $(abspath ../shared))
 OHIF_CHECK := $(SHARED)/tools/ohif-check
 
-.PHONY: help serve test test-slow lint venv apt viewer-tools bench-ingest bench-pipeline clean-data
+.PHONY: help serve test test-slow lint venv apt viewer-tools bench-ingest bench-pipeline device-wheels clean-data
 
 help:
 	@echo "make serve   - run mammo-node (SQLite + storage in $(DATA_DIR), DICOM port $(PORT))"
@@ -78,6 +78,11 @@ bench-ingest: venv apt
 BENCH_PIPELINE_ARGS ?=
 bench-pipeline: venv apt
 	$(PY) scripts/bench_pipeline.py $(BENCH_PIPELINE_ARGS)
+
+# the GPU checks run on a lent GPU machine (device tool: `bash scripts/device_checks.sh`,
+# carry .whl): this downloads the wheels its image lacks, once, here
+device-wheels: venv
+	PIP="$(PY) -m pip" bash scripts/device_wheels.sh
 
 clean-data:
 	rm -rf $(DATA_DIR)

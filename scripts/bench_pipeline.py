@@ -18,13 +18,17 @@ send, and the model-free total (all but the model and the grouping wait).
 UIDs) to a node with each ``scoring_processes`` setting and prints exams/min from the first
 C-STORE to the last exam report at storescp (a many-core GPU machine: 1,4,8).
 
+``--worker-batch 1,4,8 --backlog 8`` times READY -> stored outputs in process with the node's
+own Ingestor, Grouper and Worker (no DICOM peer: the run for a GPU machine, which has no
+dcmtk): seconds per worker pass and per exam, exams/s, per batch size.
+
 ``--batch 1,4,8`` then scores copies of the exam in process with the node's own scorer
 (``EnsembleScorer.score_exams``, the worker's batch path) on ``--device``, and prints per batch
 size the model time per exam and exams/s (``--no-node`` skips the end-to-end run).
 
     python scripts/bench_pipeline.py [--device cpu|cuda] [--precision bf16 fp32] [--repeats 1]
         [--arch resnet101] [--size 976] [--batch 1,4,8] [--no-node]
-        [--scoring-processes 1,2 --backlog 8]
+        [--scoring-processes 1,2 --backlog 8] [--worker-batch 1,4,8]
 """
 
 from __future__ import annotations
@@ -401,6 +405,76 @@ def node_throughput(
         print(f"  {n:17d}  {sent:6.1f}  {total:13.1f}  {60 * exams / total:9.2f}")
 
 
+def worker_passes(
+    work: Path,
+    files: list[Path],
+    bundle: Path,
+    device: str,
+    precision: str,
+    batches: list[int],
+    exams: int,
+) -> None:
+    """READY to stored outputs, in process with the node's own parts and no DICOM peer
+    (a GPU machine has no dcmtk): ``exams`` copies of the exam filed through the Ingestor
+    and grouped to READY on a fresh SQLite node, then the node's Worker claims, reads,
+    scores, writes, stores and records them, ``batch`` exams per pass. Prints seconds per
+    pass and per exam, and exams/s."""
+    from mammo_node.config import Settings
+    from mammo_node.db.session import Database, upgrade
+    from mammo_node.filing.ingest import Ingestor
+    from mammo_node.filing.storage import InstanceStore
+    from mammo_node.grouping.service import Grouper
+    from mammo_node.ml.loading import load_scorer
+    from mammo_node.worker import Worker, warm_up
+
+    copies = exam_copies(work / "backlog", files, exams)
+    print(f"\nworker passes, {precision} on {device} ({exams} exams, READY -> stored outputs):")
+    print("  batch  s/pass  s/exam  exams/s")
+    for b in batches:
+        data = work / f"worker-batch{b}"
+        shutil.rmtree(data, ignore_errors=True)
+        settings = Settings(
+            data_dir=data,
+            model_bundle=bundle,
+            device=device,
+            precision=precision,
+            quiet_seconds=0,
+            stable_seconds=0,
+            min_free_disk_mb=0,
+            prior_after_days=0,
+            scoring_batch_size=b,
+            scoring_warm_up=True,
+        )
+        upgrade(settings.database_url)
+        db = Database(settings.database_url)
+        store = InstanceStore(settings.storage_dir)
+        ingestor = Ingestor(settings, db, store)
+        for exam in copies:
+            for f in exam:
+                temp = store.temp_path()
+                shutil.copyfile(f, temp)
+                ingestor.ingest_file(temp, source="dimse", calling_ae="BENCH", peer_host="-")
+        grouper = Grouper(settings, db, store)
+        while grouper.check_pending_pixels(limit=64) or grouper.decide_exams():
+            pass
+        worker = Worker(settings, db, ingestor, lambda s=settings: load_scorer(s))
+        warm_up(worker)
+        passes = []
+        t0 = time.perf_counter()
+        while True:
+            t = time.perf_counter()
+            if not worker.run_once():
+                break
+            passes.append(time.perf_counter() - t)
+        total = time.perf_counter() - t0
+        db.dispose()
+        scored = min(exams, b * len(passes))
+        print(
+            f"  {b:5d}  {statistics.median(passes):6.3f}  {total / max(1, scored):6.3f}"
+            f"  {scored / total:7.2f}"
+        )
+
+
 def batch_throughput(
     files: list[Path], bundle: Path, device: str, precision: str, batches: list[int], repeats: int
 ) -> None:
@@ -535,9 +609,16 @@ def main() -> None:
         help="e.g. 1,2: a backlog of --backlog exams through a node with each setting",
     )
     parser.add_argument("--backlog", type=int, default=8, help="exams in the backlog run")
+    parser.add_argument(
+        "--worker-batch",
+        default="",
+        help="e.g. 1,4,8: READY -> stored outputs through the node's Worker in process "
+        "(no DICOM peer needed: the GPU machine's run), --backlog exams",
+    )
     args = parser.parse_args()
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
     processes = [int(n) for n in args.scoring_processes.split(",") if n.strip()]
+    worker_batches = [int(n) for n in args.worker_batch.split(",") if n.strip()]
     for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None and not args.no_node:
             sys.exit(f"{tool} not found: install dcmtk (make apt)")
@@ -574,6 +655,16 @@ def main() -> None:
             stage_costs(files, bundle, precision, max(1, args.repeats))
         if batches:
             batch_throughput(files, bundle, args.device, precision, batches, max(1, args.repeats))
+        if worker_batches:
+            worker_passes(
+                args.out / "worker",
+                files,
+                bundle,
+                args.device,
+                precision,
+                worker_batches,
+                args.backlog,
+            )
         if processes:
             node_throughput(
                 args.out / "throughput",
