@@ -30,6 +30,9 @@ help:
 	@echo "make serve   - run mammo-node (SQLite + storage in $(DATA_DIR), DICOM port $(PORT))"
 	@echo "make test    - install everything the tests need and run the whole suite"
 	@echo "make lint    - ruff check + ruff format --check (make test runs it first)"
+	@echo "make model-cv     - the documented CPU run: synthetic exams, 5-fold CV, Table 1 (build/model-cv)"
+	@echo "make demo-bundle  - export the packaged demo bundle from that run (best fold)"
+	@echo "make demo-calibrate - calibrate the demo bundle on 240 fresh synthetic exams (seed 23)"
 	@echo "make bench-ingest | bench-model | bench-pipeline - benchmarks (print figures)"
 
 # --- set-up ------------------------------------------------------------------------------

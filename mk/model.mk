@@ -20,7 +20,7 @@ DEMO_VERSION ?= 0.1.0
 SYNTH_ARGS   ?= --exams 240 --rows 320 --columns 256 --seed 11 --lesion-contrast 0.25
 # Small CPU model: ResNet-18, 128 px holistic input, 64 px ROIs cut at 2x resolution.
 CV_ARGS      ?= --folds 5 --arch resnet18 --input-size 128 --roi-size 64 --roi-scale 2 \
-                --saliency-smoothing 2 --coa-rule paper --init scratch \
+                --saliency-smoothing 2 --init scratch \
                 --epochs 10 --attention-epochs 6 --batch-size 16 --lr 5e-4 --workers 0 \
                 --device cpu --threads 2
 MTRAIN       := $(VENV)/bin/mammo-train

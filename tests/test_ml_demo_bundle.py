@@ -11,6 +11,7 @@ from mammo_node.ml.bundle import default_bundle_path, load_bundle
 from mammo_node.ml.calibration import Calibration
 from mammo_node.ml.inference import EnsembleScorer
 from mammo_node.synth import SynthOptions, generate_exams
+from trainer.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -41,9 +42,23 @@ def test_demo_bundle_carries_its_own_calibration() -> None:
     assert calibration is not None and calibration.prevalence == 0.007
     assert calibration.exams >= 200 and calibration.cancers >= 50  # fitted on held-out exams
     assert {p.name for p in calibration.points} == {p.name for p in bundle.info.operating_points}
+    for point in calibration.points:  # each point says what it was measured on
+        assert point.positives == calibration.cancers
+        assert point.positives + point.negatives == calibration.exams
+        assert point.true_positives / point.positives == pytest.approx(point.sensitivity)
+        assert point.true_negatives / point.negatives == pytest.approx(point.specificity)
+        low, high = point.sensitivity_ci
+        assert low <= point.sensitivity <= high
     probabilities = [calibration.probability(s) for s in (-5.0, 0.0, 5.0, 10.0)]
     assert probabilities == sorted(probabilities) and 0 <= probabilities[0] < probabilities[-1] <= 1
     assert calibration.category(-100.0) == 1 and calibration.category(100.0) == 10
+
+
+def test_demo_bundle_localises_with_the_trainers_default_coa_rule() -> None:
+    # the bundle is what `make demo-bundle` exports from the documented run, which keeps the
+    # trainer's default rule
+    preprocess = load_bundle(default_bundle_path()).manifest.preprocess
+    assert preprocess.coa_rule == TrainConfig().coa_rule == "breast_region"
 
 
 def test_demo_model_ranks_cancers_first_and_points_at_lesions(scorer: EnsembleScorer) -> None:

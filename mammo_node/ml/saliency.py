@@ -23,7 +23,8 @@
     map first smoothed (sigma ``smoothing``, at least 1 px) to remove speckle, then the
     centre of the connected region of those pixels with the largest summed saliency. The
     centroid of scattered points converges on the middle of the breast; the strongest
-    region's centre stays on the finding.
+    region's centre stays on the finding (the README's documented CPU run, 5 folds, 144
+    positive images, sigma 2: COA inside the lesion 68 %, "paper" on the same models 51 %).
 """
 
 from __future__ import annotations
