@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from statistics import NormalDist
 from collections.abc import Iterator
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
