@@ -33,7 +33,9 @@ help:
 	@echo "make model-cv     - the documented CPU run: synthetic exams, 5-fold CV, Table 1 (build/model-cv)"
 	@echo "make demo-bundle  - export the packaged demo bundle from that run (best fold)"
 	@echo "make demo-calibrate - calibrate the demo bundle on 240 fresh synthetic exams (seed 23)"
-	@echo "make bench-ingest | bench-model | bench-pipeline - benchmarks (print figures)"
+	@echo "make bench-ingest | bench-model | bench-pipeline | bench-web | bench-train - benchmarks (print figures)"
+	@echo "make fuzz | soak - hostile input: coverage-guided fuzzing, a soak under faults"
+	@echo "make device-wheels - the wheels scripts/device_checks.sh needs on a lent GPU machine"
 
 # --- set-up ------------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml
