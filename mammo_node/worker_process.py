@@ -38,6 +38,8 @@ from mammo_node.sandbox import describe_exit
 
 logger = logging.getLogger(__name__)
 _POLL = 0.05
+#: how often a supervisor looks again for claims held by scoring processes that have ended
+RECHECK_CLAIMS_SECONDS = 10.0
 
 
 def worker_memory_limit(settings: Settings) -> int:
@@ -313,7 +315,7 @@ class WorkerSupervisor(threading.Thread):
                 )
             while not self.stopping.is_set():
                 self._start_child()
-                why = self._watch()
+                why = self._watch(db)
                 if self.stopping.is_set() and not why:
                     break
                 self.deaths.append(why)
@@ -337,12 +339,24 @@ class WorkerSupervisor(threading.Thread):
             self.health.stopped = self.stopping.is_set()
             db.dispose()
 
-    def _watch(self) -> str:
+    def _watch(self, db: Any) -> str:
         """Until the child ends: wake the exporter on results, kill the child above its memory
-        limit. Returns why it died ('' when it stopped because it was asked to)."""
+        limit, and every RECHECK_CLAIMS_SECONDS take back claims of this host's scoring
+        processes that have ended since (one killed with the node a moment before this one
+        started can still be exiting when the start-up check ran). Returns why the child died
+        ('' when it stopped because it was asked to)."""
+        from mammo_node.worker import release_dead_claims
+
         process = self.process
         killed_for_memory = 0
+        recheck = time.monotonic() + RECHECK_CLAIMS_SECONDS
         while process.is_alive():
+            if time.monotonic() >= recheck:
+                recheck = time.monotonic() + RECHECK_CLAIMS_SECONDS
+                try:
+                    release_dead_claims(db, self.settings, "the scoring process ended")
+                except Exception:  # the next look tries again; scoring goes on meanwhile
+                    logger.exception("could not look for claims of ended scoring processes")
             if self.receiving is not None:
                 self._receiving.value = self.receiving()
             if self._result.is_set():

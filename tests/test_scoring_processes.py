@@ -65,3 +65,62 @@ def test_two_scoring_processes_share_the_cpus_and_score_each_exam_once(
     assert sorted(n for _, n in results) == [1] * len(studies), "each exam scored once"
     claimers = {reason.rsplit("/", 1)[-1] for _, reason in claims}
     assert claimers <= {str(pid) for pid in pids}, claims
+
+
+def test_a_zombie_scoring_process_counts_as_ended() -> None:
+    """A scoring process killed with its node is reparented and reaped later: until then a
+    signal to it still succeeds, yet it holds its claim no more."""
+    import subprocess
+    import time
+
+    from mammo_node.worker import _pid_alive
+
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][:1] != "Z":
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.01)
+    assert not _pid_alive(child.pid)  # exited, not yet reaped (no wait() so far)
+    assert _pid_alive(os.getpid())
+    child.wait()
+    assert not _pid_alive(child.pid)
+
+
+def test_a_claim_of_a_scoring_process_that_ended_after_start_is_taken_back(
+    node_factory: Any, tiny_bundle: Path, synth_exams: list[Any]
+) -> None:
+    """The start-up check can run while the killed process is still exiting; the supervisor
+    looks again every RECHECK_CLAIMS_SECONDS, so such a claim does not wait for the claim
+    timeout."""
+    import subprocess
+
+    from mammo_node.db import repo
+    from mammo_node.domain import ExamState
+    from mammo_node.worker import worker_id_prefix
+    from mammo_node.worker_process import RECHECK_CLAIMS_SECONDS
+
+    node = node_factory(score=True, model_bundle=tiny_bundle, device="cpu", worker_poll_seconds=0.2)
+    wait_for(node.worker.ready.is_set, timeout=180)
+    exam = synth_exams[1]
+    assert storescu(node.scp.port, exam.files).returncode == 0
+
+    def state() -> str:
+        with node.db.session() as session:
+            return str(session.scalar(select(Exam.state).where(Exam.study_uid == exam.study_uid)))
+
+    wait_for(lambda: state() == "scored", timeout=120, interval=0.2)
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    with node.db.session() as session:  # as a process killed mid-scoring leaves it
+        row = session.scalars(select(Exam).where(Exam.study_uid == exam.study_uid)).one()
+        repo.set_exam_state(session, row, ExamState.SCORING, "claimed by a process now gone")
+        row.claimed_by = f"{worker_id_prefix(node.settings)}{ended.pid}"
+        row.attempts = 1
+    wait_for(lambda: state() == "scored", timeout=3 * RECHECK_CLAIMS_SECONDS + 60, interval=0.2)
+    with node.db.session() as session:
+        reasons = session.scalars(
+            select(ExamEvent.reason)
+            .join(Exam, ExamEvent.exam_fk == Exam.id)
+            .where(Exam.study_uid == exam.study_uid)
+        ).all()
+    assert any("claim released: the scoring process ended" in r for r in reasons), reasons
