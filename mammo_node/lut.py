@@ -10,7 +10,7 @@ Tables are built in value order (index = value - smallest value) and used by bit
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -81,22 +81,30 @@ def lookup(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
     return np.take(table, patterns(raw))
 
 
+def block_offsets(image: np.ndarray, factor: int) -> Iterator[np.ndarray]:
+    """The ``factor**2`` strided views of (H, W) ``image`` whose element (i, j) is the pixel at
+    offset (dy, dx) of block (i, j), in (dy, dx) order; a ragged edge is replicated to whole
+    blocks (ceil sizes). Summing them gives the block sums without a reshaped copy."""
+    if factor < 1:
+        raise ValueError(f'Argument "factor" should be >= 1, got {factor!r}.')
+    rows, cols = image.shape
+    out_r, out_c = math.ceil(rows / factor), math.ceil(cols / factor)
+    if rows % factor or cols % factor:  # only a ragged edge needs the padded copy
+        image = np.pad(image, ((0, out_r * factor - rows), (0, out_c * factor - cols)), "edge")
+    for dy in range(factor):
+        for dx in range(factor):
+            yield image[dy::factor, dx::factor]
+
+
 def lookup_reduced(table: np.ndarray, raw: np.ndarray, factor: int) -> np.ndarray:
     """A pattern-ordered table applied to ``raw`` (H, W) and reduced ``factor`` x by block mean
     (edges replicated to whole blocks): the same float32 values as block-averaging the full
     ``lookup``, without making that full-size float array (one table lookup per block offset,
-    each over 1 / factor**2 of the pixels)."""
-    if factor < 1:
-        raise ValueError(f'Argument "factor" should be >= 1, got {factor!r}.')
+    each over 1 / factor**2 of the pixels; a ragged edge pads the 2-byte codes)."""
     if factor == 1:
         return lookup(table, raw)
-    codes = patterns(raw)
-    rows, cols = codes.shape
-    out_r, out_c = math.ceil(rows / factor), math.ceil(cols / factor)
-    if rows % factor or cols % factor:  # a ragged edge: replicate it (2-byte codes, cheap)
-        codes = np.pad(codes, ((0, out_r * factor - rows), (0, out_c * factor - cols)), "edge")
-    total = np.zeros((out_r, out_c), dtype=np.float32)
-    for dy in range(factor):  # the order of block_mean's sums: bit-identical results
-        for dx in range(factor):
-            total += np.take(table, codes[dy::factor, dx::factor])
+    offsets = block_offsets(patterns(raw), factor)
+    total = np.take(table, next(offsets))  # the order of block_mean's sums: bit-identical
+    for codes in offsets:
+        total += np.take(table, codes)
     return total / np.float32(factor * factor)

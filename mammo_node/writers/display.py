@@ -133,13 +133,8 @@ def block_mean(image: np.ndarray, factor: int) -> np.ndarray:
     """Downsample (H, W) by an integer factor; edges padded by replication (ceil sizes)."""
     if factor == 1:
         return image
-    rows, cols = image.shape
-    out_r, out_c = math.ceil(rows / factor), math.ceil(cols / factor)
-    padded = image
-    if rows % factor or cols % factor:  # only a ragged edge needs the (full-size) padded copy
-        padded = np.pad(image, ((0, out_r * factor - rows), (0, out_c * factor - cols)), "edge")
-    total = np.zeros((out_r, out_c), dtype=np.float32)
-    for dy in range(factor):  # strided sums: several times faster than reshape().mean()
-        for dx in range(factor):
-            total += padded[dy::factor, dx::factor]
+    offsets = lut.block_offsets(image, factor)  # strided sums: faster than reshape().mean()
+    total = next(offsets).astype(np.float32)
+    for part in offsets:
+        total += part
     return total / np.float32(factor * factor)
