@@ -74,8 +74,18 @@ def heat_lut() -> tuple[np.ndarray, np.ndarray]:
     return (colour * alpha[:, None]).astype(np.float32), (1.0 - alpha).astype(np.float32)
 
 
-_PREMULTIPLIED, _GREY_WEIGHT = heat_lut()
-_FIRST_HOT_LEVEL = int(np.argmax(_GREY_WEIGHT < 1.0))
+def blend_table() -> np.ndarray:
+    """The blended pixel for every (saliency level, grey level) pair: (65536,) uint32 whose
+    bytes are R, G, B, 0 in memory order, indexed by ``level << 8 | grey``."""
+    premultiplied, grey_weight = heat_lut()
+    grey = np.arange(256, dtype=np.float32)
+    rgb = grey[None, :, None] * grey_weight[:, None, None] + premultiplied[:, None, :]
+    rgbx = np.zeros((256, 256, 4), dtype=np.uint8)
+    rgbx[..., :3] = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return rgbx.reshape(-1).view(np.uint32)
+
+
+_BLENDED = blend_table()
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,7 @@ def render(view: ScoredView, inference: ExamInference, *, max_pixels: int) -> Re
         saliency = np.nan_to_num(saliency, nan=0.0, posinf=1.0, neginf=0.0)
     saliency = np.clip(block_mean(saliency, factor), 0.0, 1.0)
     box = box_in_sc(view.result.roi, factor)
-    image = Image.fromarray(_blend_heat(grey, saliency), mode="RGB")
+    image = _blend_heat(grey, saliency)
     _draw_text(image, grey, box, _lines(view, inference))
     rgb = np.array(image, dtype=np.uint8)
     line = max(1, round(min(rgb.shape[:2]) / 250))
@@ -108,16 +118,15 @@ def render(view: ScoredView, inference: ExamInference, *, max_pixels: int) -> Re
     return Rendering(rgb, factor)
 
 
-def _blend_heat(grey: np.ndarray, saliency: np.ndarray) -> np.ndarray:
-    """Grey as RGB, with the heat colour blended in where saliency is above the floor."""
-    level = np.rint(saliency * 255.0).astype(np.uint8)
-    grey255 = grey * np.float32(255.0)
-    rgb = np.repeat(np.rint(grey255).astype(np.uint8)[..., None], 3, axis=2)
-    hot = level >= _FIRST_HOT_LEVEL  # usually a few per cent of the pixels
-    hot_level = level[hot]
-    blended = grey255[hot][:, None] * _GREY_WEIGHT[hot_level][:, None] + _PREMULTIPLIED[hot_level]
-    rgb[hot] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    return rgb
+def _blend_heat(grey: np.ndarray, saliency: np.ndarray) -> Image.Image:
+    """Grey (0..1) with the heat colour of the saliency (0..1) blended in, as an RGB image:
+    both rounded to 256 levels, then one lookup per pixel in :func:`blend_table`."""
+    code = np.rint(saliency * np.float32(255.0)).astype(np.uint16)
+    code <<= 8
+    code |= np.rint(grey * np.float32(255.0)).astype(np.uint16)
+    rows, columns = grey.shape
+    rgbx = Image.frombuffer("RGBX", (columns, rows), _BLENDED[code], "raw", "RGBX", 0, 1)
+    return rgbx.convert("RGB")
 
 
 def _draw_box(rgb: np.ndarray, box: tuple[int, int, int, int], line: int) -> None:
@@ -179,6 +188,11 @@ def _draw_text(
     avail = width * (0.5 if width >= 400 else 0.98)
     size = max(8, int(height / 28))
     font = ImageFont.load_default(size=size)
+    # text grows in proportion to the font size: start at the size estimated to fit
+    fit = min(avail / _text_width(font, lines), 0.4 * height / (_line_height(font) * len(lines)))
+    if fit < 1:
+        size = max(8, int(size * fit))
+        font = ImageFont.load_default(size=size)
     while size > 8 and (
         _text_width(font, lines) > avail or _line_height(font) * len(lines) > 0.4 * height
     ):
