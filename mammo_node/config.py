@@ -132,7 +132,10 @@ class Settings(BaseSettings):
         "wants; scoring may stall on a loaded machine)",
     )
     worker_threads: int = Field(
-        0, ge=0, description="torch threads of the scoring process; 0 = the CPUs it may use"
+        0,
+        ge=0,
+        description="torch threads of the scoring process (and, from 2, the writers build "
+        "pixel objects beside documents); 0 = the CPUs it may use",
     )
     worker_threads_receiving: int = Field(
         0,

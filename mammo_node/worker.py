@@ -164,10 +164,11 @@ class Worker:
         *,
         worker_id: str | None = None,
         on_result: Callable[[], None] | None = None,
-        pace: Callable[[], None] | None = None,
+        pace: Callable[[], int] | None = None,
     ) -> None:
         """``on_result`` is called after a result and its deliveries are committed; ``pace``
-        between the stages of an exam (the scoring process sets its threads there)."""
+        between the stages of an exam (the scoring process sets its threads there and says how
+        many the next stage may use)."""
         self.on_result = on_result
         self.pace = pace
         self.settings = settings
@@ -363,9 +364,9 @@ class Worker:
     ) -> int | None:
         """Writers, store, record: the result of one scored exam."""
         previous = self._previous_result(claim.exam_id)
-        self._pace()
+        threads = self._pace()
         t1 = time.perf_counter()
-        outputs = self._build_outputs(sources, inference, claim, previous)
+        outputs = self._build_outputs(sources, inference, claim, previous, threads)
         writers_seconds = time.perf_counter() - t1
         scanner = _scanner(sources)
         sources.clear()
@@ -402,9 +403,13 @@ class Worker:
         logger.info("worker warmed up in %.2f s (batch of %d)", seconds, len(batch))
         return seconds
 
-    def _pace(self) -> None:
+    def _pace(self) -> int:
+        """The threads the exam's next stage may use: the scoring process's governor sets and
+        says them (fewer while anything is being received); in process (tests, benchmarks)
+        ``worker_threads`` or the CPUs this process may use."""
         if self.pace is not None:
-            self.pace()
+            return max(1, self.pace())
+        return self.settings.worker_threads or len(os.sched_getaffinity(0))
 
     def _previous_result(self, exam_id: int) -> tuple[int, list[ReferencedDocument]] | None:
         """The latest result of this exam and its SRs (they become Predecessor Documents)."""
@@ -440,6 +445,7 @@ class Worker:
         inference: ExamInference,
         claim: Claim,
         previous: tuple[int, list[ReferencedDocument]] | None,
+        threads: int,
     ) -> list[OutputObject]:
         return build_outputs(
             sources,
@@ -449,6 +455,7 @@ class Worker:
             station_name=self.settings.ae_title,
             withdrawn=self._withdrawable_outputs(previous[0]) if previous else (),
             cad_operating_points=self._cad_operating_points(inference),
+            threads=threads,
         )
 
     def _cad_operating_points(self, inference: ExamInference) -> list[str | None]:

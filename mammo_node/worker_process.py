@@ -131,7 +131,9 @@ class ThreadGovernor:
         self.receiving = receiving  # shared int written by the supervisor
         self.threads = threads  # shared int: the threads in use, for /metrics and tests
 
-    def __call__(self) -> None:
+    def __call__(self) -> int:
+        """Sets the threads for the next stage of an exam and returns them (the writers use as
+        many)."""
         import torch
 
         wanted = self.priority.threads_for(int(self.receiving.value))
@@ -139,6 +141,7 @@ class ThreadGovernor:
             torch.set_num_threads(wanted)
             logger.debug("scoring with %d thread(s)", wanted)
         self.threads.value = wanted
+        return wanted
 
 
 def _child_main(

@@ -169,6 +169,47 @@ def test_uids_are_deterministic_per_study_bundle_revision(
     assert len(set(all_uids)) == len(all_uids) - (len(SLOTS) - len(sc_series))
 
 
+_CLOCK = {
+    "InstanceCreationTime",
+    "TimeOfSecondaryCapture",
+    "ContributionDateTime",
+    "DimensionOrganizationUID",
+}
+
+
+def _without_clock(dataset: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy without the times highdicom stamps when it builds an object (and the random UID
+    it gives a SEG's dimension organisation)."""
+    copy = pydicom.Dataset()
+    for element in dataset:
+        if element.keyword in _CLOCK:
+            continue
+        if element.VR == "SQ":
+            copy.add_new(element.tag, "SQ", [_without_clock(item) for item in element.value])
+        else:
+            copy.add(element)
+    return copy
+
+
+def test_two_threads_build_the_same_objects_as_one(
+    exam: dict[Slot, pydicom.Dataset], outputs: list[OutputObject]
+) -> None:
+    """The pixel objects built beside the documents: same objects, same order, same values."""
+    both = build_outputs(
+        exam, make_inference(exam), revision=1, now=NOW, station_name="AI1", threads=2
+    )
+    assert [(o.kind, o.slot, o.operating_point) for o in both] == [
+        (o.kind, o.slot, o.operating_point) for o in outputs
+    ]
+    for serial, parallel in zip(outputs, both, strict=True):
+        assert _without_clock(parallel.dataset) == _without_clock(serial.dataset), serial.kind
+    # an error in the pixel thread is the same clear OutputError
+    with pytest.raises(OutputError, match="max_pixels"):
+        build_outputs(exam, make_inference(exam), revision=1, sc_max_pixels=0, threads=2)
+    with pytest.raises(OutputError, match="threads"):
+        build_outputs(exam, make_inference(exam), revision=1, threads=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # validation: dciodvfy and strict read-back
 # ---------------------------------------------------------------------------------------------

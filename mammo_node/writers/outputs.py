@@ -12,6 +12,7 @@ import datetime
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pydicom import Dataset
@@ -41,7 +42,7 @@ from mammo_node.writers.identity import (
 from mammo_node.writers.iocm import build_rejection_note
 from mammo_node.writers.sc import DEFAULT_MAX_PIXELS, build_secondary_capture
 from mammo_node.writers.seg import DEFAULT_TOP_FRACTION, build_segmentation
-from mammo_node.writers.sources import copy_identity, scored_views
+from mammo_node.writers.sources import ScoredView, copy_identity, scored_views
 from mammo_node.writers.sr import ReportContext, build_exam_report, build_view_report
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ def build_outputs(
     seg_top_fraction: float = DEFAULT_TOP_FRACTION,
     cad_operating_points: Sequence[str | None] = (None,),
     withdrawn: Sequence[ReferencedDocument] = (),
+    threads: int = 1,
 ) -> list[OutputObject]:
     """Exam report SR, then per view: report SR, Secondary Capture, Segmentation; then the
     Mammography CAD SR and the presentation state of the exam.
@@ -134,10 +136,15 @@ def build_outputs(
     ``sources`` are the scored For Presentation images (pixels included) by view;
     ``revision`` numbers the exam's results (a re-run gets a new one, hence new UIDs);
     ``previous_sr`` are the SRs of the result this one replaces (Predecessor Documents).
+    With ``threads`` >= 2 the pixel objects (SC, SEG: numpy, which releases the GIL) are built
+    in a second thread while this one builds the documents (highdicom's SR, CAD SR and GSPS
+    constructors: Python that holds it); the objects and their order are the same either way.
     Raises :class:`~mammo_node.errors.OutputError` when inputs do not fit together.
     """
     if revision < 0:
         raise OutputError(f'Argument "revision" should be >= 0, got {revision!r}.')
+    if threads < 1:
+        raise OutputError(f'Argument "threads" should be >= 1, got {threads!r}.')
     codes.check_score_kind(inference.bundle)
     views = scored_views(sources, inference)
     now = now or datetime.datetime.now()
@@ -158,89 +165,26 @@ def build_outputs(
         now=now,
     )
     started = time.perf_counter()
-    try:
-        outputs = [OutputObject(OutputKind.SR, None, build_exam_report(views, ctx))]
-        outputs += [
-            OutputObject(OutputKind.SR_VIEW, v.slot, build_view_report(v, ctx)) for v in views
-        ]
-        outputs += [
-            OutputObject(
-                OutputKind.SC,
-                v.slot,
-                build_secondary_capture(
-                    v,
-                    inference,
-                    plan[OutputKind.SC, v.slot],
-                    institution_name=institution_name,
-                    station_name=station_name,
-                    now=now,
-                    max_pixels=sc_max_pixels,
-                ),
-            )
-            for v in views
-        ]
-        outputs += [
-            OutputObject(
-                OutputKind.SEG,
-                v.slot,
-                build_segmentation(
-                    v,
-                    inference.bundle,
-                    plan[OutputKind.SEG, v.slot],
-                    tracking_uid=tracking_uid(
-                        inference.study_uid,
-                        bundle_key(inference.bundle),
-                        revision,
-                        f"{v.slot} saliency",
-                    ),
-                    institution_name=institution_name,
-                    station_name=station_name,
-                    now=now,
-                    top_fraction=seg_top_fraction,
-                ),
-            )
-            for v in views
-        ]
-        outputs += [
-            OutputObject(
-                OutputKind.CAD_SR,
-                None,
-                build_cad_report(views, ctx, identity, operating_point=name),
-                operating_point=name,
-            )
-            for name, identity in _cad_reports(inference, revision, plan, cad_operating_points)
-        ]
-        outputs.append(
-            OutputObject(
-                OutputKind.GSPS,
-                None,
-                build_presentation_state(
-                    views,
-                    inference.bundle,
-                    plan[OutputKind.GSPS, None],
-                    institution_name=institution_name,
-                    station_name=station_name,
-                    now=now,
-                ),
-            )
+
+    def pictures() -> list[OutputObject]:
+        return _pixel_objects(
+            views,
+            ctx,
+            sc_max_pixels=sc_max_pixels,
+            seg_top_fraction=seg_top_fraction,
         )
-        if withdrawn:
-            outputs.append(
-                OutputObject(
-                    OutputKind.KOS,
-                    None,
-                    build_rejection_note(
-                        withdrawn,
-                        views,
-                        inference.bundle,
-                        plan[OutputKind.KOS, None],
-                        revision=revision,
-                        institution_name=institution_name,
-                        station_name=station_name,
-                        now=now,
-                    ),
-                )
-            )
+
+    try:
+        if threads >= 2:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writers-pixels") as pool:
+                pending = pool.submit(pictures)
+                documents = _documents(views, ctx, cad_operating_points, withdrawn)
+                images = pending.result()
+        else:
+            images = pictures()
+            documents = _documents(views, ctx, cad_operating_points, withdrawn)
+        reports, rest = documents
+        outputs = reports + images + rest
         by_slot = {v.slot: v.header for v in views}
         for out in outputs:
             source = by_slot.get(out.slot) if out.slot else views[0].header
@@ -260,3 +204,107 @@ def build_outputs(
         time.perf_counter() - started,
     )
     return outputs
+
+
+def _pixel_objects(
+    views: Sequence[ScoredView],
+    ctx: ReportContext,
+    *,
+    sc_max_pixels: int,
+    seg_top_fraction: float,
+) -> list[OutputObject]:
+    """Per view its Secondary Capture, then per view its Segmentation."""
+    inference = ctx.inference
+    captures = [
+        OutputObject(
+            OutputKind.SC,
+            v.slot,
+            build_secondary_capture(
+                v,
+                inference,
+                ctx.plan[OutputKind.SC, v.slot],
+                institution_name=ctx.institution_name,
+                station_name=ctx.station_name,
+                now=ctx.now,
+                max_pixels=sc_max_pixels,
+            ),
+        )
+        for v in views
+    ]
+    segmentations = [
+        OutputObject(
+            OutputKind.SEG,
+            v.slot,
+            build_segmentation(
+                v,
+                inference.bundle,
+                ctx.plan[OutputKind.SEG, v.slot],
+                tracking_uid=tracking_uid(
+                    inference.study_uid,
+                    bundle_key(inference.bundle),
+                    ctx.revision,
+                    f"{v.slot} saliency",
+                ),
+                institution_name=ctx.institution_name,
+                station_name=ctx.station_name,
+                now=ctx.now,
+                top_fraction=seg_top_fraction,
+            ),
+        )
+        for v in views
+    ]
+    return captures + segmentations
+
+
+def _documents(
+    views: Sequence[ScoredView],
+    ctx: ReportContext,
+    cad_operating_points: Sequence[str | None],
+    withdrawn: Sequence[ReferencedDocument],
+) -> tuple[list[OutputObject], list[OutputObject]]:
+    """(the exam report and the view reports; the CAD SRs, the presentation state and, when
+    a result is withdrawn, its rejection note)."""
+    inference, plan = ctx.inference, ctx.plan
+    reports = [OutputObject(OutputKind.SR, None, build_exam_report(views, ctx))]
+    reports += [OutputObject(OutputKind.SR_VIEW, v.slot, build_view_report(v, ctx)) for v in views]
+    rest = [
+        OutputObject(
+            OutputKind.CAD_SR,
+            None,
+            build_cad_report(views, ctx, identity, operating_point=name),
+            operating_point=name,
+        )
+        for name, identity in _cad_reports(inference, ctx.revision, plan, cad_operating_points)
+    ]
+    rest.append(
+        OutputObject(
+            OutputKind.GSPS,
+            None,
+            build_presentation_state(
+                views,
+                inference.bundle,
+                plan[OutputKind.GSPS, None],
+                institution_name=ctx.institution_name,
+                station_name=ctx.station_name,
+                now=ctx.now,
+            ),
+        )
+    )
+    if withdrawn:
+        rest.append(
+            OutputObject(
+                OutputKind.KOS,
+                None,
+                build_rejection_note(
+                    withdrawn,
+                    views,
+                    inference.bundle,
+                    plan[OutputKind.KOS, None],
+                    revision=ctx.revision,
+                    institution_name=ctx.institution_name,
+                    station_name=ctx.station_name,
+                    now=ctx.now,
+                ),
+            )
+        )
+    return reports, rest
