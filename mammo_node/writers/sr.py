@@ -98,7 +98,7 @@ Plan = Mapping[tuple[OutputKind, Slot | None], OutputIdentity]
 
 @dataclass(frozen=True)
 class ReportContext:
-    """Everything an SR of one result needs besides its own view(s)."""
+    """Everything an output of one result needs besides its own view(s)."""
 
     inference: ExamInference
     revision: int
