@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 from pydicom import Dataset
 from pydicom.uid import (
@@ -166,24 +167,19 @@ def build_outputs(
     )
     started = time.perf_counter()
 
-    def pictures() -> list[OutputObject]:
-        return _pixel_objects(
-            views,
-            ctx,
-            sc_max_pixels=sc_max_pixels,
-            seg_top_fraction=seg_top_fraction,
-        )
-
+    pixel_objects = partial(
+        _pixel_objects, views, ctx, sc_max_pixels=sc_max_pixels, seg_top_fraction=seg_top_fraction
+    )
+    documents = partial(_documents, views, ctx, cad_operating_points, withdrawn)
     try:
         if threads >= 2:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="writers-pixels") as pool:
-                pending = pool.submit(pictures)
-                documents = _documents(views, ctx, cad_operating_points, withdrawn)
+                pending = pool.submit(pixel_objects)
+                reports, rest = documents()
                 images = pending.result()
         else:
-            images = pictures()
-            documents = _documents(views, ctx, cad_operating_points, withdrawn)
-        reports, rest = documents
+            images = pixel_objects()
+            reports, rest = documents()
         outputs = reports + images + rest
         by_slot = {v.slot: v.header for v in views}
         for out in outputs:
