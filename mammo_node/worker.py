@@ -46,6 +46,7 @@ from mammo_node.limits import ImageLimits, check_before_decode, check_deflate
 from mammo_node.observe import metrics
 from mammo_node.responses import ScoredExam
 from mammo_node.scrub import describe, format_exception
+from mammo_node.worker_process import ScoringPriority
 from mammo_node.writers import OutputObject, build_outputs
 from mammo_node.writers.identity import OutputKind, ReferencedDocument, output_kinds_for
 
@@ -406,10 +407,10 @@ class Worker:
     def _pace(self) -> int:
         """The threads the exam's next stage may use: the scoring process's governor sets and
         says them (fewer while anything is being received); in process (tests, benchmarks)
-        ``worker_threads`` or the CPUs this process may use."""
+        the scoring processes' own rule with nothing being received."""
         if self.pace is not None:
             return max(1, self.pace())
-        return self.settings.worker_threads or len(os.sched_getaffinity(0))
+        return ScoringPriority.from_settings(self.settings).threads
 
     def _previous_result(self, exam_id: int) -> tuple[int, list[ReferencedDocument]] | None:
         """The latest result of this exam and its SRs (they become Predecessor Documents)."""
