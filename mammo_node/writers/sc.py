@@ -188,14 +188,17 @@ def _draw_text(
     avail = width * (0.5 if width >= 400 else 0.98)
     size = max(8, int(height / 28))
     font = ImageFont.load_default(size=size)
+
+    def room(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> float:
+        """Below 1: the lines are too wide or too tall by that factor."""
+        tall = _line_height(font) * len(lines)
+        return min(avail / _text_width(font, lines), 0.4 * height / tall)
+
     # text grows in proportion to the font size: start at the size estimated to fit
-    fit = min(avail / _text_width(font, lines), 0.4 * height / (_line_height(font) * len(lines)))
-    if fit < 1:
+    if (fit := room(font)) < 1:
         size = max(8, int(size * fit))
         font = ImageFont.load_default(size=size)
-    while size > 8 and (
-        _text_width(font, lines) > avail or _line_height(font) * len(lines) > 0.4 * height
-    ):
+    while size > 8 and room(font) < 1:
         size -= 1
         font = ImageFont.load_default(size=size)
     pad = max(2, size // 4)
