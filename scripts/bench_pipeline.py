@@ -525,11 +525,14 @@ def batch_throughput(
         )
 
 
-def stage_costs(files: list[Path], bundle: Path, precision: str, repeats: int) -> None:
+def stage_costs(
+    files: list[Path], bundle: Path, precision: str, repeats: int, writer_threads: int
+) -> None:
     """The model-free stages in this process, wall and CPU seconds (all threads): CPU time
     stays meaningful on a machine busy with other work. decode = read + decode the 4 files;
     preprocess = the scorer's prepare of each view + its saliency map back to the stored
-    grid; writers = build_outputs; store = each output written as Part-10 with fsync."""
+    grid; writers = build_outputs, serial and with the threads the worker gives it (the
+    total counts the latter); store = each output written as Part-10 with fsync."""
     import tempfile
 
     import numpy as np
@@ -578,16 +581,23 @@ def stage_costs(files: list[Path], bundle: Path, precision: str, repeats: int) -
         for _ in range(max(1, repeats)):
             exam = timed("decode", read)
             timed("preprocess", lambda exam=exam: preprocess(exam))
-            outputs = timed("writers", lambda exam=exam: build_outputs(exam, inference, revision=0))
+            timed("writers 1 thr", lambda exam=exam: build_outputs(exam, inference, revision=0))
+            outputs = timed(
+                f"writers {writer_threads} thr",
+                lambda exam=exam: build_outputs(
+                    exam, inference, revision=0, threads=writer_threads
+                ),
+            )
             timed("store", lambda outputs=outputs: store(outputs, Path(tmp)))
     print("\nmodel-free stages in process (median; CPU = all threads of this process):")
     wall_total = cpu_total = 0.0
     for stage, runs in costs.items():
         wall = statistics.median(r[0] for r in runs)
         cpu = statistics.median(r[1] for r in runs)
-        wall_total, cpu_total = wall_total + wall, cpu_total + cpu
-        print(f"  {stage:12s} wall {wall:7.3f} s   CPU {cpu:7.3f} s per exam")
-    print(f"  total        wall {wall_total:7.3f} s   CPU {cpu_total:7.3f} s per exam (w/o send)")
+        if stage != "writers 1 thr" or writer_threads == 1:
+            wall_total, cpu_total = wall_total + wall, cpu_total + cpu
+        print(f"  {stage:14s} wall {wall:7.3f} s   CPU {cpu:7.3f} s per exam")
+    print(f"  total          wall {wall_total:7.3f} s   CPU {cpu_total:7.3f} s per exam (w/o send)")
 
 
 def main() -> None:
@@ -615,7 +625,19 @@ def main() -> None:
         help="e.g. 1,4,8: READY -> stored outputs through the node's Worker in process "
         "(no DICOM peer needed: the GPU machine's run), --backlog exams",
     )
+    parser.add_argument(
+        "--writer-threads",
+        type=int,
+        default=0,
+        help="threads of the --stages writers (default: the worker's, MAMMO_WORKER_THREADS "
+        "or the CPUs shared by the scoring processes)",
+    )
     args = parser.parse_args()
+    if not args.writer_threads:
+        from mammo_node.config import Settings
+        from mammo_node.worker_process import ScoringPriority
+
+        args.writer_threads = ScoringPriority.from_settings(Settings()).threads
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
     processes = [int(n) for n in args.scoring_processes.split(",") if n.strip()]
     worker_batches = [int(n) for n in args.worker_batch.split(",") if n.strip()]
@@ -652,7 +674,7 @@ def main() -> None:
                 f"ratio {best['model'] / bare:.2f} (target <= 1.3 on CPU)"
             )
         if args.stages:
-            stage_costs(files, bundle, precision, max(1, args.repeats))
+            stage_costs(files, bundle, precision, max(1, args.repeats), args.writer_threads)
         if batches:
             batch_throughput(files, bundle, args.device, precision, batches, max(1, args.repeats))
         if worker_batches:
