@@ -15,11 +15,13 @@ import pydicom
 import pytest
 from pydicom import config as pydicom_config
 from pydicom.uid import (
+    ComprehensiveSRStorage,
     ExplicitVRLittleEndian,
     GrayscaleSoftcopyPresentationStateStorage,
     MammographyCADSRStorage,
 )
 
+import mammo_node
 from mammo_node.domain import SLOTS, Laterality, Slot, View
 from mammo_node.errors import OutputError
 from mammo_node.writers import (
@@ -27,15 +29,18 @@ from mammo_node.writers import (
     OutputObject,
     ReferencedDocument,
     build_outputs,
+    codes,
     output_uid,
     read_report,
     sop_classes_for_outputs,
 )
 from mammo_node.writers.display import scale_factor
+from mammo_node.writers.identity import plan_identities
 from mammo_node.writers.sc import BOX_RGB, COA_RGB, DEFAULT_MAX_PIXELS, DEMO_RGB, box_in_sc
 from mammo_node.writers.seg import salient_mask
-from mammo_node.writers.sources import scored_views
-from mammo_node.writers.sr import index_view
+from mammo_node.writers.sources import contributing_equipment, copy_identity, scored_views
+from mammo_node.writers.sr import ReportContext, index_view
+from mammo_node.writers.sr_document import sr_document
 from tests.helpers.tools import dciodvfy
 from tests.helpers.writers import NOW, ExamSpec, demo_bundle, make_exam, make_inference, synth_exam
 
@@ -223,6 +228,124 @@ def test_every_output_passes_dciodvfy(written: list[Path]) -> None:
         warnings = [line for line in lines if line.startswith("Warning")]
         unexpected = [w for w in warnings if not ALLOWED_WARNING.fullmatch(w)]
         assert not unexpected, f"{path.name}: {unexpected}"
+
+
+def _content_root(document: pydicom.Dataset) -> pydicom.Dataset:
+    root = pydicom.Dataset()
+    for keyword in ("ValueType", "ConceptNameCodeSequence", "ContinuityOfContent"):
+        root[keyword] = copy.deepcopy(document[keyword])
+    for keyword in ("ContentTemplateSequence", "ContentSequence"):
+        if keyword in document:
+            root[keyword] = copy.deepcopy(document[keyword])
+    return root
+
+
+def _without_creation_times(dataset: pydicom.Dataset) -> dict[str, object]:
+    """The dataset as DICOM JSON without the moments it was made (they differ per build)."""
+    made = dataset.to_json_dict()
+    for keyword in ("InstanceCreationDate", "InstanceCreationTime"):
+        made.pop(f"{pydicom.datadict.tag_for_keyword(keyword):08X}", None)
+    for item in made.get("0018A001", {}).get("Value", []):  # ContributingEquipmentSequence
+        item.pop("0018A002", None)  # its Contribution DateTime
+    return made
+
+
+def test_the_reports_carry_what_highdicoms_sr_constructor_writes(
+    exam: dict[Slot, pydicom.Dataset],
+) -> None:
+    """sr_document writes the document modules itself (highdicom's constructor re-parses the
+    whole tree: most of the writers' time); on the same content, highdicom's ComprehensiveSR
+    must give the same dataset, predecessors, institution and station included."""
+    inference = make_inference(exam)
+    previous = ReferencedDocument(
+        inference.study_uid,
+        "1.2.826.0.1.3680043.8.498.1",
+        "1.2.826.0.1.3680043.8.498.2",
+        ComprehensiveSRStorage,
+    )
+    outputs = build_outputs(
+        exam,
+        inference,
+        revision=2,
+        now=NOW,
+        previous_sr=[previous],
+        institution_name="Breast Centre",
+        station_name="AI1",
+    )
+    sources = {ds.SOPInstanceUID: ds for ds in exam.values()}
+    bundle = inference.bundle
+    reports = [o for o in outputs if o.kind in (OutputKind.SR, OutputKind.SR_VIEW)]
+    assert len(reports) == 5
+    for report in reports:
+        ours = report.dataset
+        evidence = [
+            sources[instance.ReferencedSOPInstanceUID]
+            for study in ours.CurrentRequestedProcedureEvidenceSequence
+            for series in study.ReferencedSeriesSequence
+            for instance in series.ReferencedSOPSequence
+        ]
+        predecessor = pydicom.Dataset()
+        predecessor.StudyInstanceUID = previous.study_instance_uid
+        predecessor.SeriesInstanceUID = previous.series_instance_uid
+        predecessor.SOPInstanceUID = previous.sop_instance_uid
+        predecessor.SOPClassUID = previous.sop_class_uid
+        theirs = hd.sr.ComprehensiveSR(
+            evidence=evidence,
+            content=_content_root(ours),
+            series_instance_uid=ours.SeriesInstanceUID,
+            series_number=ours.SeriesNumber,
+            sop_instance_uid=ours.SOPInstanceUID,
+            instance_number=ours.InstanceNumber,
+            manufacturer=codes.MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            institution_name="Breast Centre",
+            previous_versions=[predecessor],
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            contributing_equipment=[
+                contributing_equipment(bundle, institution_name="Breast Centre", station_name="AI1")
+            ],
+            series_description=ours.SeriesDescription,
+            coding_schemes=[codes.LOCAL_SCHEME_ITEM],
+            manufacturer_model_name=codes.MANUFACTURER,
+            software_versions=mammo_node.__version__,
+            content_date=NOW.date(),
+            content_time=NOW.time(),
+            series_date=NOW.date(),
+            series_time=NOW.time(),
+        )
+        theirs.StationName = "AI1"
+        theirs.PertinentOtherEvidenceSequence = ours.PertinentOtherEvidenceSequence
+        copy_identity(theirs, evidence[0], is_sr=True)  # as build_outputs does for every output
+        assert _without_creation_times(ours) == _without_creation_times(theirs), report.kind
+
+
+def test_a_report_on_an_image_not_given_is_refused(
+    exam: dict[Slot, pydicom.Dataset],
+) -> None:
+    inference = make_inference(exam)
+    outputs = build_outputs(exam, inference, revision=0, now=NOW)
+    view_report = one(outputs, OutputKind.SR_VIEW, L_CC)
+    views = scored_views(exam, inference)
+    other = next(v for v in views if v.slot != L_CC)
+    ctx = ReportContext(
+        inference=inference,
+        revision=0,
+        previous=(),
+        plan=plan_identities(inference.study_uid, inference.bundle, 0, [v.slot for v in views]),
+        institution_name=None,
+        station_name=None,
+        now=NOW,
+    )
+    with pytest.raises(OutputError, match="not its source images"):
+        sr_document(
+            _content_root(view_report),
+            sop_class_uid=ComprehensiveSRStorage,
+            views=[other],
+            identity=ctx.plan[OutputKind.SR_VIEW, L_CC],
+            ctx=ctx,
+        )
 
 
 def test_strict_read_back_with_highdicom(written: list[Path]) -> None:

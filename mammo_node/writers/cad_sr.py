@@ -42,15 +42,15 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sequence import Sequence as PydicomSequence
 from pydicom.sr.codedict import codes as pcodes
-from pydicom.uid import ExplicitVRLittleEndian, MammographyCADSRStorage
+from pydicom.uid import MammographyCADSRStorage
 
-import mammo_node
 from mammo_node.domain import Laterality, OperatingPoint
 from mammo_node.errors import OutputError
 from mammo_node.writers import codes
 from mammo_node.writers.identity import OutputIdentity
-from mammo_node.writers.sources import ScoredView, contributing_equipment, pixel_spacing
+from mammo_node.writers.sources import ScoredView, pixel_spacing
 from mammo_node.writers.sr import ReportContext, recall_suggested
+from mammo_node.writers.sr_document import sr_document
 
 REL = hd.sr.RelationshipTypeValues
 MAMMOGRAPHY_CAD_REPORT = hd.sr.CodedConcept(*pcodes.DCM.MammographyCADReport)
@@ -267,12 +267,12 @@ def build_cad_report(
     identity: OutputIdentity,
     *,
     operating_point: str | None = None,
-) -> hd.sr.sop._SR:
+) -> hd.SOPClass:
     """The exam's Mammography CAD SR (see the module docstring).
 
     ``operating_point`` names the bundle operating point above which marks are "Presentation
-    Required". highdicom has no Mammography CAD SR class; its generic SR document base
-    (``hd.sr.sop._SR``) writes the SR modules for any SR SOP class.
+    Required". highdicom has no Mammography CAD SR class; :func:`sr_document` writes the SR
+    modules for any SR SOP class.
     """
     inference = ctx.inference
     bundle = inference.bundle
@@ -370,7 +370,7 @@ def build_cad_report(
         image_refs.append(ref)
     detection = _children(
         _code(pcodes.DCM.DetectionPerformed, SELECTED_REGION, REL.CONTAINS),
-        algorithm,
+        [*algorithm, *image_refs],
     )
     detections = _children(
         _code(pcodes.DCM.SummaryOfDetections, SUCCEEDED, REL.CONTAINS),
@@ -395,40 +395,6 @@ def build_cad_report(
             analyses,
         ],
     )
-    sr = hd.sr.sop._SR(
-        evidence=[v.header for v in views],
-        content=root,
-        series_instance_uid=identity.series_instance_uid,
-        series_number=identity.series_number,
-        sop_instance_uid=identity.sop_instance_uid,
-        sop_class_uid=MammographyCADSRStorage,
-        instance_number=identity.instance_number,
-        manufacturer=codes.MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        institution_name=ctx.institution_name,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[
-            contributing_equipment(
-                bundle, institution_name=ctx.institution_name, station_name=ctx.station_name
-            )
-        ],
-        series_description=identity.series_description,
-        manufacturer_model_name=codes.MANUFACTURER,
-        software_versions=mammo_node.__version__,
-        content_date=ctx.now.date(),
-        content_time=ctx.now.time(),
-        series_date=ctx.now.date(),
-        series_time=ctx.now.time(),
+    return sr_document(
+        root, sop_class_uid=MammographyCADSRStorage, views=views, identity=identity, ctx=ctx
     )
-    if ctx.station_name:
-        sr.StationName = ctx.station_name
-    # highdicom parses the tree again and knows no by-reference items: add them afterwards
-    (summary_item,) = [
-        i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111064"
-    ]
-    performed = summary_item.ContentSequence[0].ContentSequence[0]
-    items = [*performed.ContentSequence, *image_refs]
-    Dataset.__setattr__(performed, "ContentSequence", PydicomSequence(items))
-    return sr

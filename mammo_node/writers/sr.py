@@ -65,9 +65,8 @@ import highdicom as hd
 import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes as pcodes
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ComprehensiveSRStorage
 
-import mammo_node
 from mammo_node.domain import ExamInference, Laterality, OperatingPoint, Slot
 from mammo_node.errors import OutputError
 from mammo_node.writers import codes
@@ -81,10 +80,10 @@ from mammo_node.writers.identity import (
 from mammo_node.writers.sources import (
     ScoredView,
     algorithm_parameters,
-    contributing_equipment,
     patient_orientation,
     pixel_spacing,
 )
+from mammo_node.writers.sr_document import sr_document
 
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 DERIVED_IMAGING_MEASUREMENTS = hd.sr.CodedConcept(*pcodes.DCM.DerivedImagingMeasurements)
@@ -517,7 +516,7 @@ def measurement_report(
 # ------------------------------------------------------------------------------------------
 
 
-def build_exam_report(views: Sequence[ScoredView], ctx: ReportContext) -> hd.sr.ComprehensiveSR:
+def build_exam_report(views: Sequence[ScoredView], ctx: ReportContext) -> hd.SOPClass:
     """The primary, exam-level report (see the module docstring)."""
     index = index_view(views, ctx.inference)
     content = measurement_report(
@@ -532,7 +531,7 @@ def build_exam_report(views: Sequence[ScoredView], ctx: ReportContext) -> hd.sr.
     return _document(views, content, identity, predecessors, siblings, ctx)
 
 
-def build_view_report(view: ScoredView, ctx: ReportContext) -> hd.sr.ComprehensiveSR:
+def build_view_report(view: ScoredView, ctx: ReportContext) -> hd.SOPClass:
     """The report of one view: its region and centre of attention (see the module docstring)."""
     exam = ctx.plan[OutputKind.SR, None]
     note = (
@@ -561,74 +560,17 @@ def _document(
     predecessors: Sequence[ReferencedDocument],
     siblings: Sequence[OutputIdentity],
     ctx: ReportContext,
-) -> hd.sr.ComprehensiveSR:
-    bundle = ctx.inference.bundle
-    sr = hd.sr.ComprehensiveSR(
-        evidence=[v.header for v in views],
-        content=content,
-        series_instance_uid=identity.series_instance_uid,
-        series_number=identity.series_number,
-        sop_instance_uid=identity.sop_instance_uid,
-        instance_number=identity.instance_number,
-        manufacturer=codes.MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        institution_name=ctx.institution_name,
-        previous_versions=[_predecessor(d) for d in predecessors] or None,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=[
-            contributing_equipment(
-                bundle, institution_name=ctx.institution_name, station_name=ctx.station_name
-            )
-        ],
-        series_description=identity.series_description,
-        coding_schemes=[codes.LOCAL_SCHEME_ITEM],
-        manufacturer_model_name=codes.MANUFACTURER,
-        software_versions=mammo_node.__version__,
-        content_date=ctx.now.date(),
-        content_time=ctx.now.time(),
-        series_date=ctx.now.date(),
-        series_time=ctx.now.time(),
+) -> hd.SOPClass:
+    return sr_document(
+        content[0],
+        sop_class_uid=ComprehensiveSRStorage,
+        views=views,
+        identity=identity,
+        ctx=ctx,
+        predecessors=predecessors,
+        siblings=siblings,
+        local_codes=True,
     )
-    if ctx.station_name:
-        sr.StationName = ctx.station_name
-    if siblings:
-        sr.PertinentOtherEvidenceSequence = _hierarchical_references(
-            ctx.inference.study_uid, [s.reference() for s in siblings]
-        )
-    return sr
-
-
-def _predecessor(document: ReferencedDocument) -> Dataset:
-    item = Dataset()
-    item.StudyInstanceUID = document.study_instance_uid
-    item.SeriesInstanceUID = document.series_instance_uid
-    item.SOPInstanceUID = document.sop_instance_uid
-    item.SOPClassUID = document.sop_class_uid
-    return item
-
-
-def _hierarchical_references(
-    study_uid: str, references: Sequence[tuple[str, str, str]]
-) -> list[Dataset]:
-    """SOP Instance Reference Macro items: study > series > instances."""
-    by_series: dict[str, list[Dataset]] = {}
-    for series_uid, sop_class_uid, sop_instance_uid in references:
-        instance = Dataset()
-        instance.ReferencedSOPClassUID = sop_class_uid
-        instance.ReferencedSOPInstanceUID = sop_instance_uid
-        by_series.setdefault(series_uid, []).append(instance)
-    series_items = []
-    for series_uid, instances in by_series.items():
-        series = Dataset()
-        series.SeriesInstanceUID = series_uid
-        series.ReferencedSOPSequence = instances
-        series_items.append(series)
-    study = Dataset()
-    study.StudyInstanceUID = study_uid
-    study.ReferencedSeriesSequence = series_items
-    return [study]
 
 
 # ------------------------------------------------------------------------------------------
