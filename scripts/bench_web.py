@@ -11,7 +11,9 @@
    9 and above) and the exam page.
 3. Adds the rows of exams ``--filed-exams`` .. ``--exams`` - 1 straight into mammo-node's
    tables (mammo_node.synth.bulk: patient, exam, 4 series, 4 instances and a result each, in
-   batches; no files), ANALYZE on PostgreSQL, and measures mammo-node again at full size.
+   batches; no files), ANALYZE on PostgreSQL, and measures mammo-node again at full size;
+   with ``--orthanc-full`` Orthanc gets the same exams as real files (written, sent with
+   storescu and deleted, 1 000 exams at a time) and is measured beside it at full size.
 
 Latency: one client, one keep-alive connection, requests one after another with random
 targets (seeded), ``--warmup`` unmeasured then ``--requests`` measured per scenario and
@@ -72,8 +74,8 @@ def wait_http(port: int, path: str, timeout: float = 120.0) -> None:
 
 
 # --- data --------------------------------------------------------------------------------------
-def make_files(folder: Path, count: int) -> list[Path]:
-    """Real files of bulk exams 0 .. count - 1 (the values bulk rows of later exams follow)."""
+def make_files(folder: Path, count: int, first: int = 0) -> list[Path]:
+    """Real files of bulk exams first .. first + count - 1 (the values bulk rows follow)."""
     from mammo_node.synth import SynthOptions, generate_exam
     from mammo_node.synth.bulk import bulk_exam
 
@@ -89,7 +91,7 @@ def make_files(folder: Path, count: int) -> list[Path]:
     )
     folder.mkdir(parents=True, exist_ok=True)
     files = []
-    for n in range(count):
+    for n in range(first, first + count):
         exam = bulk_exam(n)
         for slot, ds in template.datasets.items():
             ds.PatientID, ds.PatientName = exam.patient_id, exam.patient_name
@@ -101,6 +103,20 @@ def make_files(folder: Path, count: int) -> list[Path]:
             ds.save_as(path, enforce_file_format=True)
             files.append(path)
     return files
+
+
+def stream_into_orthanc(
+    orthanc: Orthanc, folder: Path, first: int, count: int, chunk: int = 1000
+) -> tuple[float, float]:
+    """Exams first .. first + count - 1 as files into Orthanc, ``chunk`` exams at a time
+    (written, sent with storescu, deleted: 400 000 files would fill the disk); (all seconds,
+    seconds sending)."""
+    started, sending = time.perf_counter(), 0.0
+    for start in range(first, first + count, chunk):
+        files = make_files(folder, min(chunk, first + count - start), first=start)
+        sending += orthanc.load(files)
+        shutil.rmtree(folder)
+    return time.perf_counter() - started, sending
 
 
 def ingest_mammo_node(data_dir: Path, db_url: str | None, files: list[Path]) -> float:
@@ -370,6 +386,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--db-url", default=None, help="mammo-node database (default SQLite)")
     parser.add_argument("--no-orthanc", action="store_true", help="mammo-node only")
+    parser.add_argument(
+        "--orthanc-full",
+        action="store_true",
+        help="round 2 fills Orthanc to --exams too (files written and sent in chunks)",
+    )
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
@@ -467,9 +488,23 @@ def main() -> None:
                 f"filed instances); load average {os.getloadavg()[0]:.1f}:",
                 flush=True,
             )
-            round2 = measure(
-                [(f"mammo-node {backend}", port, node_full)], args.warmup, args.requests
-            )
+            servers = [(f"mammo-node {backend}", port, node_full)]
+            if orthanc is not None and args.orthanc_full:
+                seconds, sending = stream_into_orthanc(
+                    orthanc, work / "orthanc-files", args.filed_exams, added
+                )
+                print(
+                    f"Orthanc: the files of those {added} exams written and sent in "
+                    f"{seconds:.0f} s ({4 * added / sending:.0f} instances/s while sending); "
+                    f"{orthanc.count()} instances; load average {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+                peer_full = {
+                    **dicomweb_scenarios("/dicom-web", every, {}),
+                    "WADO-RS instance": wado_targets("/dicom-web", small, {}),
+                }
+                servers.append(("Orthanc 1.10 + DICOMweb", orthanc.http_port, peer_full))
+            round2 = measure(servers, args.warmup, args.requests)
         else:
             round2 = {}
         summarise(round1, round2, filed, args.exams)
@@ -492,15 +527,19 @@ def summarise(
     names = list(round1)
     node = round1[names[0]]
     peer = round1[names[1]] if len(names) > 1 else {}
-    full = next(iter(round2.values()), {})
+    full_names = list(round2)
+    full = round2[full_names[0]] if full_names else {}
+    peer_full = round2[full_names[1]] if len(full_names) > 1 else {}
     print(f"\nmedian / p95 ms; load average at the end {os.getloadavg()[0]:.1f}")
     header = f"  {'scenario':42s} {'mammo-node':>17s}"
     header += f" {'Orthanc':>17s}" if peer else ""
     header += f" {'mammo-node':>17s}" if full else ""
+    header += f" {'Orthanc':>17s}" if peer_full else ""
     print(header)
     sizes = f"  {'':42s} {filed[: filed.index(' exams')] + ' exams':>17s}"
     sizes += f" {filed[: filed.index(' exams')] + ' exams':>17s}" if peer else ""
     sizes += f" {f'{exams} exams':>17s}" if full else ""
+    sizes += f" {f'{exams} exams':>17s}" if peer_full else ""
     print(sizes)
 
     def show(f: Latency | None) -> str:
@@ -512,6 +551,8 @@ def summarise(
             line += f" {show(peer.get(scenario))}"
         if full:
             line += f" {show(full.get(scenario))}"
+        if peer_full:
+            line += f" {show(peer_full.get(scenario))}"
         print(line)
 
 
