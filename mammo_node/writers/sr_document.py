@@ -62,8 +62,9 @@ def sr_document(
 
     ``predecessors`` go to Predecessor Documents, ``siblings`` (the other outputs of the same
     result) to Pertinent Other Evidence; ``local_codes``: the content uses this node's coding
-    scheme (``codes.LOCAL_SCHEME_ITEM``, declared in Coding Scheme Identification). Raises :class:`OutputError` when the content
-    references an instance that is not one of the views' images.
+    scheme (``codes.LOCAL_SCHEME_ITEM``, declared in Coding Scheme Identification). Raises
+    :class:`OutputError` when the content references an instance that is not one of the views'
+    images.
     """
     if not views:
         raise OutputError("An SR document needs at least one source image.")
