@@ -8,8 +8,8 @@ SR Document Content (the root container's attributes).
 
 Why not highdicom's document constructors. ``highdicom.sr.ComprehensiveSR`` deep-copies the
 content tree, parses it back into its own content-item classes and walks it twice more
-(evidence, SCOORD3D); for the six reports of one exam that was about 0.35 s of the 0.5 s the
-documents took (``scripts/bench_pipeline.py --stages``), and the CAD SR needed its
+(evidence, SCOORD3D); for the six reports of one exam that was about 0.4 s of the 0.5 s the
+documents took (timed alone, in process), and the CAD SR needed its
 by-reference items added after the parse, which highdicom does not know. The attributes
 written here are those highdicom writes (``tests/test_writers.py`` compares the two on the
 same content); patient and study identity is copied by
