@@ -9,11 +9,11 @@ SR Document Content (the root container's attributes).
 Why not highdicom's document constructors. ``highdicom.sr.ComprehensiveSR`` deep-copies the
 content tree, parses it back into its own content-item classes and walks it twice more
 (evidence, SCOORD3D); for the six reports of one exam that was about 0.4 s of the 0.5 s the
-documents took (timed alone, in process), and the CAD SR needed its
-by-reference items added after the parse, which highdicom does not know. The attributes
-written here are those highdicom writes (``tests/test_writers.py`` compares the two on the
-same content); patient and study identity is copied by
-:func:`mammo_node.writers.sources.copy_identity`, as for every output.
+documents took (timed alone, in process), and the CAD SR needed its by-reference items added
+after the parse, which highdicom does not know. The attributes written here are those
+highdicom writes (``tests/test_writers.py`` compares the two on the same content); patient and
+study identity is copied by :func:`mammo_node.writers.sources.copy_identity`, as for every
+output.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ def sr_document(
 
 
 def referenced_instances(item: Dataset) -> Iterator[str]:
-    """SOP Instance UIDs that IMAGE / COMPOSITE / WAVEFORM items under ``item`` reference,
-    by-reference items included (they point to an item, not an instance)."""
+    """SOP Instance UIDs that IMAGE / COMPOSITE / WAVEFORM items under ``item`` reference
+    (by-reference items have no value type: they point to an item, not an instance)."""
     for child in item.get("ContentSequence", []):
         if child.get("ValueType") in _REFERENCING_VALUE_TYPES:
             for ref in child.get("ReferencedSOPSequence", []):
