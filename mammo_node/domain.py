@@ -185,12 +185,49 @@ class BundleInfo:
         return f"{self.name} {self.version}{demo}"
 
 
+@dataclass(frozen=True)
+class SaliencyMap:
+    """A view's saliency map as the model made it, 0..1, on a grid that covers the whole
+    stored image in the stored orientation (the scorer's: the model's rescaled grid with the
+    flip undone and zeros outside the model's window; any other grid over the same image,
+    the stored grid itself included, is as good).
+
+    ``values`` is float32 (h, w); ``stored_shape`` the source's (Rows, Columns). Both grids
+    span the same image edge to edge: a stored pixel centre (x, y) lies at map position
+    ((x + 0.5) * w / Columns - 0.5, (y + 0.5) * h / Rows - 0.5). Each output resamples it
+    once to its own grid (:mod:`mammo_node.writers.saliency`), so the full-size map is never
+    made unless an output is drawn at full size.
+    """
+
+    values: np.ndarray = field(repr=False)
+    stored_shape: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        values = np.asarray(self.values)
+        if values.ndim != 2 or 0 in values.shape:
+            raise ValueError(
+                f'Argument "values" should be a non-empty 2-D map, got shape {values.shape}.'
+            )
+        rows, columns = self.stored_shape
+        if rows < 1 or columns < 1:
+            raise ValueError(
+                f'Argument "stored_shape" should be positive, got {self.stored_shape}.'
+            )
+        object.__setattr__(self, "values", values.astype(np.float32, copy=False))
+        object.__setattr__(self, "stored_shape", (int(rows), int(columns)))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(h, w) of the map's own grid."""
+        return self.values.shape  # type: ignore[return-value]
+
+
 @dataclass
 class ViewInference:
     """Model output for one view, with coordinates in the source image's stored pixel grid.
 
     ``coa`` is (x=column, y=row); ``roi`` is (x0, y0, x1, y1) with x1/y1 exclusive.
-    ``saliency`` is float32 (Rows, Columns) in the stored grid, scaled to 0..1.
+    ``saliency`` is the view's :class:`SaliencyMap` (peak 1 unless the map is all zero).
     """
 
     sop_instance_uid: str
@@ -200,7 +237,7 @@ class ViewInference:
     ensemble: float
     coa: tuple[float, float]
     roi: tuple[int, int, int, int]
-    saliency: np.ndarray = field(repr=False)
+    saliency: SaliencyMap = field(repr=False)
     timings: dict[str, float] = field(default_factory=dict)
 
 

@@ -533,13 +533,15 @@ def stage_costs(
 ) -> None:
     """The model-free stages in this process, wall and CPU seconds (all threads): CPU time
     stays meaningful on a machine busy with other work. decode = read + decode the 4 files;
-    preprocess = the scorer's prepare of each view + its saliency map back to the stored
-    grid; writers = build_outputs, serial and with the threads the worker gives it (the
-    total counts the latter); store = each output written as Part-10 with fsync."""
+    preprocess = the scorer's prepare of each view + its saliency map onto the rescaled grid
+    (what the scorer hands the writers); writers = build_outputs, serial and with the threads
+    the worker gives it (the total counts the latter); store = each output written as
+    Part-10 with fsync."""
     import tempfile
 
     import numpy as np
     import pydicom
+    import torch
 
     from mammo_node.domain import Slot
     from mammo_node.ml.bundle import load_bundle
@@ -571,7 +573,8 @@ def stage_costs(
         for slot, ds in exam.items():
             prepared = scorer.prepare(ds, slot)
             geometry = getattr(prepared, "geometry", None) or prepared.image.geometry
-            geometry.saliency_to_stored(rng.random(geometry.input_shape, dtype=np.float32))
+            smap = torch.from_numpy(rng.random(geometry.input_shape, dtype=np.float32))
+            geometry.saliency_on_scaled_grid(smap)
 
     def store(outputs: list[Any], folder: Path) -> None:
         for i, obj in enumerate(outputs):

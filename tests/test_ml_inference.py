@@ -15,6 +15,7 @@ from mammo_node.ml.inference import EnsembleScorer, resolve_device, resolve_prec
 from mammo_node.ml.models import build_model
 from mammo_node.ml.preprocess import PreprocessSettings
 from mammo_node.responses import ScoredExam
+from mammo_node.writers.saliency import on_blocks
 from tests.helpers.mg import breast_phantom, mg_dataset, plant_spot
 
 SETTINGS = PreprocessSettings(input_size=64, roi_size=32, roi_scale=2.0)
@@ -67,8 +68,13 @@ def test_exam_results_follow_the_rules_and_live_on_the_stored_grid(scorer: Ensem
         ds = datasets[slot]
         assert view.sop_instance_uid == ds.SOPInstanceUID
         assert view.ensemble == pytest.approx((view.holistic + view.attention) / 2)
-        assert view.saliency.shape == (ds.Rows, ds.Columns) and view.saliency.dtype == np.float32
-        assert view.saliency.min() >= 0.0 and view.saliency.max() == pytest.approx(1.0, abs=1e-3)
+        smap = view.saliency
+        assert smap.stored_shape == (ds.Rows, ds.Columns) and smap.values.dtype == np.float32
+        assert smap.values.min() >= 0.0 and smap.values.max() == pytest.approx(1.0, abs=1e-6)
+        # the scorer's map: the model's rescaled grid (the geometry's), not the stored grid
+        assert smap.shape == scorer.prepare(ds, slot).geometry.scaled_shape
+        stored = on_blocks(smap)
+        assert stored.shape == (ds.Rows, ds.Columns) and 0.5 < stored.max() <= 1.0
         x0, y0, x1, y1 = view.roi
         assert 0 <= x0 < x1 <= ds.Columns and 0 <= y0 < y1 <= ds.Rows
         assert x0 <= view.coa[0] <= x1 and y0 <= view.coa[1] <= y1
@@ -100,7 +106,8 @@ def test_a_mirrored_right_breast_gives_the_mirrored_coa(scorer: EnsembleScorer) 
     assert right.coa[0] == pytest.approx(90 - left.coa[0], abs=1e-4)
     assert right.coa[1] == pytest.approx(left.coa[1], abs=1e-4)
     assert right.roi == (90 - left.roi[2], left.roi[1], 90 - left.roi[0], left.roi[3])
-    assert np.allclose(right.saliency, left.saliency[:, ::-1], atol=1e-5)
+    assert np.allclose(right.saliency.values, left.saliency.values[:, ::-1], atol=1e-5)
+    assert np.allclose(on_blocks(right.saliency), on_blocks(left.saliency)[:, ::-1], atol=1e-5)
 
 
 @pytest.mark.parametrize("views_per_pass", [1, 0])  # 0: every view of the call in one pass
@@ -128,7 +135,7 @@ def test_score_exams_gives_each_exam_its_own_outcome(
     for slot, view in scored.views.items():
         assert view.coa == pytest.approx(alone.views[slot].coa, abs=1e-3)
         assert view.roi == alone.views[slot].roi
-        assert np.allclose(view.saliency, alone.views[slot].saliency, atol=1e-4)
+        assert np.allclose(view.saliency.values, alone.views[slot].saliency.values, atol=1e-4)
 
 
 def test_bf16_stays_close_to_fp32_on_cpu(scorer: EnsembleScorer, bundle_dir: Path) -> None:

@@ -7,6 +7,7 @@ import pydicom
 import pytest
 import torch
 
+from mammo_node.domain import SaliencyMap
 from mammo_node.errors import PixelDataError
 from mammo_node.ml.preprocess import (
     Augmentation,
@@ -17,6 +18,7 @@ from mammo_node.ml.preprocess import (
     preprocess,
     train_tensor,
 )
+from mammo_node.writers.saliency import on_blocks
 from tests.helpers.environment import SHARED
 from tests.helpers.mg import breast_phantom, mg_dataset, plant_spot
 
@@ -87,6 +89,27 @@ def test_point_maps_back_to_the_same_stored_pixel(
     assert abs(sc - col) <= 2 and abs(sr - row) <= 2
     # Geometry survives a JSON round trip.
     assert Geometry.from_dict(geom.to_dict()) == geom
+
+
+@pytest.mark.parametrize("shape", [(300, 100), (50, 100), (150, 110)])  # crop, pad, fit
+@pytest.mark.parametrize("chest_wall", ["left", "right"])
+def test_the_writers_resampling_of_the_rescaled_map_is_torchs_stored_grid_map(
+    shape: tuple[int, int], chest_wall: str
+) -> None:
+    """The scorer hands the writers the map on the rescaled grid; sampled at every stored pixel
+    it must be the map torch upsamples to the stored grid (crop/pad and flip undone)."""
+    rows, cols = shape
+    image = breast_phantom(rows, cols)
+    image = image if chest_wall == "left" else image[:, ::-1].copy()
+    geom = preprocess(image, laterality="L" if chest_wall == "left" else "R", settings=SETTINGS)
+    geom = geom.geometry
+    smap = torch.rand(geom.input_shape, generator=torch.Generator().manual_seed(rows))
+    grid = geom.saliency_on_scaled_grid(smap)
+    assert tuple(grid.shape) == geom.scaled_shape
+    resampled = on_blocks(SaliencyMap(grid.numpy(), stored_shape=geom.stored_shape))
+    expected = geom.saliency_on_stored_grid(smap).numpy()
+    assert resampled.shape == expected.shape == (rows, cols)
+    assert np.abs(resampled - expected).max() < 1e-5
 
 
 def test_orientation_falls_back_to_laterality_then_intensity() -> None:

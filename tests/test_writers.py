@@ -22,7 +22,7 @@ from pydicom.uid import (
 )
 
 import mammo_node
-from mammo_node.domain import SLOTS, Laterality, Slot, View
+from mammo_node.domain import SLOTS, Laterality, SaliencyMap, Slot, View
 from mammo_node.errors import OutputError
 from mammo_node.writers import (
     OutputKind,
@@ -34,15 +34,23 @@ from mammo_node.writers import (
     read_report,
     sop_classes_for_outputs,
 )
-from mammo_node.writers.display import scale_factor
+from mammo_node.writers.display import block_mean, scale_factor
 from mammo_node.writers.identity import plan_identities
+from mammo_node.writers.saliency import on_blocks, salient_mask, top_mask
 from mammo_node.writers.sc import BOX_RGB, COA_RGB, DEFAULT_MAX_PIXELS, DEMO_RGB, box_in_sc
-from mammo_node.writers.seg import salient_mask
 from mammo_node.writers.sources import contributing_equipment, copy_identity, scored_views
 from mammo_node.writers.sr import ReportContext, index_view
 from mammo_node.writers.sr_document import sr_document
 from tests.helpers.tools import dciodvfy
-from tests.helpers.writers import NOW, ExamSpec, demo_bundle, make_exam, make_inference, synth_exam
+from tests.helpers.writers import (
+    NOW,
+    ExamSpec,
+    demo_bundle,
+    gaussian_saliency,
+    make_exam,
+    make_inference,
+    synth_exam,
+)
 
 L_CC, L_MLO, R_CC, R_MLO = SLOTS
 ALLOWED_WARNING = re.compile(
@@ -766,8 +774,8 @@ def test_seg_marks_the_top_percent_of_saliency_where_the_model_looked(
             [exam[slot].SOPInstanceUID], segment_numbers=[1], ignore_spatial_locations=True
         )
         mask = pixels[0, :, :, 0].astype(bool)
-        assert mask.shape == view.saliency.shape
-        assert np.array_equal(mask, salient_mask(view.saliency, 0.01))
+        assert mask.shape == view.saliency.stored_shape
+        assert np.array_equal(mask, top_mask(view.saliency, 0.01))
         assert abs(int(mask.sum()) - round(0.01 * mask.size)) <= 0.002 * mask.size
         cx, cy = view.coa
         assert mask[int(cy), int(cx)]  # the COA lies in the segment, in the stored grid
@@ -828,8 +836,8 @@ def test_mismatched_inputs_are_refused_with_a_clear_message(
         build_outputs(exam, inference, revision=1)
 
     inference = make_inference(exam)
-    inference.views[L_MLO].saliency = np.zeros((10, 10), np.float32)
-    with pytest.raises(OutputError, match=r"\"saliency\" should be an array of shape \(256, 208\)"):
+    inference.views[L_MLO].saliency = SaliencyMap(np.zeros((10, 10), np.float32), (10, 10))
+    with pytest.raises(OutputError, match=r"\"saliency\" should be a SaliencyMap over the 208x256"):
         build_outputs(exam, inference, revision=1)
 
     inference = make_inference(exam)
@@ -865,7 +873,7 @@ def test_synth_exam_outputs_point_at_its_lesions(monochrome1: bool, tmp_path: Pa
         x0, y0, x1, y1 = reading.boxes[view.sop_instance_uid]
         assert x0 <= lx <= x1 and y0 <= ly <= y1  # the box is on the lesion
         seg = one(outputs, OutputKind.SEG, slot)
-        assert salient_mask(view.saliency, 0.01)[int(ly), int(lx)]
+        assert top_mask(view.saliency, 0.01)[int(ly), int(lx)]
         assert seg.Rows == exam[slot].Rows and seg.Columns == exam[slot].Columns
     for slot in SLOTS:
         rgb = one(outputs, OutputKind.SC, slot).pixel_array.astype(int)
@@ -895,6 +903,43 @@ def test_salient_mask_is_the_exact_top_fraction() -> None:
         cut = np.sort(saliency.ravel())[::-1][k - 1]
         expected = (saliency >= cut) & (saliency > 0)
         assert np.array_equal(salient_mask(saliency, 0.01), expected)
+
+
+def test_the_seg_mask_is_the_maps_top_fraction_drawn_on_the_stored_grid() -> None:
+    rng = np.random.default_rng(8)
+    for (h, w), (rows, cols) in [
+        ((37, 29), (128, 100)),
+        ((64, 52), (64, 52)),
+        ((30, 20), (101, 67)),
+    ]:
+        values = rng.random((h, w), dtype=np.float32) ** 4
+        smap = SaliencyMap(values, stored_shape=(rows, cols))
+        mask = top_mask(smap, 0.05)
+        # reference: every stored pixel centre looked up in the map pixel it lies in
+        iy = np.minimum(((np.arange(rows) + 0.5) * h / rows).astype(int), h - 1)
+        ix = np.minimum(((np.arange(cols) + 0.5) * w / cols).astype(int), w - 1)
+        expected = salient_mask(values, 0.05)[np.ix_(iy, ix)]
+        assert mask.shape == (rows, cols) and np.array_equal(mask, expected)
+        assert abs(mask.mean() - 0.05) < 0.02  # the share of the image is kept
+    assert not top_mask(SaliencyMap(np.zeros((8, 8), np.float32), (40, 40)), 0.01).any()
+
+
+def test_the_heat_map_is_the_map_sampled_at_each_sc_pixels_centre() -> None:
+    rows, cols = 90, 70
+    smap = gaussian_saliency(rows, cols, 30.0, 50.0, sigma=12.0, per_map_pixel=3.5)
+    full = on_blocks(smap, 1)
+    assert full.shape == (rows, cols) and full.max() <= 1.0 and full.min() >= 0.0
+    assert np.unravel_index(full.argmax(), full.shape) == pytest.approx((50, 30), abs=2)
+    for factor in (2, 3):  # a ragged edge at 3: ceil sizes
+        reduced = on_blocks(smap, factor)
+        assert reduced.shape == (-(-rows // factor), -(-cols // factor))
+        # the block mean of the full-size map, within the smooth map's curvature
+        assert np.abs(reduced - block_mean(full, factor)).max() < 0.01
+    stored_grid = SaliencyMap(full, stored_shape=(rows, cols))  # a map already on the grid
+    assert np.array_equal(on_blocks(stored_grid, 1), full)
+    assert np.allclose(on_blocks(stored_grid, 2), block_mean(full, 2), atol=1e-6)
+    broken = SaliencyMap(np.array([[np.nan, np.inf], [-np.inf, 0.5]], np.float32), (4, 4))
+    assert np.isfinite(on_blocks(broken, 1)).all()
 
 
 def test_sc_size_rule_for_detector_formats() -> None:
@@ -937,8 +982,9 @@ def test_sources_missing_type2_attributes_still_give_valid_outputs(tmp_path: Pat
     exam = four_view_exam(rows=64, columns=48)  # no AccessionNumber, StudyID, StudyTime...
     assert "AccessionNumber" not in exam[0] and "StudyID" not in exam[0]
     sources = {Slot.parse(f"{d.ImageLaterality}-{d.ViewPosition}"): d for d in exam}
-    saliency = np.zeros((64, 48), np.float32)
-    saliency[20:30, 10:20] = 1.0
+    values = np.zeros((64, 48), np.float32)
+    values[20:30, 10:20] = 1.0
+    saliency = SaliencyMap(values, stored_shape=(64, 48))
     views = {
         slot: ViewInference(
             str(d.SOPInstanceUID), slot, 0.1, 0.2, 0.15, (15.0, 25.0), (5, 15, 25, 35), saliency

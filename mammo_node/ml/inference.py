@@ -3,11 +3,13 @@
 Stages per view, each timed: ``load`` (decode pixels on the host) -> ``preprocess`` (one
 table lookup for the LUTs, orient, rescale, crop; hires image for the ROI) ->
 ``holistic_saliency`` (score + input gradient + COA) -> ``attention`` (ROI cut at the COA,
-attention score) -> ``postprocess`` (saliency map back to the stored grid). Everything after
-the decode runs as torch ops on the model's device (``preprocess.prepare_on_device``): on CUDA
-the 16-bit pixels are uploaded once from pinned memory, the ROI is cut where the COA is
-without a copy back to the host, and the results come back in one copy per batch. Full-size
-pixels are dropped after preprocessing.
+attention score) -> ``postprocess`` (saliency map onto the rescaled grid in the stored
+orientation, a :class:`~mammo_node.domain.SaliencyMap`: each writer resamples it to its own
+grid, and the full-size map is never made). Everything after the decode runs as torch ops on
+the model's device (``preprocess.prepare_on_device``): on CUDA the 16-bit pixels are uploaded
+once from pinned memory, the ROI is cut where the COA is without a copy back to the host, and
+the results come back in one copy per batch. Full-size pixels are dropped after
+preprocessing.
 
 ``score_exams`` scores several exams (the worker's batches, MAMMO_SCORING_BATCH_SIZE): on CUDA
 all their views go through each model as one batch; on CPU one view at a time (a batch is no
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from pydicom import Dataset
 
-from mammo_node.domain import BundleInfo, ExamInference, Slot, ViewInference
+from mammo_node.domain import BundleInfo, ExamInference, SaliencyMap, Slot, ViewInference
 from mammo_node.errors import ModelError
 from mammo_node.ml.bundle import LoadedBundle
 from mammo_node.ml.preprocess import Geometry, normalise, prepare_on_device
@@ -174,11 +176,11 @@ class EnsembleScorer:
         )
         self._stage_end()
         t2 = time.perf_counter()
-        maps = []
+        maps = []  # on the rescaled grid; each writer resamples it once to its own grid
         for i, p in enumerate(batch):
-            stored = p.geometry.saliency_on_stored_grid(sal.saliency[i])
-            peak = stored.max()
-            maps.append(stored.div_(torch.where(peak > 0, peak, torch.ones_like(peak))))
+            grid = p.geometry.saliency_on_scaled_grid(sal.saliency[i])
+            peak = grid.max()
+            maps.append(grid.div_(torch.where(peak > 0, peak, torch.ones_like(peak))))
         # one copy back for the whole batch
         holistic = sal.scores.cpu().tolist()
         attention_scores = attention.cpu().tolist()
@@ -208,7 +210,7 @@ class EnsembleScorer:
                     ensemble=ensemble_score(h, a),
                     coa=coa_stored,
                     roi=box,
-                    saliency=host_maps[i],
+                    saliency=SaliencyMap(host_maps[i], stored_shape=p.geometry.stored_shape),
                     timings=timings,
                 )
             )
@@ -221,7 +223,7 @@ class EnsembleScorer:
     # --- public ------------------------------------------------------------------------
 
     def score_view(self, ds: Dataset, slot: Slot) -> ViewInference:
-        """One view; coordinates and the saliency map are on ds's stored pixel grid."""
+        """One view; coordinates are on ds's stored pixel grid, the saliency map over it."""
         return self._score_batch([self.prepare(ds, slot)])[0]
 
     def score_exam(self, datasets: Mapping[Slot, Dataset], study_uid: str) -> ExamInference:

@@ -165,11 +165,19 @@ class Geometry:
         return self.saliency_on_stored_grid(smap).numpy()
 
     def saliency_on_stored_grid(self, smap: torch.Tensor) -> torch.Tensor:
-        """``saliency_to_stored`` as torch ops on the map's own device (no host round trip).
+        """``saliency_to_stored`` as torch ops on the map's own device (no host round trip):
+        :meth:`saliency_on_scaled_grid` upsampled (bilinear) to the stored grid."""
+        canvas = self.saliency_on_scaled_grid(smap)
+        return F.interpolate(
+            canvas[None, None], size=self.stored_shape, mode="bilinear", align_corners=False
+        )[0, 0]
 
-        The flip is undone on the small scaled grid before the upsample (bilinear resampling
-        commutes with a mirror), so no full-size copy is made for it.
-        """
+    def saliency_on_scaled_grid(self, smap: torch.Tensor) -> torch.Tensor:
+        """A map on the model's input grid -> float32 on the rescaled grid (``scaled_shape``)
+        in the stored orientation, on the map's device: the crop/pad undone (0 outside the
+        model's window) and the flip undone. That grid spans the whole stored image, so this
+        is the map the writers resample (:class:`mammo_node.domain.SaliencyMap`); bilinear
+        resampling commutes with the mirror, so no full-size copy is made for it."""
         if tuple(smap.shape) != self.input_shape:
             raise ValueError(
                 f'Argument "saliency" should have shape {self.input_shape}, '
@@ -183,9 +191,7 @@ class Geometry:
         canvas[y0:y1, x0:x1] = smap[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
         if self.flipped:
             canvas = torch.flip(canvas, dims=(1,))
-        return F.interpolate(
-            canvas[None, None], size=self.stored_shape, mode="bilinear", align_corners=False
-        )[0, 0]
+        return canvas
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -14,12 +14,13 @@ What is drawn, in this order (later on top):
 
 Size. The SC keeps the stored grid unless it has more than ``max_pixels`` pixels (default
 6 000 000, i.e. 18 MB of RGB): then it is reduced by the smallest integer factor ``f`` that fits
-(block mean). A 3328x4096 detector image (13.6 MP) would otherwise be a 41 MB SC per view, 164 MB
-per exam to push to every destination - several times the four source images - while the heat
-map comes from a 976-pixel-wide model input and a viewer shows about 2-5 MP per view anyway.
-With ``f = 2`` that image becomes 1664x2048 (10 MB); 2294x1914 images (4.4 MP) keep full size.
-Under a factor ``f`` a stored pixel (x, y) lands on SC pixel (x // f, y // f); Pixel Spacing is
-scaled by ``f``, PatientOrientation is unchanged.
+(the mammogram by block mean; the heat map sampled once from the model's map at each SC pixel's
+centre, :func:`mammo_node.writers.saliency.on_blocks`). A 3328x4096 detector image (13.6 MP)
+would otherwise be a 41 MB SC per view, 164 MB per exam to push to every destination - several
+times the four source images - while the heat map comes from a 976-pixel-wide model input and a
+viewer shows about 2-5 MP per view anyway. With ``f = 2`` that image becomes 1664x2048 (10 MB);
+2294x1914 images (4.4 MP) keep full size. Under a factor ``f`` a stored pixel (x, y) lands on SC
+pixel (x // f, y // f); Pixel Spacing is scaled by ``f``, PatientOrientation is unchanged.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 import mammo_node
 from mammo_node.domain import ExamInference, Laterality
 from mammo_node.writers import codes
-from mammo_node.writers.display import block_mean, scale_factor
+from mammo_node.writers.display import scale_factor
 from mammo_node.writers.identity import OutputIdentity
+from mammo_node.writers.saliency import on_blocks
 from mammo_node.writers.sources import (
     ScoredView,
     contributing_equipment,
@@ -103,10 +105,7 @@ def box_in_sc(roi: tuple[int, int, int, int], factor: int) -> tuple[int, int, in
 def render(view: ScoredView, inference: ExamInference, *, max_pixels: int) -> Rendering:
     factor = scale_factor(view.rows, view.columns, max_pixels)
     grey = view.display(factor)
-    saliency = view.result.saliency.astype(np.float32, copy=False)
-    if not np.isfinite(saliency.sum()):
-        saliency = np.nan_to_num(saliency, nan=0.0, posinf=1.0, neginf=0.0)
-    saliency = np.clip(block_mean(saliency, factor), 0.0, 1.0)
+    saliency = on_blocks(view.result.saliency, factor)
     box = box_in_sc(view.result.roi, factor)
     image = _blend_heat(grey, saliency)
     _draw_text(image, grey, box, _lines(view, inference))

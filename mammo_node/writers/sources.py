@@ -1,8 +1,8 @@
 """What the writers take from the source images and the inference, checked once up front.
 
 A :class:`ScoredView` pairs one For Presentation source image with its model output after
-checking that they belong together (same SOP instance, same view, saliency in the stored
-grid, ROI and COA inside the image). Every later step can then trust its inputs.
+checking that they belong together (same SOP instance, same view, a saliency map over that
+image, ROI and COA inside the image). Every later step can then trust its inputs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes as pcodes
 from pydicom.tag import Tag
 
-from mammo_node.domain import SLOTS, BundleInfo, ExamInference, Slot, ViewInference
+from mammo_node.domain import SLOTS, BundleInfo, ExamInference, SaliencyMap, Slot, ViewInference
 from mammo_node.errors import OutputError
 from mammo_node.writers import codes
 from mammo_node.writers.display import display_grey
@@ -117,11 +117,11 @@ def _check_view(slot: Slot, source: Dataset, result: ViewInference, study_uid: s
         raise OutputError(f"{where}: the view result says slot {result.slot}.")
     rows, cols = int(source.Rows), int(source.Columns)
     saliency = result.saliency
-    if not isinstance(saliency, np.ndarray) or saliency.shape != (rows, cols):
-        shape = getattr(saliency, "shape", type(saliency).__name__)
+    if not isinstance(saliency, SaliencyMap) or saliency.stored_shape != (rows, cols):
+        shape = getattr(saliency, "stored_shape", type(saliency).__name__)
         raise OutputError(
-            f'{where}: "saliency" should be an array of shape ({rows}, {cols}) in the stored '
-            f"pixel grid, got {shape}."
+            f'{where}: "saliency" should be a SaliencyMap over the {cols}x{rows} image '
+            f"(stored shape ({rows}, {cols})), got {shape}."
         )
     x0, y0, x1, y1 = result.roi
     if not (0 <= x0 < x1 <= cols and 0 <= y0 < y1 <= rows):

@@ -29,6 +29,7 @@ from mammo_node.domain import (
     ExamScores,
     Laterality,
     OperatingPoint,
+    SaliencyMap,
     Slot,
     View,
     ViewInference,
@@ -143,10 +144,17 @@ def make_exam(spec: ExamSpec | None = None) -> dict[Slot, Dataset]:
     return {slot: view_dataset(slot, spec, study, i) for i, slot in enumerate(SLOTS)}
 
 
-def gaussian_saliency(rows: int, columns: int, cx: float, cy: float, sigma: float) -> np.ndarray:
-    yy, xx = np.mgrid[0:rows, 0:columns].astype(np.float32) + 0.5
-    blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
-    return (blob / blob.max()).astype(np.float32)
+def gaussian_saliency(
+    rows: int, columns: int, cx: float, cy: float, sigma: float, *, per_map_pixel: float = 3.0
+) -> SaliencyMap:
+    """A Gaussian blob at stored (cx, cy), sigma in stored pixels, on a map grid about
+    ``per_map_pixel`` stored pixels a pixel (the scorer's is 3.4 on a 3328 px wide detector
+    image), peak 1."""
+    h, w = max(1, round(rows / per_map_pixel)), max(1, round(columns / per_map_pixel))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5  # map pixel centres, edge origin
+    xs, ys = xx * (columns / w), yy * (rows / h)  # the same points in stored units
+    blob = np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma**2))
+    return SaliencyMap((blob / blob.max()).astype(np.float32), stored_shape=(rows, columns))
 
 
 def demo_bundle(*, score_kind: str = "logit_difference", is_demo: bool = True) -> BundleInfo:
