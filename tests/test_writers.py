@@ -1067,3 +1067,28 @@ def test_a_rescore_withdraws_the_earlier_images_with_an_iocm_rejection_note(
     from mammo_node.writers.identity import output_kinds_for
 
     assert "kos" in output_kinds_for("sc") and "kos" not in output_kinds_for("tid1500,cad-sr")
+
+
+def test_highdicoms_iod_lookups_are_memoised_with_the_same_answers() -> None:
+    import highdicom._standard_utils as standard_utils
+
+    from mammo_node.writers import iod_lookups
+
+    assert iod_lookups.installed()  # importing mammo_node.writers put it in place
+    mg = "1.2.840.10008.5.1.4.1.1.1.2"
+    questions = [
+        ("ContentDate", "1.2.840.10008.5.1.4.1.1.7", None),  # Secondary Capture
+        ("ContentTime", "1.2.840.10008.5.1.4.1.1.66.4", None),  # Segmentation
+        ("NumberOfFrames", mg, None),
+        ("PixelData", mg, ("IconImageSequence",)),
+        ("PixelData", "1.2.840.10008.5.1.4.1.1.88.33", ("IconImageSequence",)),  # an SR
+    ]
+    for attribute, sop_class, exclude in questions:
+        for _ in range(2):  # the cached answer is the first answer
+            assert iod_lookups.is_attribute_in_iod(attribute, sop_class, exclude) is (
+                iod_lookups.ORIGINAL(attribute, sop_class, exclude_path_elements=exclude)
+            )
+    assert standard_utils.does_iod_have_pixel_data(mg)
+    assert not standard_utils.does_iod_have_pixel_data("1.2.840.10008.5.1.4.1.1.88.33")
+    with pytest.raises(KeyError, match="No IOD found"):
+        iod_lookups.is_attribute_in_iod("PixelData", "1.2.3.4")

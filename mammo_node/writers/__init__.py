@@ -7,11 +7,17 @@ Pure functions of pydicom Datasets (no database, network or files). The worker c
 :func:`build_outputs`; the exporter asks :func:`sop_classes_for_outputs` for its presentation
 contexts. The exam report (``OutputKind.SR``) is the primary result; why each view also gets a
 report of its own is explained in :mod:`mammo_node.writers.sr`.
+
+Importing the package puts a memoised IOD lookup in place in highdicom
+(:mod:`~mammo_node.writers.iod_lookups`): the same answers, about 0.1 s less per exam.
 """
 
+from mammo_node.writers import iod_lookups
 from mammo_node.writers.identity import OutputKind, ReferencedDocument, output_uid
 from mammo_node.writers.outputs import OutputObject, build_outputs, sop_classes_for_outputs
 from mammo_node.writers.sr import ReportReading, read_report
+
+iod_lookups.install()
 
 __all__ = [
     "OutputKind",
