@@ -9,6 +9,9 @@ SCP and the web server in the parent keep answering.
 Memory is bounded two ways: the supervisor reads the child's resident set from /proc and
 kills it above ``worker_memory_limit_mb`` (works for CPU and GPU processes alike), and a CPU
 child also caps its address space (``RLIMIT_AS``) above what the loaded model already uses.
+While exams follow one another the child keeps the image buffers one freed for the next
+(``worker_reuse_freed_memory``, :mod:`mammo_node.heap`); when it runs out of exams it gives
+them back, so an idle child is as small as before.
 
 Receiving comes first: the child lowers its own CPU priority before anything else
 (``worker_nice`` added to the node's niceness, optionally SCHED_IDLE), and bounds torch's
@@ -31,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from mammo_node import heap
 from mammo_node.config import Settings
 from mammo_node.errors import MammoNodeError
 from mammo_node.observe.loops import LoopHealth
@@ -161,6 +165,8 @@ def _child_main(
     _die_with_parent(parent)
     priority = ScoringPriority.from_settings(settings)
     lower_priority(priority)
+    if settings.worker_reuse_freed_memory:
+        heap.reuse_freed_memory()
     governor = ThreadGovernor(priority, receiving, threads)
     from mammo_node import logs
     from mammo_node.db.session import Database
@@ -192,6 +198,7 @@ def _child_main(
         budget = _virtual_bytes() + 2 * limit
         resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
     ready.set()
+    was_busy = False
     while not stop.is_set() and os.getppid() == parent:
         try:
             governor()
@@ -200,7 +207,10 @@ def _child_main(
             logger.exception("worker pass failed")
             busy = False
         if not busy:
+            if was_busy:  # out of exams: the kept image buffers go back to the system
+                heap.release_freed_memory()
             stop.wait(settings.worker_poll_seconds)
+        was_busy = busy
     db.dispose()
 
 

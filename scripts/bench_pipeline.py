@@ -529,7 +529,12 @@ SERIAL_WRITERS = "writers 1 thr"
 
 
 def stage_costs(
-    files: list[Path], bundle: Path, precision: str, repeats: int, writer_threads: int
+    files: list[Path],
+    bundle: Path,
+    precision: str,
+    repeats: int,
+    writer_threads: int,
+    fresh_pages: bool = False,
 ) -> None:
     """The model-free stages in this process, wall and CPU seconds (all threads): CPU time
     stays meaningful on a machine busy with other work. decode = read + decode the 4 files;
@@ -543,12 +548,16 @@ def stage_costs(
     import pydicom
     import torch
 
+    from mammo_node import heap
     from mammo_node.domain import Slot
     from mammo_node.ml.bundle import load_bundle
     from mammo_node.ml.inference import EnsembleScorer
     from mammo_node.writers import build_outputs
 
     scorer = EnsembleScorer(load_bundle(bundle, device="cpu"), device="cpu", precision=precision)
+    if not fresh_pages:  # as the scoring process does (MAMMO_WORKER_REUSE_FREED_MEMORY)
+        heap.reuse_freed_memory()
+    print(f"\nheap: {'fresh pages for every image' if fresh_pages else 'freed buffers reused'}")
 
     def read() -> dict[Slot, Any]:
         exam = {Slot.parse(f.stem): pydicom.dcmread(f) for f in files}
@@ -633,6 +642,11 @@ def main() -> None:
         "(no DICOM peer needed: the GPU machine's run), --backlog exams",
     )
     parser.add_argument(
+        "--fresh-pages",
+        action="store_true",
+        help="--stages without the scoring process's heap reuse (mammo_node.heap), to compare",
+    )
+    parser.add_argument(
         "--writer-threads",
         type=int,
         default=0,
@@ -681,7 +695,14 @@ def main() -> None:
                 f"ratio {best['model'] / bare:.2f} (target <= 1.3 on CPU)"
             )
         if args.stages:
-            stage_costs(files, bundle, precision, max(1, args.repeats), args.writer_threads)
+            stage_costs(
+                files,
+                bundle,
+                precision,
+                max(1, args.repeats),
+                args.writer_threads,
+                args.fresh_pages,
+            )
         if batches:
             batch_throughput(files, bundle, args.device, precision, batches, max(1, args.repeats))
         if worker_batches:
