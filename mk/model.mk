@@ -1,7 +1,7 @@
 # Model targets (included from the Makefile; $(PY) and $(VENV) come from there).
 #
 #   make model-cv      the documented CPU end-to-end run: synthetic exams -> index -> 5-fold
-#                      cross-validation -> Table 1 (about 15-20 min on 2 cores; resumable)
+#                      cross-validation -> Table 1 (about 45 min on 2 cores; resumable)
 #   make demo-bundle   the node's default model, exported from that run (best fold, fp16) into
 #                      mammo_node/demo_bundle; reuses a finished model-cv run (seconds)
 #   make demo-calibrate  fit the demo bundle's calibration, 1-10 categories and operating
@@ -15,13 +15,14 @@
 MODEL_WORK   ?= build/model-cv
 DEMO_BUNDLE  ?= mammo_node/demo_bundle
 DEMO_NAME    ?= mammo-node-demo-synthetic
-DEMO_VERSION ?= 0.1.0
+DEMO_VERSION ?= 0.2.0
 # Synthetic cohort: 240 exams (30 % screening, 10 % interval cancers), 320 x 256 pixels.
 SYNTH_ARGS   ?= --exams 240 --rows 320 --columns 256 --seed 11 --lesion-contrast 0.25
-# Small CPU model: ResNet-18, 128 px holistic input, 64 px ROIs cut at 2x resolution.
-CV_ARGS      ?= --folds 5 --arch resnet18 --input-size 128 --roi-size 64 --roi-scale 2 \
+# Small CPU model: ResNet-18, 128 px holistic input, 128 px ROIs cut at 2x resolution (half the
+# 256 px hires image, the paper's proportion); 14 holistic and 10 attention epochs.
+CV_ARGS      ?= --folds 5 --arch resnet18 --input-size 128 --roi-size 128 --roi-scale 2 \
                 --saliency-smoothing 2 --init scratch \
-                --epochs 10 --attention-epochs 6 --batch-size 16 --lr 5e-4 --workers 0 \
+                --epochs 14 --attention-epochs 10 --batch-size 16 --lr 5e-4 --workers 0 \
                 --device cpu --threads 2
 MTRAIN       := $(VENV)/bin/mammo-train
 BENCH_MODEL_ARGS ?=
