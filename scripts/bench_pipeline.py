@@ -11,8 +11,9 @@ The bare model cost (4 x [forward + input gradient] + 4 x attention forward on r
 same precision, same process settings) is measured in the same run for the ratio.
 
 Per exam it prints decode (read the files + decode the pixels), preprocess (LUT, resizes, ROI,
-saliency onto the rescaled grid the writers resample), model (holistic + saliency + attention), writers, store and
-send, and the model-free total (all but the model and the grouping wait).
+saliency onto the rescaled grid the writers resample), model (holistic + saliency +
+attention), writers, store and send, and the model-free total (all but the model and the
+grouping wait).
 
 ``--scoring-processes 1,2 --backlog 8`` sends a backlog of copies of the exam (other study
 UIDs) to a node with each ``scoring_processes`` setting and prints exams/min from the first
