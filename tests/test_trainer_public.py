@@ -52,6 +52,12 @@ VARIANTS = {  # what engineers have on disk besides the published layout
     },
     "tables": {f: Habits(messy_tables=True) for f in WRITERS},  # header and value spellings
     "partial": {f: Habits(missing_files=3) for f in WRITERS},  # an interrupted download
+    "retriever": {  # TCIA's NBIA Data Retriever: manifest-<n>/<collection>/, tables elsewhere
+        "rsna": Habits(),
+        "vindr": Habits(),
+        "cmmd": Habits(top_folder="tcia/manifest-1616439774456/CMMD"),
+        "cbis-ddsm": Habits(top_folder="manifest-ZkhPvrLo5216730872708713142/CBIS-DDSM"),
+    },
 }
 
 

@@ -24,8 +24,9 @@ positive; everything else is negative):
 
 Where the files may be: the tables in DIR or in a folder one level down (a download's top
 folder, e.g. ``rsna-breast-cancer-detection/``); RSNA/VinDr images beside their table, as
-``.dcm`` or ``.dicom`` in any case; CBIS-DDSM's image folders in DIR or one level down
-(TCIA's ``CBIS-DDSM/<Mass-Training_...>/<date-desc>/<series-desc>/1-1.dcm``); CMMD's files
+``.dcm`` or ``.dicom`` in any case; CBIS-DDSM's image folders in DIR or up to three levels
+down (TCIA's ``CBIS-DDSM/<Mass-Training_...>/<date-desc>/<series-desc>/1-1.dcm``, the NBIA
+Data Retriever's ``manifest-<n>/CBIS-DDSM/...`` with the tables beside it); CMMD's files
 anywhere below DIR (TCIA's ``manifest-<n>/CMMD/<ID1>/...``). Table headers match in any
 case, with spaces or underscores.
 
@@ -410,14 +411,23 @@ def read_cmmd(data_dir: Path) -> Manifest:
     return assemble(data_dir, images, dict(sides), absent=absent, left_out=left_out, breasts="any")
 
 
-def _image_folders(data_dir: Path) -> dict[str, Path]:
-    """Folders by name, in DIR and one level down (TCIA's ``CBIS-DDSM/`` top folder)."""
+def _image_folders(data_dir: Path, wanted: set[str], depth: int = 3) -> dict[str, Path]:
+    """The folders named in ``wanted``, in DIR or up to ``depth`` levels below it (TCIA's
+    ``CBIS-DDSM/`` top folder; the NBIA Data Retriever's ``manifest-<n>/CBIS-DDSM/``),
+    breadth first: the shallowest of a name wins, and a found folder is not searched."""
     folders: dict[str, Path] = {}
-    tops = sorted(p for p in data_dir.iterdir() if p.is_dir())
-    for top in [data_dir, *tops]:
-        for folder in sorted(top.iterdir()):
-            if folder.is_dir():
-                folders.setdefault(folder.name, folder)
+    level = [data_dir]
+    for _ in range(depth):
+        deeper = []
+        for parent in level:
+            for folder in sorted(p for p in parent.iterdir() if p.is_dir()):
+                if folder.name in wanted:
+                    folders.setdefault(folder.name, folder)
+                else:
+                    deeper.append(folder)
+        if len(folders) == len(wanted):
+            break
+        level = deeper
     return folders
 
 
@@ -428,41 +438,44 @@ def _first_dicom(folder: Path | None) -> Path | None:
     return min(files, default=None)
 
 
+def _image_folder(row: dict[str, str]) -> str:
+    """The first folder of a row's ``image file path`` (the CSVs' deeper path is not TCIA's)."""
+    return row["image file path"].replace("\\", "/").split("/")[0]
+
+
 def read_cbis_ddsm(data_dir: Path) -> Manifest:
     tables = _find_tables(data_dir, "*_case_description_*.csv")
     if not tables:
         raise DataError(f'No "*_case_description_*.csv" in "{data_dir}" or a folder below it.')
-    folders = _image_folders(data_dir)
+    columns = ("patient_id", "left or right breast", "image view", "pathology", "image file path")
+    listed = [(table, row) for table in tables for row in _rows(table, columns)]
+    folders = _image_folders(data_dir, {_image_folder(row) for _, row in listed})
     images: dict[tuple[str, Slot], FoundImage] = {}
     absent: dict[tuple[str, Slot], MissingImage] = {}
     sides: dict[str, set[str]] = defaultdict(set)
-    for table in tables:
-        for row in _rows(
-            table,
-            ("patient_id", "left or right breast", "image view", "pathology", "image file path"),
-        ):
-            slot = _slot(row["left or right breast"], row["image view"])
-            if slot is None:
-                continue
-            patient = row["patient_id"]
-            folder = row["image file path"].replace("\\", "/").split("/")[0]
-            if row["pathology"].upper() == "MALIGNANT":
-                sides[patient].add(slot.laterality.value)
-            if (patient, slot) in images:
-                continue  # the same mammogram listed for another abnormality
-            file = _first_dicom(folders.get(folder))
-            if file is None:
-                absent.setdefault((patient, slot), MissingImage(patient, slot, table.name))
-                continue
-            absent.pop((patient, slot), None)
-            images[(patient, slot)] = FoundImage(
-                patient,
-                patient,
-                f"cbis:{folder}",
-                str(file.relative_to(data_dir)),
-                slot,
-                table.name,
-            )
+    for table, row in listed:
+        slot = _slot(row["left or right breast"], row["image view"])
+        if slot is None:
+            continue
+        patient = row["patient_id"]
+        folder = _image_folder(row)
+        if row["pathology"].upper() == "MALIGNANT":
+            sides[patient].add(slot.laterality.value)
+        if (patient, slot) in images:
+            continue  # the same mammogram listed for another abnormality
+        file = _first_dicom(folders.get(folder))
+        if file is None:
+            absent.setdefault((patient, slot), MissingImage(patient, slot, table.name))
+            continue
+        absent.pop((patient, slot), None)
+        images[(patient, slot)] = FoundImage(
+            patient,
+            patient,
+            f"cbis:{folder}",
+            str(file.relative_to(data_dir)),
+            slot,
+            table.name,
+        )
     return assemble(
         data_dir,
         list(images.values()),
