@@ -52,9 +52,10 @@ VARIANTS = {  # what engineers have on disk besides the published layout
     },
     "tables": {f: Habits(messy_tables=True) for f in WRITERS},  # header and value spellings
     "partial": {f: Habits(missing_files=3) for f in WRITERS},  # an interrupted download
-    "retriever": {  # TCIA's NBIA Data Retriever: manifest-<n>/<collection>/, tables elsewhere
-        "rsna": Habits(),
-        "vindr": Habits(),
+    "downloaders": {  # TCIA's NBIA Data Retriever: manifest-<n>/<collection>/, tables
+        # elsewhere; PhysioNet's wget -r: physionet.org/files/<name>/<version>/
+        "rsna": Habits(top_folder="kaggle/rsna-breast-cancer-detection"),
+        "vindr": Habits(top_folder="physionet.org/files/vindr-mammo/1.0.0"),
         "cmmd": Habits(top_folder="tcia/manifest-1616439774456/CMMD"),
         "cbis-ddsm": Habits(top_folder="manifest-ZkhPvrLo5216730872708713142/CBIS-DDSM"),
     },
@@ -192,3 +193,15 @@ def test_a_label_value_the_reader_cannot_read_names_the_row(tmp_path: Path) -> N
     )
     assert result.exit_code == 2
     assert "train.csv row 2, cancer" in result.output and "'maybe'" in result.output
+
+
+def test_two_copies_of_a_dataset_at_the_same_depth_are_refused_by_name(tmp_path: Path) -> None:
+    small = SynthOptions(rows=64, columns=64, exams=2, seed=5)
+    for copy in ("a/rsna-breast-cancer-detection", "b/rsna-breast-cancer-detection"):
+        write_rsna_layout(tmp_path / "data", small, habits=Habits(top_folder=copy))
+    result = CliRunner().invoke(
+        app, ["index", str(tmp_path / "data"), "--format", "rsna", "--out", str(tmp_path / "m")]
+    )
+    assert result.exit_code != 0
+    assert 'Several "train.csv"' in result.output
+    assert "a/rsna-breast-cancer-detection, b/rsna-breast-cancer-detection" in result.output

@@ -22,8 +22,10 @@ positive; everything else is negative):
   first folder of ``image file path`` (the CSV's deeper path differs from TCIA's download);
   only breasts with an abnormality were scanned (``breasts="any"``).
 
-Where the files may be: the tables in DIR or in a folder one level down (a download's top
-folder, e.g. ``rsna-breast-cancer-detection/``); RSNA/VinDr images beside their table, as
+Where the files may be: the tables in DIR or, failing that, at the shallowest level below it
+that has them, down to four levels (a download's top folder, e.g.
+``rsna-breast-cancer-detection/``; PhysioNet's ``physionet.org/files/vindr-mammo/1.0.0/``);
+RSNA/VinDr images beside their table, as
 ``.dcm`` or ``.dicom`` in any case; CBIS-DDSM's image folders in DIR or up to three levels
 down (TCIA's ``CBIS-DDSM/<Mass-Training_...>/<date-desc>/<series-desc>/1-1.dcm``, the NBIA
 Data Retriever's ``manifest-<n>/CBIS-DDSM/...`` with the tables beside it); CMMD's files
@@ -55,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 FORMATS = ("rsna", "vindr", "cmmd", "cbis-ddsm")
 DICOM_SUFFIXES = (".dcm", ".dicom")  # RSNA's and VinDr's, in any case
+TABLE_DEPTH = 4  # levels below DIR searched for a dataset's tables
 TRUE_FLAGS = {"1", "1.0", "true", "yes"}
 FALSE_FLAGS = {"0", "0.0", "false", "no"}
 BIRADS = re.compile(r"(?:bi-?\s*rads)?[\s:_-]*([0-6])\s*[abc]?", re.IGNORECASE)
@@ -111,18 +114,25 @@ def _rows(path: Path, required: Iterable[str]) -> list[dict[str, str]]:
 
 
 def _find_tables(data_dir: Path, pattern: str) -> list[Path]:
-    """Tables matching pattern in DIR, else in a folder one level down (a download's top)."""
-    here = sorted(p for p in data_dir.glob(pattern) if p.is_file())
-    return here or sorted(p for p in data_dir.glob(f"*/{pattern}") if p.is_file())
+    """Tables matching pattern in DIR, else at the shallowest level below it that has any,
+    down to ``TABLE_DEPTH`` levels (a download's top folder; PhysioNet's ``wget -r`` puts a
+    dataset in ``physionet.org/files/<name>/<version>/``)."""
+    level = [data_dir]
+    for _ in range(TABLE_DEPTH + 1):
+        found = sorted(p for folder in level for p in folder.glob(pattern) if p.is_file())
+        if found or not level:
+            return found
+        level = [c for folder in level for c in sorted(folder.iterdir()) if c.is_dir()]
+    return []
 
 
 def _find_table(data_dir: Path, name: str) -> Path:
     found = _find_tables(data_dir, name)
     if len(found) > 1:
-        where = ", ".join(p.parent.name for p in found)
+        where = ", ".join(str(p.parent.relative_to(data_dir)) for p in found)
         raise DataError(
-            f'Several "{name}" one level below "{data_dir}" ({where}); give the one dataset '
-            "folder as DATA_DIR."
+            f'Several "{name}" below "{data_dir}" ({where}); give the one dataset folder as '
+            "DATA_DIR."
         )
     return found[0] if found else data_dir / name
 
@@ -446,7 +456,9 @@ def _image_folder(row: dict[str, str]) -> str:
 def read_cbis_ddsm(data_dir: Path) -> Manifest:
     tables = _find_tables(data_dir, "*_case_description_*.csv")
     if not tables:
-        raise DataError(f'No "*_case_description_*.csv" in "{data_dir}" or a folder below it.')
+        raise DataError(
+            f'No "*_case_description_*.csv" in "{data_dir}" or up to {TABLE_DEPTH} levels below it.'
+        )
     columns = ("patient_id", "left or right breast", "image view", "pathology", "image file path")
     listed = [(table, row) for table in tables for row in _rows(table, columns)]
     folders = _image_folders(data_dir, {_image_folder(row) for _, row in listed})
