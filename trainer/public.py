@@ -25,12 +25,12 @@ positive; everything else is negative):
 Where the files may be: the tables in DIR or, failing that, at the shallowest level below it
 that has them, down to four levels (a download's top folder, e.g.
 ``rsna-breast-cancer-detection/``; PhysioNet's ``physionet.org/files/vindr-mammo/1.0.0/``);
-RSNA/VinDr images beside their table, as
-``.dcm`` or ``.dicom`` in any case; CBIS-DDSM's image folders in DIR or up to three levels
-down (TCIA's ``CBIS-DDSM/<Mass-Training_...>/<date-desc>/<series-desc>/1-1.dcm``, the NBIA
-Data Retriever's ``manifest-<n>/CBIS-DDSM/...`` with the tables beside it); CMMD's files
-anywhere below DIR (TCIA's ``manifest-<n>/CMMD/<ID1>/...``). Table headers match in any
-case, with spaces or underscores.
+RSNA/VinDr images beside their table, as ``.dcm`` or ``.dicom`` in any case; CBIS-DDSM's image
+folders in DIR or up to three levels down (TCIA's
+``CBIS-DDSM/<Mass-Training_...>/<date-desc>/<series-desc>/1-1.dcm``, the NBIA Data Retriever's
+``manifest-<n>/CBIS-DDSM/...`` with the tables beside it); CMMD's files anywhere below DIR
+(TCIA's ``manifest-<n>/CMMD/<ID1>/...``). Table headers match in any case, with spaces or
+underscores.
 
 Exams without exactly one image per kept slot are left out with a reason, as the paper does.
 A listed image whose file is not on disk (a partial download) is left out: its exam is left
