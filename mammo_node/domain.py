@@ -195,7 +195,7 @@ class SaliencyMap:
     ``values`` is float32 (h, w); ``stored_shape`` the source's (Rows, Columns). Both grids
     span the same image edge to edge: a stored pixel centre (x, y) lies at map position
     ((x + 0.5) * w / Columns - 0.5, (y + 0.5) * h / Rows - 0.5). Each output resamples it
-    once to its own grid (:mod:`mammo_node.writers.saliency`), so the full-size map is never
+    once to its own grid (:mod:`mammo_node.writers.saliency_grid`), so the full-size map is never
     made unless an output is drawn at full size.
     """
 

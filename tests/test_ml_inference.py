@@ -15,7 +15,7 @@ from mammo_node.ml.inference import EnsembleScorer, resolve_device, resolve_prec
 from mammo_node.ml.models import build_model
 from mammo_node.ml.preprocess import PreprocessSettings
 from mammo_node.responses import ScoredExam
-from mammo_node.writers.saliency import on_blocks
+from mammo_node.writers.saliency_grid import on_blocks
 from tests.helpers.mg import breast_phantom, mg_dataset, plant_spot
 
 SETTINGS = PreprocessSettings(input_size=64, roi_size=32, roi_scale=2.0)

@@ -18,7 +18,7 @@ from mammo_node.ml.preprocess import (
     preprocess,
     train_tensor,
 )
-from mammo_node.writers.saliency import on_blocks
+from mammo_node.writers.saliency_grid import on_blocks
 from tests.helpers.environment import SHARED
 from tests.helpers.mg import breast_phantom, mg_dataset, plant_spot
 

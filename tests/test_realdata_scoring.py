@@ -15,7 +15,7 @@ from mammo_node.ml.loading import load_scorer
 from mammo_node.synth import wrap
 from mammo_node.writers import build_outputs
 from mammo_node.writers.identity import OutputKind
-from mammo_node.writers.saliency import on_blocks
+from mammo_node.writers.saliency_grid import on_blocks
 
 
 def breast_mask(pixels: np.ndarray) -> np.ndarray:

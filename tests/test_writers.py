@@ -36,7 +36,7 @@ from mammo_node.writers import (
 )
 from mammo_node.writers.display import block_mean, scale_factor
 from mammo_node.writers.identity import plan_identities
-from mammo_node.writers.saliency import on_blocks, salient_mask, top_mask
+from mammo_node.writers.saliency_grid import on_blocks, salient_mask, top_mask
 from mammo_node.writers.sc import BOX_RGB, COA_RGB, DEFAULT_MAX_PIXELS, DEMO_RGB, box_in_sc
 from mammo_node.writers.sources import contributing_equipment, copy_identity, scored_views
 from mammo_node.writers.sr import ReportContext, index_view

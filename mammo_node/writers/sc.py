@@ -15,7 +15,7 @@ What is drawn, in this order (later on top):
 Size. The SC keeps the stored grid unless it has more than ``max_pixels`` pixels (default
 6 000 000, i.e. 18 MB of RGB): then it is reduced by the smallest integer factor ``f`` that fits
 (the mammogram by block mean; the heat map sampled once from the model's map at each SC pixel's
-centre, :func:`mammo_node.writers.saliency.on_blocks`). A 3328x4096 detector image (13.6 MP)
+centre, :func:`mammo_node.writers.saliency_grid.on_blocks`). A 3328x4096 detector image (13.6 MP)
 would otherwise be a 41 MB SC per view, 164 MB per exam to push to every destination - several
 times the four source images - while the heat map comes from a 976-pixel-wide model input and a
 viewer shows about 2-5 MP per view anyway. With ``f = 2`` that image becomes 1664x2048 (10 MB);
@@ -41,7 +41,7 @@ from mammo_node.domain import ExamInference, Laterality
 from mammo_node.writers import codes
 from mammo_node.writers.display import scale_factor
 from mammo_node.writers.identity import OutputIdentity
-from mammo_node.writers.saliency import on_blocks
+from mammo_node.writers.saliency_grid import on_blocks
 from mammo_node.writers.sources import (
     ScoredView,
     contributing_equipment,

@@ -4,7 +4,7 @@ The segment is the top ``top_fraction`` (default 1 %) of the saliency map's pixe
 cut included, zero saliency never: the same rule by which the model picks its centre of
 attention (the top 1 % by |gradient|, Dahl et al.), taken on the map the model made (its own
 grid) and drawn on the stored pixel grid, each stored pixel taking the map pixel its centre lies
-in (:func:`mammo_node.writers.saliency.top_mask`). So the overlay shows the pixels the COA
+in (:func:`mammo_node.writers.saliency_grid.top_mask`). So the overlay shows the pixels the COA
 summarises; an absolute threshold would mean a different area for every image, because the maps
 are scaled per image.
 
@@ -37,7 +37,7 @@ import mammo_node
 from mammo_node.domain import BundleInfo
 from mammo_node.writers import codes
 from mammo_node.writers.identity import OutputIdentity
-from mammo_node.writers.saliency import top_mask
+from mammo_node.writers.saliency_grid import top_mask
 from mammo_node.writers.sources import (
     ScoredView,
     algorithm_parameters,

@@ -25,7 +25,7 @@ import numpy as np
 from mammo_node.domain import SaliencyMap
 
 
-def finite(values: np.ndarray) -> np.ndarray:
+def _finite(values: np.ndarray) -> np.ndarray:
     """float32 values with NaN and -inf as 0 and +inf as 1 (no copy when all are finite)."""
     values = values.astype(np.float32, copy=False)
     if np.isfinite(values.sum()):
@@ -55,7 +55,7 @@ def on_blocks(saliency: SaliencyMap, factor: int = 1) -> np.ndarray:
         raise ValueError(f'Argument "factor" should be >= 1, got {factor!r}.')
     rows, columns = saliency.stored_shape
     out_shape = (math.ceil(rows / factor), math.ceil(columns / factor))
-    values = finite(saliency.values)
+    values = _finite(saliency.values)
     if values.shape == out_shape and factor == 1:  # already the stored grid
         return np.clip(values, 0.0, 1.0)
     h, w = values.shape
@@ -75,7 +75,7 @@ def salient_mask(values: np.ndarray, top_fraction: float) -> np.ndarray:
     only), on the grid of ``values``."""
     if not 0 < top_fraction <= 1:
         raise ValueError(f'Argument "top_fraction" should be in (0, 1], got {top_fraction!r}.')
-    values = finite(values)
+    values = _finite(values)
     k = max(1, math.ceil(top_fraction * values.size))
     return (values >= _kth_largest(values.ravel(), k)) & (values > 0)
 
