@@ -26,9 +26,7 @@ import highdicom.sr.content
 logger = logging.getLogger(__name__)
 
 #: highdicom's own function, kept for the equivalence test
-ORIGINAL: Callable[..., bool] = getattr(
-    standard_utils, "_mammo_node_original", standard_utils.is_attribute_in_iod
-)
+ORIGINAL: Callable[..., bool] = standard_utils.is_attribute_in_iod
 #: the modules that hold the name ``is_attribute_in_iod`` (imported from _standard_utils)
 USERS = (standard_utils, highdicom.base, highdicom.sr.content)
 
@@ -62,7 +60,6 @@ def install() -> bool:
             return False
     for module in USERS:
         module.is_attribute_in_iod = is_attribute_in_iod  # type: ignore[attr-defined]
-    standard_utils._mammo_node_original = ORIGINAL  # type: ignore[attr-defined]
     return True
 
 

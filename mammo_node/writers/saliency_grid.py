@@ -56,8 +56,6 @@ def on_blocks(saliency: SaliencyMap, factor: int = 1) -> np.ndarray:
     rows, columns = saliency.stored_shape
     out_shape = (math.ceil(rows / factor), math.ceil(columns / factor))
     values = _finite(saliency.values)
-    if values.shape == out_shape and factor == 1:  # already the stored grid
-        return np.clip(values, 0.0, 1.0)
     h, w = values.shape
     y0, y1, wy = _bilinear_axis(out_shape[0], factor, rows, h)
     x0, x1, wx = _bilinear_axis(out_shape[1], factor, columns, w)
