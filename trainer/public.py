@@ -44,7 +44,7 @@ import csv
 import logging
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,16 +113,26 @@ def _rows(path: Path, required: Iterable[str]) -> list[dict[str, str]]:
         return _table(path, header, reader, required)
 
 
+def _folder_levels(
+    data_dir: Path, depth: int, *, stop: Callable[[Path], bool] = lambda folder: False
+) -> Iterator[list[Path]]:
+    """DIR, then its folders level by level (sorted) down to ``depth`` levels below it, not
+    descending into a folder for which ``stop`` is true."""
+    level = [data_dir]
+    for n in range(depth + 1):
+        yield level
+        if n < depth:
+            level = [c for f in level if not stop(f) for c in sorted(f.iterdir()) if c.is_dir()]
+
+
 def _find_tables(data_dir: Path, pattern: str) -> list[Path]:
     """Tables matching pattern in DIR, else at the shallowest level below it that has any,
     down to ``TABLE_DEPTH`` levels (a download's top folder; PhysioNet's ``wget -r`` puts a
     dataset in ``physionet.org/files/<name>/<version>/``)."""
-    level = [data_dir]
-    for _ in range(TABLE_DEPTH + 1):
+    for level in _folder_levels(data_dir, TABLE_DEPTH):
         found = sorted(p for folder in level for p in folder.glob(pattern) if p.is_file())
-        if found or not level:
+        if found:
             return found
-        level = [c for folder in level for c in sorted(folder.iterdir()) if c.is_dir()]
     return []
 
 
@@ -422,22 +432,19 @@ def read_cmmd(data_dir: Path) -> Manifest:
 
 
 def _image_folders(data_dir: Path, wanted: set[str], depth: int = 3) -> dict[str, Path]:
-    """The folders named in ``wanted``, in DIR or up to ``depth`` levels below it (TCIA's
+    """The folders named in ``wanted``, up to ``depth`` levels below DIR (TCIA's
     ``CBIS-DDSM/`` top folder; the NBIA Data Retriever's ``manifest-<n>/CBIS-DDSM/``),
     breadth first: the shallowest of a name wins, and a found folder is not searched."""
     folders: dict[str, Path] = {}
-    level = [data_dir]
-    for _ in range(depth):
-        deeper = []
-        for parent in level:
-            for folder in sorted(p for p in parent.iterdir() if p.is_dir()):
-                if folder.name in wanted:
-                    folders.setdefault(folder.name, folder)
-                else:
-                    deeper.append(folder)
+
+    def found(folder: Path) -> bool:
+        return folder != data_dir and folder.name in wanted
+
+    for level in _folder_levels(data_dir, depth, stop=found):
+        for folder in filter(found, level):
+            folders.setdefault(folder.name, folder)
         if len(folders) == len(wanted):
             break
-        level = deeper
     return folders
 
 
