@@ -38,7 +38,7 @@ from mammo_node.db.models import (
     utcnow,
 )
 from mammo_node.db.session import Database
-from mammo_node.domain import SLOTS, ExamInference, ExamState, Origin, Slot
+from mammo_node.domain import SLOTS, ExamInference, ExamState, Slot
 from mammo_node.errors import MammoNodeError, ModelError, NotFoundError
 from mammo_node.filing.ingest import Ingestor
 from mammo_node.grouping.rules import Resolution
@@ -372,7 +372,7 @@ class Worker:
         scanner = _scanner(sources)
         sources.clear()
         t2 = time.perf_counter()
-        stored = [self._store_output(obj) for obj in outputs]
+        stored = self._store_outputs(outputs)
         store_seconds = time.perf_counter() - t2
         timings = dict(inference.timings)
         timings.update(
@@ -495,14 +495,20 @@ class Worker:
                 for row, series_uid, study_uid in rows
             ]
 
-    def _store_output(self, obj: OutputObject) -> str:
-        """Write one output as Part-10 and ingest it as a GENERATED instance of the study."""
-        temp = self.store.temp_path()
-        obj.dataset.save_as(temp, enforce_file_format=True)
-        result = self.ingestor.ingest_file(
-            temp, source="node", calling_ae=self.settings.ae_title, origin=Origin.GENERATED
-        )
-        return result.sop_instance_uid
+    def _store_outputs(self, outputs: list[OutputObject]) -> list[str]:
+        """Write the exam's outputs as Part-10 and file them together as GENERATED instances
+        of the study (``Ingestor.ingest_outputs``: durable before one index transaction)."""
+        temps: list[Path] = []
+        try:
+            for obj in outputs:
+                temps.append(self.store.temp_path())
+                obj.dataset.save_as(temps[-1], enforce_file_format=True)
+        except BaseException:
+            for temp in temps:
+                self.store.discard_temp(temp)
+            raise
+        results = self.ingestor.ingest_outputs(temps, calling_ae=self.settings.ae_title)
+        return [r.sop_instance_uid for r in results]
 
     def _record_result(
         self,

@@ -529,6 +529,26 @@ def batch_throughput(
 SERIAL_WRITERS = "writers 1 thr"
 
 
+def source_node(folder: Path, files: list[Path]) -> Any:
+    """A SQLite node in ``folder`` holding the exam's images (filed as received): the store
+    stage files the outputs into it as the worker does."""
+    from mammo_node.config import Settings
+    from mammo_node.db.session import Database, upgrade
+    from mammo_node.filing.ingest import Ingestor
+    from mammo_node.filing.storage import InstanceStore
+
+    settings = Settings(data_dir=folder / "node", min_free_disk_mb=0)
+    upgrade(settings.database_url)
+    ingestor = Ingestor(
+        settings, Database(settings.database_url), InstanceStore(settings.storage_dir)
+    )
+    for f in files:
+        temp = ingestor.store.temp_path()
+        shutil.copyfile(f, temp)
+        ingestor.ingest_file(temp, source="dimse", calling_ae="BENCH", peer_host="-")
+    return ingestor
+
+
 def stage_costs(
     files: list[Path],
     bundle: Path,
@@ -541,8 +561,8 @@ def stage_costs(
     stays meaningful on a machine busy with other work. decode = read + decode the 4 files;
     preprocess = the scorer's prepare of each view + its saliency map onto the rescaled grid
     (what the scorer hands the writers); writers = build_outputs, serial and with the threads
-    the worker gives it (the total counts the latter); store = each output written as
-    Part-10 with fsync."""
+    the worker gives it (the total counts the latter); store = the outputs written as Part-10
+    and filed as the worker files them (``Ingestor.ingest_outputs`` on a SQLite node)."""
     import tempfile
 
     import numpy as np
@@ -587,22 +607,31 @@ def stage_costs(
             geometry.saliency_on_scaled_grid(smap)
 
     def store(outputs: list[Any], folder: Path) -> None:
-        for i, obj in enumerate(outputs):
-            path = folder / f"{i}.dcm"
-            obj.dataset.save_as(path, enforce_file_format=True)
-            with path.open("rb+") as fh:
-                os.fsync(fh.fileno())
+        """As the worker files them: Part-10 temp files, then ``Ingestor.ingest_outputs`` (each
+        file fsynced in place, each folder once, one index transaction) on a SQLite node that
+        holds the source exam."""
+        if not hasattr(store, "ingestor"):
+            store.ingestor = source_node(folder, files)  # type: ignore[attr-defined]
+        ingestor = store.ingestor  # type: ignore[attr-defined]
+        temps = []
+        for obj in outputs:
+            temps.append(ingestor.store.temp_path())
+            obj.dataset.save_as(temps[-1], enforce_file_format=True)
+        ingestor.ingest_outputs(temps, calling_ae="BENCH")
 
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(max(1, repeats)):
+        for repeat in range(1, max(1, repeats) + 1):  # each a new revision: new output UIDs
             exam = timed("decode", read)
             timed("preprocess", lambda exam=exam: preprocess(exam))
             if writer_threads > 1:  # the serial figure beside it, not in the total
-                timed(SERIAL_WRITERS, lambda exam=exam: build_outputs(exam, inference, revision=0))
+                timed(
+                    SERIAL_WRITERS,
+                    lambda exam=exam, r=repeat: build_outputs(exam, inference, revision=r),
+                )
             outputs = timed(
                 f"writers {writer_threads} thr",
-                lambda exam=exam: build_outputs(
-                    exam, inference, revision=0, threads=writer_threads
+                lambda exam=exam, r=repeat: build_outputs(
+                    exam, inference, revision=r, threads=writer_threads
                 ),
             )
             timed("store", lambda outputs=outputs: store(outputs, Path(tmp)))

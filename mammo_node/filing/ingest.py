@@ -2,9 +2,11 @@
 
 ``Ingestor.ingest_file`` takes a Part-10 temp file on the store's filesystem and, before it
 returns, has the file fsynced in its final place and its row committed: only then may a
-C-STORE response or STOW-RS answer say success. It parses the header (never the pixels),
-classifies the object for grouping and re-opens an exam that an image or a rejection note
-arrives late for (a dose report or presentation state arriving late changes no result).
+C-STORE response or STOW-RS answer say success (``ingest_outputs`` files the node's own
+outputs of one exam together: every file in place, then one transaction). It parses the
+header (never the pixels), classifies the object for grouping and re-opens an exam that an
+image or a rejection note arrives late for (a dose report or presentation state arriving
+late changes no result).
 
 Identity: a patient row links studies by (IssuerOfPatientID, PatientID) and is never shared
 on an empty PatientID; each exam keeps its own patient attributes as first received.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -265,6 +268,85 @@ class Ingestor:
         metrics.instance_received(source, result.outcome)
         return result
 
+    def ingest_outputs(self, temps: Sequence[Path], *, calling_ae: str) -> list[IngestResult]:
+        """File the node's own outputs of one exam (``temps``, consumed) together, as
+        GENERATED instances: each file fsynced and moved into place, each folder fsynced once,
+        then one transaction indexes them all (``ingest_file`` takes all these steps per file,
+        as a C-STORE needs). Nothing is indexed unless every file is on disk; a failure
+        leaves no file of the batch behind. A UID the node already holds (a rerun) is filed
+        by ``ingest_file``'s own checks, one at a time."""
+        source = "node"
+        try:
+            limits = ImageLimits.from_settings(self.settings)
+            facts = [read_facts(read_header(temp, limits)) for temp in temps]
+            uids = [f.sop_uid for f in facts]
+            one_by_one = len(set(uids)) < len(uids) or self._held(uids)
+        except BaseException as exc:
+            self._drop_batch(temps, [], exc, rejected=len(temps))
+            raise
+        if one_by_one:
+            return [
+                self.ingest_file(t, source=source, calling_ae=calling_ae, origin=Origin.GENERATED)
+                for t in temps
+            ]
+        arrival = Arrival(source, calling_ae[:16], "", Origin.GENERATED)
+        placed = [self.store.relative_path(f.study_uid, f.series_uid, f.sop_uid) for f in facts]
+        indexed: set[str] = set()
+        try:
+            stored = self.store.commit_many(list(zip(temps, placed, strict=True)))
+            try:
+                now = utcnow()
+                with self.db.session() as session:
+                    filed = [
+                        self._index_in(session, f, file, arrival, None, now)
+                        for f, file in zip(facts, stored, strict=True)
+                    ]
+            except (_RaceConflict, DatabaseError) as exc:
+                if isinstance(exc, DatabaseError) and not isinstance(exc.__cause__, IntegrityError):
+                    raise
+                logger.info("concurrent insert among an exam's outputs; filing them one by one")
+                results = []
+                for f, file in zip(facts, stored, strict=True):
+                    results.append(self._index_retrying(f, file, arrival, None))
+                    indexed.add(file.rel_path)  # its row points at it: it stays
+            else:
+                results = [
+                    self._after_commit(f, file, arrival, done)
+                    for f, file, done in zip(facts, stored, filed, strict=True)
+                ]
+        except BaseException as exc:
+            unindexed = [p for p in placed if p not in indexed]
+            self._drop_batch(temps, unindexed, exc, rejected=len(unindexed))
+            raise
+        for result in results:
+            metrics.instance_received(source, result.outcome)
+        return results
+
+    def _drop_batch(
+        self, temps: Sequence[Path], placed: Sequence[str], exc: BaseException, *, rejected: int
+    ) -> None:
+        """A batch that failed: its temp files and the files moved into place unindexed go."""
+        for temp in temps:
+            self.store.discard_temp(temp)
+        for rel_path in placed:
+            try:
+                self.store.remove(rel_path)
+            except StorageError:
+                logger.exception("could not delete the unindexed file %s", rel_path)
+        reason = "invalid" if isinstance(exc, InvalidInstanceError) else "error"
+        if isinstance(exc, StorageError):
+            reason = "no_space"
+        for _ in range(rejected):
+            metrics.instance_rejected("node", reason)
+
+    def _held(self, sop_uids: Sequence[str]) -> bool:
+        """Does the index hold any of these UIDs already?"""
+        with self.db.read() as session:
+            found = session.scalars(
+                select(Instance.id).where(Instance.sop_instance_uid.in_(sop_uids)).limit(1)
+            ).first()
+        return found is not None
+
     def _ingest(
         self,
         temp: Path,
@@ -307,6 +389,12 @@ class Ingestor:
         except BaseException:
             self.store.discard_temp(temp)
             raise
+        return self._index_retrying(facts, stored, arrival, sha256)
+
+    def _index_retrying(
+        self, facts: HeaderFacts, stored: StoredFile, arrival: Arrival, sha256: str | None
+    ) -> IngestResult:
+        """``_index`` for a file in place, again after a concurrent insert of the same UID."""
         for attempt in range(3):
             try:
                 return self._index(facts, stored, arrival, sha256)
@@ -427,76 +515,95 @@ class Ingestor:
     def _index(
         self, facts: HeaderFacts, stored: StoredFile, arrival: Arrival, sha256: str | None
     ) -> IngestResult:
-        now = utcnow()
+        with self.db.session() as session:
+            filed = self._index_in(session, facts, stored, arrival, sha256, utcnow())
+        return self._after_commit(facts, stored, arrival, filed)
+
+    def _index_in(
+        self,
+        session: Session,
+        facts: HeaderFacts,
+        stored: StoredFile,
+        arrival: Arrival,
+        sha256: str | None,
+        now: dt.datetime,
+    ) -> _Filed:
+        """Index one stored file in ``session`` (not committed here)."""
         old_path: str | None = None
         reopened = False
-        with self.db.session() as session:
-            exam = repo.exam_by_uid(session, facts.study_uid)
-            if exam is None:
-                patient = repo.upsert_patient(session, study_uid=facts.study_uid, **facts.patient)
-                exam = repo.get_or_create(
-                    session,
-                    Exam,
-                    "study_uid",
-                    facts.study_uid,
-                    patient_fk=patient.id,
-                    state=ExamState.RECEIVING.value,
-                    first_received_at=now,
-                    last_received_at=now,
-                    state_changed_at=now,
-                    **facts.study,
-                    **facts.exam_patient,
-                )
-            series = repo.upsert_series(session, exam, facts.series_uid, **facts.series)
-            instance = session.scalars(
-                select(Instance).where(Instance.sop_instance_uid == facts.sop_uid).with_for_update()
-            ).first()
-            outcome = IngestOutcome.STORED
-            if instance is None:
-                instance = Instance(sop_instance_uid=facts.sop_uid, replaced_count=0)
-                session.add(instance)
-            elif instance.pruned_at is not None and self._same_bytes(instance, stored, sha256):
-                # retention had deleted the file; the same bytes sent again go back on file
-                outcome = IngestOutcome.RESTORED
-                old_path, instance.rel_path, instance.pruned_at = None, stored.rel_path, None
-            elif self._same_bytes(instance, stored, sha256):
-                outcome = IngestOutcome.DUPLICATE  # stored by another association meanwhile
-            else:
-                held = StoredVersion(
-                    instance.sha256 or "",
-                    IngestResult(
-                        facts.sop_uid,
-                        instance.sop_class_uid,
-                        exam.study_uid,
-                        facts.series_uid,
-                        IngestOutcome.DUPLICATE,
-                    ),
-                    instance.calling_ae,
-                    instance.peer_host,
-                    instance.origin,
-                )
-                if not self._may_replace(held, arrival):
-                    raise _RaceConflict(held)  # another association stored it meanwhile
-                outcome = IngestOutcome.REPLACED
-                old_path = instance.rel_path
-                instance.replaced_count += 1
-            unchanged = outcome in (IngestOutcome.DUPLICATE, IngestOutcome.RESTORED)
-            if not unchanged:
-                self._fill(instance, facts, stored, arrival, sha256, now, series.id, exam.id)
-            if outcome is IngestOutcome.REPLACED and arrival.origin is Origin.RECEIVED:
-                audit.record_in(
-                    session,
-                    arrival.calling_ae or arrival.source,
-                    audit.INSTANCE_REPLACED,
+        exam = repo.exam_by_uid(session, facts.study_uid)
+        if exam is None:
+            patient = repo.upsert_patient(session, study_uid=facts.study_uid, **facts.patient)
+            exam = repo.get_or_create(
+                session,
+                Exam,
+                "study_uid",
+                facts.study_uid,
+                patient_fk=patient.id,
+                state=ExamState.RECEIVING.value,
+                first_received_at=now,
+                last_received_at=now,
+                state_changed_at=now,
+                **facts.study,
+                **facts.exam_patient,
+            )
+        series = repo.upsert_series(session, exam, facts.series_uid, **facts.series)
+        instance = session.scalars(
+            select(Instance).where(Instance.sop_instance_uid == facts.sop_uid).with_for_update()
+        ).first()
+        outcome = IngestOutcome.STORED
+        if instance is None:
+            instance = Instance(sop_instance_uid=facts.sop_uid, replaced_count=0)
+            session.add(instance)
+        elif instance.pruned_at is not None and self._same_bytes(instance, stored, sha256):
+            # retention had deleted the file; the same bytes sent again go back on file
+            outcome = IngestOutcome.RESTORED
+            old_path, instance.rel_path, instance.pruned_at = None, stored.rel_path, None
+        elif self._same_bytes(instance, stored, sha256):
+            outcome = IngestOutcome.DUPLICATE  # stored by another association meanwhile
+        else:
+            held = StoredVersion(
+                instance.sha256 or "",
+                IngestResult(
                     facts.sop_uid,
-                    study_instance_uid=facts.study_uid,
-                    peer=arrival.peer_host,
-                    policy=self.settings.overwrite_policy.value,
-                )
-            if arrival.origin is Origin.RECEIVED and not unchanged:
-                reopened = _note_arrival(
-                    session, exam, facts.sop_uid, outcome, now, arrival, facts.instance["kind"]
-                )
+                    instance.sop_class_uid,
+                    exam.study_uid,
+                    facts.series_uid,
+                    IngestOutcome.DUPLICATE,
+                ),
+                instance.calling_ae,
+                instance.peer_host,
+                instance.origin,
+            )
+            if not self._may_replace(held, arrival):
+                raise _RaceConflict(held)  # another association stored it meanwhile
+            outcome = IngestOutcome.REPLACED
+            old_path = instance.rel_path
+            instance.replaced_count += 1
+        unchanged = outcome in (IngestOutcome.DUPLICATE, IngestOutcome.RESTORED)
+        if not unchanged:
+            self._fill(instance, facts, stored, arrival, sha256, now, series.id, exam.id)
+        if outcome is IngestOutcome.REPLACED and arrival.origin is Origin.RECEIVED:
+            audit.record_in(
+                session,
+                arrival.calling_ae or arrival.source,
+                audit.INSTANCE_REPLACED,
+                facts.sop_uid,
+                study_instance_uid=facts.study_uid,
+                peer=arrival.peer_host,
+                policy=self.settings.overwrite_policy.value,
+            )
+        if arrival.origin is Origin.RECEIVED and not unchanged:
+            reopened = _note_arrival(
+                session, exam, facts.sop_uid, outcome, now, arrival, facts.instance["kind"]
+            )
+        return _Filed(outcome, old_path, reopened)
+
+    def _after_commit(
+        self, facts: HeaderFacts, stored: StoredFile, arrival: Arrival, filed: _Filed
+    ) -> IngestResult:
+        """Once the row is committed: delete the file it no longer points at, log, answer."""
+        outcome, old_path = filed.outcome, filed.old_path
         for obsolete in (old_path, stored.rel_path if outcome is IngestOutcome.DUPLICATE else None):
             if obsolete:
                 try:
@@ -513,7 +620,12 @@ class Ingestor:
             arrival.peer_host or "-",
         )
         return IngestResult(
-            facts.sop_uid, facts.sop_class, facts.study_uid, facts.series_uid, outcome, reopened
+            facts.sop_uid,
+            facts.sop_class,
+            facts.study_uid,
+            facts.series_uid,
+            outcome,
+            filed.reopened,
         )
 
     def _same_bytes(self, instance: Instance, stored: StoredFile, sha256: str | None) -> bool:
@@ -573,6 +685,15 @@ class StoredVersion:
     calling_ae: str
     peer_host: str
     origin: str
+
+
+@dataclass(frozen=True)
+class _Filed:
+    """What indexing one file did, for the steps after its transaction commits."""
+
+    outcome: IngestOutcome
+    old_path: str | None  # a replaced version's file, deleted once the new row is committed
+    reopened: bool
 
 
 @dataclass(frozen=True)

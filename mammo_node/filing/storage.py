@@ -7,6 +7,7 @@ the acknowledged older file until the database points at the new one.
 
 Write protocol (``commit``): temp file in ``<root>/.tmp`` (same filesystem) -> fsync -> rename
 into place -> fsync the directory. Only then is the row committed and success answered.
+``commit_many`` does the same for several files (one exam's outputs), each folder fsynced once.
 """
 
 from __future__ import annotations
@@ -111,25 +112,42 @@ class InstanceStore:
     # --- commit ----------------------------------------------------------------------
     def commit(self, temp: Path, rel_path: str) -> StoredFile:
         """fsync ``temp`` and atomically move it to ``rel_path`` (then fsync the folder)."""
-        final = self.path(rel_path)
-        try:
-            fd = os.open(temp, os.O_RDONLY)
+        return self.commit_many([(temp, rel_path)])[0]
+
+    def commit_many(self, files: list[tuple[Path, str]]) -> list[StoredFile]:
+        """``commit`` for several files at once (one exam's outputs): each file is fsynced and
+        renamed into place, then each folder they went into is fsynced once. A failure leaves
+        the files not yet moved as temp files (the caller discards them)."""
+        stored: list[StoredFile] = []
+        folders: dict[Path, None] = {}
+        for temp, rel_path in files:
+            final = self.path(rel_path)
             try:
-                os.fsync(fd)
-                size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
-            self._ensure_dir(final.parent)
-            try:
-                os.replace(temp, final)
+                fd = os.open(temp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                    size = os.fstat(fd).st_size
+                finally:
+                    os.close(fd)
+                self._ensure_dir(final.parent)
+                try:
+                    os.replace(temp, final)
+                except OSError as exc:
+                    if exc.errno != errno.EXDEV:
+                        raise
+                    self._copy_across_filesystems(temp, final)
             except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                self._copy_across_filesystems(temp, final)
-            _fsync_dir(final.parent)
-        except OSError as exc:
-            raise StorageError(f"cannot store {rel_path}: {exc}") from exc
-        return StoredFile(rel_path=rel_path, size=size)
+                raise StorageError(f"cannot store {rel_path}: {exc}") from exc
+            folders[final.parent] = None
+            stored.append(StoredFile(rel_path=rel_path, size=size))
+        for folder in folders:
+            try:
+                _fsync_dir(folder)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot store into {folder.relative_to(self.root)}: {exc}"
+                ) from exc
+        return stored
 
     def _copy_across_filesystems(self, temp: Path, final: Path) -> None:
         """The temp file lies on another filesystem: copy, fsync, then rename here."""

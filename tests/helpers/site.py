@@ -134,9 +134,12 @@ def _store_result(
         result_id = result.id
     objects = build_outputs(exam.datasets, inference, revision=0)
     outputs: dict[str, list[str]] = {}
-    for obj in objects:
-        file_dataset(ingestor, obj.dataset, source="node", origin=Origin.GENERATED, calling_ae="")
+    temps = []
+    for obj in objects:  # filed together, as the worker files them
+        temps.append(ingestor.store.temp_path())
+        obj.dataset.save_as(temps[-1], enforce_file_format=True)
         outputs.setdefault(obj.kind.value, []).append(obj.sop_instance_uid)
+    ingestor.ingest_outputs(temps, calling_ae="")
     with site_db.session() as session:
         ids = {}
         for kind, uids in outputs.items():
