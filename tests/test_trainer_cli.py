@@ -86,6 +86,13 @@ def test_index_cv_report_export_and_the_node_scores_with_the_bundle(tiny_cohort:
     assert "ensemble_vs_attention" in result["comparisons"]
     assert result["localization"]["n"] > 0
     assert 0.0 <= result["localization"]["coa_in_lesion_rate"] <= 1.0
+    per_fold = result["folds"]["folds"]
+    assert set(per_fold) == {"0", "1"}  # the run's own records, per fold
+    for fold in per_fold.values():
+        assert fold["holistic"]["epochs"] >= 1 and fold["holistic"]["loss"] > 0
+        assert len(fold["holistic"]["loss_history"]) == fold["holistic"]["epochs"]
+        assert fold["attention"]["loss"] > 0
+    assert result["folds"]["flagged"] == []  # two folds: no median to stand out from
     assert (run / "report" / "roc.png").stat().st_size > 1000
     assert "| ensemble |" in (run / "report" / "table.md").read_text()
     assert "| 12 (" in (run / "report" / "table.md").read_text()  # n (cancers) on every row

@@ -156,6 +156,15 @@ def test_resume_and_loader_workers_give_the_uninterrupted_run(tmp_path: Path) ->
     assert not torch.equal(straight.fc.weight, start["fc.weight"])
     meta = load_checkpoint(tmp_path / "a" / "ck")
     assert meta is not None and meta["extra"]["auc"] is not None  # the epoch's AUC, once
+    # the per-epoch record survives the crash: the resumed run's history is the straight one's
+    again = load_checkpoint(tmp_path / "c" / "ck")
+    assert again is not None
+    straight_history = meta["extra"]["history"]
+    assert [h["epoch"] for h in straight_history] == [1, 2]
+    assert straight_history[-1]["loss"] == meta["extra"]["loss"]
+    assert [h["epoch"] for h in again["extra"]["history"]] == [1, 2]
+    for a, b in zip(straight_history, again["extra"]["history"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     assert list((tmp_path / "a" / "tb").glob("events.out.tfevents.*"))
 
 

@@ -220,6 +220,8 @@ def report(
         )
     except MammoNodeError as exc:
         raise _fail(exc) from exc
+    for lagging in result["folds"]["flagged"]:
+        console.print(f"[yellow]warning[/yellow]: {lagging['reason']}.")
     typer.echo(json.dumps(result, indent=1) if as_json else markdown(result))
 
 

@@ -53,9 +53,11 @@ from trainer.engine import (
     train_stage,
 )
 from trainer.errors import RunError
+from trainer.fold_check import fold_summary
 from trainer.folds import assign_folds
 from trainer.pretrained import InitWeights, resolve_init
 from trainer.progress import Reporter
+from trainer.report import read_cv_scores
 
 logger = logging.getLogger(__name__)
 
@@ -370,6 +372,8 @@ class CrossValidation:
                     rows += [list(r.values()) for r in csv.DictReader(fh)]
             write_scores(out, rows)
             _write_json(self.run_dir / "timings.json", timings)
+            for lagging in fold_summary(self.run_dir, read_cv_scores(out))["flagged"]:
+                self.reporter.log(f"warning: {lagging['reason']}.")
         barrier(self.info)
         return out
 

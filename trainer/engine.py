@@ -219,12 +219,14 @@ def train_stage(
         optimizer, T_max=max(1, spec.epochs * steps_per_epoch), eta_min=cfg.lr * 0.01
     )
     start = 0
+    history: list[dict[str, Any]] = []  # per-epoch loss and AUC, kept in the checkpoint JSON
     saved = load_checkpoint(spec.checkpoint)
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["lr_scheduler"])
         start = saved["epoch"] + 1
+        history = list(saved["extra"].get("history", []))
         reporter.log(f"{spec.name}: resuming after epoch {start} from {spec.checkpoint.name}")
     wrapped: nn.Module = model
     if info.enabled:
@@ -280,6 +282,7 @@ def train_stage(
                 if epoch_auc is not None:
                     board.add_scalar(f"{spec.name}/epoch_auc", epoch_auc, epoch + 1)
                 board.flush()
+            history.append({"epoch": epoch + 1, "loss": epoch_loss, "auc": epoch_auc})
             checksums = _rank_checksums(model, info)
             if info.is_main:
                 save_checkpoint(
@@ -293,6 +296,7 @@ def train_stage(
                         "stage": spec.name,
                         "loss": epoch_loss,
                         "auc": epoch_auc,
+                        "history": history,
                         "world": info.world,
                         "per_rank_batch": batch,
                         "param_checksums": checksums,

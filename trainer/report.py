@@ -30,6 +30,7 @@ from mammo_node.ml.scoring import one_reader_exam_score, score_exam, two_reader_
 from trainer.config import TrainConfig
 from trainer.data import ExamRecord, Manifest
 from trainer.errors import DataError, RunError
+from trainer.fold_check import fold_summary
 from trainer.stats import delong_paired, patient_bootstrap_auc
 
 TASKS = {
@@ -342,6 +343,7 @@ def markdown(result: Mapping[str, Any]) -> str:
                     f"{aucs['holistic']:.3f}, attention {aucs['attention']:.3f}"
                     + (f", ensemble {aucs['ensemble']:.3f}." if aucs.get("ensemble") else ".")
                 )
+    lines += fold_lines(result.get("folds"))
     points = [p for p in result.get("operating_points", ()) if p.get("expected_sensitivity_range")]
     if points:
         lines += [
@@ -360,6 +362,35 @@ def markdown(result: Mapping[str, Any]) -> str:
             lines.append(f"| {p['name']} | {cells[0]} | {cells[1]} | {verdict} |")
     lines += [f"Note: {n}." for n in result.get("notes", [])]
     return "\n".join(lines) + "\n"
+
+
+def fold_lines(summary: Mapping[str, Any] | None) -> list[str]:
+    """Per fold: training losses, held-out image AUCs, COA in lesion; then any flagged fold."""
+    if not summary or not summary["folds"]:
+        return []
+
+    def number(value: float | None, form: str = ".3f") -> str:
+        return "n/a" if value is None else format(value, form)
+
+    lines = [
+        "",
+        "| Fold | holistic loss (epochs) | attention loss (epochs) | held-out image AUC "
+        "holistic / attention / ensemble | COA in lesion |",
+        "|---|---|---|---|---|",
+    ]
+    for k, fold in summary["folds"].items():
+        stages = []
+        for stage in ("holistic", "attention"):
+            record = fold.get(stage)
+            stages.append("n/a" if not record else f"{number(record['loss'])} ({record['epochs']})")
+        aucs = fold["held_out_image_auc"]
+        held = " / ".join(number(aucs.get(m)) for m in MODEL_ROWS)
+        lines.append(
+            f"| {k} | {stages[0]} | {stages[1]} | {held} "
+            f"| {number(fold.get('coa_in_lesion_rate'), '.1%')} |"
+        )
+    lines += [f"\n**Warning**, {f['reason']}." for f in summary["flagged"]]
+    return lines
 
 
 def roc_png(evaluation: Evaluation, path: Path) -> None:
@@ -404,11 +435,13 @@ def make_report(
     )
     outcomes = [evaluation.outcomes[s] for s in evaluation.studies]
     run = json.loads((run_dir / "run.json").read_text())
+    located = localisation(images, manifest)
     result = {
         "rows": table(evaluation),
         "comparisons": comparisons(evaluation),
         "init": run.get("init", {"init": _cfg.init, "file": _cfg.weights_file or ""}),
-        "localization": localisation(images, manifest),
+        "localization": located,
+        "folds": fold_summary(run_dir, images, located.get("folds")),
         "counts": {
             "exams": len(outcomes),
             "screening": outcomes.count("screening"),
