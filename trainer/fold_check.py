@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from sklearn.metrics import roc_auc_score
+from trainer.stats import image_aucs
 
 STAGES = ("holistic", "attention")
 # A fold is flagged when its final holistic training loss is at least LOSS_RATIO times the
@@ -29,9 +29,12 @@ MIN_FOLDS = 3  # a median of fewer folds says nothing about which one is off
 
 
 class HeldOutImage(Protocol):
-    label: int
-    scores: Mapping[str, float]
-    fold: int
+    @property
+    def label(self) -> int: ...
+    @property
+    def scores(self) -> Mapping[str, float]: ...
+    @property
+    def fold(self) -> int: ...
 
 
 def stage_record(fold_dir: Path, stage: str) -> dict[str, Any] | None:
@@ -53,13 +56,6 @@ def stage_record(fold_dir: Path, stage: str) -> dict[str, Any] | None:
         return None  # a record from another version: the fold is shown without it
 
 
-def _held_out_auc(images: Sequence[HeldOutImage], model: str) -> float | None:
-    labels = [i.label for i in images]
-    if len(set(labels)) < 2:
-        return None
-    return float(roc_auc_score(labels, [i.scores[model] for i in images]))
-
-
 def fold_summary(
     run_dir: Path,
     images: Sequence[HeldOutImage],
@@ -71,12 +67,14 @@ def fold_summary(
     by_fold: dict[int, list[HeldOutImage]] = {}
     for image in images:
         by_fold.setdefault(image.fold, []).append(image)
-    models = sorted(set.intersection(*(set(i.scores) for i in images))) if images else []
     folds: dict[str, dict[str, Any]] = {}
     for k in sorted(by_fold):
+        held = by_fold[k]
         entry: dict[str, Any] = {
-            "images": len(by_fold[k]),
-            "held_out_image_auc": {m: _held_out_auc(by_fold[k], m) for m in models},
+            "images": len(held),
+            "held_out_image_auc": image_aucs(
+                [i for i in held if i.label == 1], [i for i in held if i.label == 0]
+            ),
         }
         for stage in STAGES:
             entry[stage] = stage_record(run_dir / f"fold_{k:02d}", stage)

@@ -30,8 +30,8 @@ from mammo_node.ml.scoring import one_reader_exam_score, score_exam, two_reader_
 from trainer.config import TrainConfig
 from trainer.data import ExamRecord, Manifest
 from trainer.errors import DataError, RunError
-from trainer.fold_check import fold_summary
-from trainer.stats import delong_paired, patient_bootstrap_auc
+from trainer.fold_check import STAGES, fold_summary
+from trainer.stats import delong_paired, image_aucs, patient_bootstrap_auc
 
 TASKS = {
     "screening": ("Screening vs rest", ("screening",)),
@@ -190,19 +190,6 @@ def _rates(hits: Sequence[tuple[bool, bool]]) -> dict[str, Any]:
     }
 
 
-def _image_aucs(
-    positives: Sequence[ImageScores], negatives: Sequence[ImageScores]
-) -> dict[str, float | None]:
-    """Image-level AUC per model of these positive images against these negative ones."""
-    if not positives or not negatives:
-        return {}
-    y = [1] * len(positives) + [0] * len(negatives)
-    models = sorted(set.intersection(*(set(i.scores) for i in [*positives, *negatives])))
-    return {
-        m: float(roc_auc_score(y, [i.scores[m] for i in [*positives, *negatives]])) for m in models
-    }
-
-
 def localisation(images: Sequence[ImageScores], manifest: Manifest) -> dict[str, Any]:
     """Share of positive held-out images whose COA lies inside the true lesion, and whose
     lesion centre lies inside the ROI: overall, for small lesions (radius at most the median
@@ -235,9 +222,9 @@ def localisation(images: Sequence[ImageScores], manifest: Manifest) -> dict[str,
             "radius_at_most": cut,
             # image AUC of these small-lesion images vs every negative image, per model (the
             # paper: attention >= holistic on small findings)
-            "image_auc": _image_aucs([i for i, r in radius_of if r <= cut], negatives),
+            "image_auc": image_aucs([i for i, r in radius_of if r <= cut], negatives),
         }
-        result["image_auc"] = _image_aucs([i for i, _ in radius_of], negatives)
+        result["image_auc"] = image_aucs([i for i, _ in radius_of], negatives)
         result["folds"] = {
             str(k): _rates([(a, b) for f, _, a, b in found if f == k])
             for k in sorted({f for f, _, _, _ in found})
@@ -380,7 +367,7 @@ def fold_lines(summary: Mapping[str, Any] | None) -> list[str]:
     ]
     for k, fold in summary["folds"].items():
         stages = []
-        for stage in ("holistic", "attention"):
+        for stage in STAGES:
             record = fold.get(stage)
             stages.append("n/a" if not record else f"{number(record['loss'])} ({record['epochs']})")
         aucs = fold["held_out_image_auc"]

@@ -18,11 +18,29 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 from scipy.stats import norm, rankdata
 from sklearn.metrics import roc_auc_score
+
+
+class Scored(Protocol):
+    @property
+    def scores(self) -> Mapping[str, float]: ...  # score per model
+
+
+def image_aucs(positives: Sequence[Scored], negatives: Sequence[Scored]) -> dict[str, float]:
+    """AUC per model (the score names all images share) of these positive images against
+    these negative ones; empty when either side is."""
+    if not positives or not negatives:
+        return {}
+    y = [1] * len(positives) + [0] * len(negatives)
+    models = sorted(set.intersection(*(set(i.scores) for i in [*positives, *negatives])))
+    return {
+        m: float(roc_auc_score(y, [i.scores[m] for i in [*positives, *negatives]])) for m in models
+    }
 
 
 def patient_bootstrap_auc(
