@@ -406,6 +406,20 @@ def node_throughput(
         print(f"  {n:17d}  {sent:6.1f}  {total:13.1f}  {60 * exams / total:9.2f}")
 
 
+# the worker's recorded stages of one exam (Result.timings), in pipeline order
+WORKER_STAGES = (
+    "read",
+    "load",
+    "preprocess",
+    "holistic_saliency",
+    "attention",
+    "postprocess",
+    "writers",
+    "store",
+    "worker_total",
+)
+
+
 def worker_passes(
     work: Path,
     files: list[Path],
@@ -428,7 +442,12 @@ def worker_passes(
     from mammo_node.ml.loading import load_scorer
     from mammo_node.worker import Worker, warm_up
 
+    from sqlalchemy import select
+
+    from mammo_node.db.models import Result
+
     copies = exam_copies(work / "backlog", files, exams)
+    splits: list[tuple[int, list[dict[str, float]]]] = []
     print(f"\nworker passes, {precision} on {device} ({exams} exams, READY -> stored outputs):")
     print("  batch  s/pass  s/exam  exams/s")
     for b in batches:
@@ -468,12 +487,21 @@ def worker_passes(
                 break
             passes.append(time.perf_counter() - t)
         total = time.perf_counter() - t0
+        with db.session() as session:
+            recorded = [r.timings for r in session.scalars(select(Result))]
         db.dispose()
         scored = min(exams, b * len(passes))
         print(
             f"  {b:5d}  {statistics.median(passes):6.3f}  {total / max(1, scored):6.3f}"
             f"  {scored / total:7.2f}"
         )
+        splits.append((b, recorded))
+    # where each exam's time went, from the node's own records (median over the exams)
+    stages = [s for s in WORKER_STAGES if any(s in t for _, r in splits for t in r)]
+    print("  batch  " + "  ".join(f"{s:>10s}" for s in stages) + "   (s per exam, median)")
+    for b, recorded in splits:
+        cells = [statistics.median(t.get(s, 0.0) for t in recorded) for s in stages]
+        print(f"  {b:5d}  " + "  ".join(f"{c:10.4f}" for c in cells))
 
 
 def batch_throughput(

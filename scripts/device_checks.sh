@@ -5,6 +5,9 @@
 #   device:  the device tool's `run` with command "bash scripts/device_checks.sh",
 #            carry [".whl"], timeout_s 600
 # Each step's log lands in $OUT (they come back); the tails are printed.
+# The tree that travels is capped at 64 MiB: the demo bundle's weights (45 MB, tracked) and
+# the wheels (21 MB) together are over it, and no step here reads the demo bundle, so move
+# its two .safetensors files aside for the call (git checkout -- mammo_node/demo_bundle after).
 #   1. the GPU tests: preprocessing on the device = the CPU reference, CUDA scoring;
 #   2. bench_pipeline: model time per exam and exams/s at batch 1, 4, 8 (ResNet-101 @ 976,
 #      bf16), then READY -> stored outputs through the node's Worker at batch 1 and 4;
@@ -33,5 +36,5 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 step gpu-tests 150 python3 -m pytest -q -p no:cacheprovider \
   tests/test_ml_preprocess_reference.py tests/test_ml_inference.py
 step pipeline 270 python3 scripts/bench_pipeline.py --no-node --device cuda --precision bf16 \
-  --batch 1,4,8 --repeats 3 --worker-batch 1,4 --backlog 8 --out /tmp/bench-pipeline
+  --batch 1,4,8 --repeats 3 --worker-batch 1,4,8 --backlog 8 --out /tmp/bench-pipeline
 step train 150 python3 scripts/bench_train.py --paper --device cuda
