@@ -406,3 +406,36 @@ def test_stop_lets_a_c_store_in_progress_be_filed_and_answered(node_factory: Any
     assert stored_count(node) == 1
     assert [t.name for t in threading.enumerate() if t in threads] == []
     assert _audited_ends(node) == ["aborted"]
+
+
+# --- TCP: no Nagle stall per C-STORE (mammo_node.tcp) ---------------------------------------
+def _no_delay(sock: Any) -> bool:
+    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+def test_both_ends_of_the_nodes_associations_send_without_delay(node_factory: Any) -> None:
+    """The listener's accepted sockets and the SCU's (exporter, send, echo) have TCP_NODELAY:
+    with Nagle on, each C-STORE's last PDU waited for the peer's delayed ACK (~40 ms each)."""
+    from mammo_node.delivery.scu import Peer, _new_ae, open_association
+
+    node = node_factory()
+    plain = AE(ae_title="MODALITY")  # pynetdicom's own requestor: Nagle left on
+    plain.add_requested_context(Verification)
+    baseline = plain.associate("127.0.0.1", node.scp.port, ae_title="MAMMO_NODE")
+    assert baseline.is_established
+    try:
+        assert not _no_delay(baseline.dul.socket.socket), "the check can tell the two apart"
+        ae = _new_ae("MAMMO_NODE")
+        ae.add_requested_context(Verification)
+        ours = open_association(ae, Peer("127.0.0.1", node.scp.port, "MAMMO_NODE"))
+        assert ours.is_established
+        try:
+            assert _no_delay(ours.dul.socket.socket), "the SCU's socket"
+            wait_for(lambda: len(node.scp.server.active_associations) == 2)
+            for acceptor in node.scp.server.active_associations:
+                assert _no_delay(acceptor.dul.socket.socket), "the listener's socket"
+            assert ours.send_c_echo().Status == 0
+        finally:
+            ours.release()
+    finally:
+        baseline.release()

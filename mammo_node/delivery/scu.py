@@ -18,11 +18,13 @@ from pydicom import Dataset, dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config
+from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 from mammo_node.errors import DeliveryError
 from mammo_node.status import STORED_STATUSES
+from mammo_node.tcp import association_without_delay
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +87,20 @@ def _new_ae(calling_ae: str) -> AE:
     return ae
 
 
+def open_association(ae: AE, peer: Peer) -> Association:
+    """An association with ``peer``; once established, its socket sends without delay
+    (``mammo_node.tcp``: no Nagle stall per C-STORE)."""
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls(peer))
+    if assoc.is_established:
+        association_without_delay(assoc)
+    return assoc
+
+
 def echo(peer: Peer) -> int:
     """C-ECHO; returns the status (0 = success). Raises DeliveryError when no association."""
     ae = _new_ae(peer.calling_ae)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls(peer))
+    assoc = open_association(ae, peer)
     if not assoc.is_established:
         raise DeliveryError(_why_not(assoc, peer))
     try:
@@ -168,7 +179,7 @@ def send_files(
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = _new_ae(peer.calling_ae)
     ae.requested_contexts = _contexts(metas)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls(peer))
+    assoc = open_association(ae, peer)
     if not assoc.is_established:
         why = _why_not(assoc, peer)
         if assoc.is_rejected:
@@ -232,7 +243,7 @@ def instances_held(peer: Peer, wanted: Sequence[HeldInstance]) -> set[str] | Non
         return set()
     ae = _new_ae(peer.calling_ae)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=_tls(peer))
+    assoc = open_association(ae, peer)
     if not assoc.is_established:
         return None
     held: set[str] = set()

@@ -25,6 +25,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from mammo_node.config import Settings
 from mammo_node.receive.peers import AllowList
+from mammo_node.tcp import send_without_delay
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class GuardedRequestHandler(RequestHandler):
         assoc = super()._create_association()
         server: GuardedAssociationServer = self.server  # type: ignore[assignment]
         sock = assoc.dul.socket
+        send_without_delay(self.request)  # C-STORE-RSPs go out at once (mammo_node.tcp)
         sock.recv = PduGuard(  # type: ignore[method-assign]
             sock.recv,
             control_limit=server.control_limit,
