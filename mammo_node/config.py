@@ -150,6 +150,15 @@ class Settings(BaseSettings):
         "scoring and writing); 0 = half of worker_threads, at least 1",
     )
 
+    # --- outputs ---------------------------------------------------------------------
+    sc_max_pixels: int = Field(
+        6_000_000,
+        ge=1,
+        description="largest Secondary Capture in pixels: a larger stored grid is reduced by the "
+        "smallest integer factor that fits (a 4096x3328 image becomes 2048x1664, 10 MB of RGB); "
+        "each SC is sent to every destination that takes SCs and kept by the node",
+    )
+
     # --- export ----------------------------------------------------------------------
     return_to_sender: bool = Field(True, description="also send results to a known sender AE")
     outbox_max_age_seconds: float = Field(24 * 3600.0, gt=0)

@@ -399,7 +399,13 @@ class Worker:
         for outcome in outcomes[:1]:
             if isinstance(outcome, Exception):
                 raise outcome
-            build_outputs(exam, outcome, revision=0, station_name=self.settings.ae_title)
+            build_outputs(
+                exam,
+                outcome,
+                revision=0,
+                station_name=self.settings.ae_title,
+                sc_max_pixels=self.settings.sc_max_pixels,
+            )
         seconds = time.perf_counter() - t0
         logger.info("worker warmed up in %.2f s (batch of %d)", seconds, len(batch))
         return seconds
@@ -456,6 +462,7 @@ class Worker:
             station_name=self.settings.ae_title,
             withdrawn=self._withdrawable_outputs(previous[0]) if previous else (),
             cad_operating_points=self._cad_operating_points(inference),
+            sc_max_pixels=self.settings.sc_max_pixels,
             threads=threads,
         )
 

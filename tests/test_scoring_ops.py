@@ -278,3 +278,29 @@ def test_a_batch_scores_each_exam_on_its_own_and_one_bad_exam_fails_alone(
     assert state_of(node, bad.study_uid) == "failed"
     assert [state_of(node, e.study_uid) for e in synth_exams[:2]] == ["scored", "scored"]
     assert not worker.run_once()
+
+
+def test_the_sc_pixel_budget_is_a_site_setting(
+    node_factory: Any, tiny_bundle: Path, synth_exams: list[Any]
+) -> None:
+    """MAMMO_SC_MAX_PIXELS reaches the worker's Secondary Captures (PACS storage and the bytes
+    sent per exam); the default is the writers' own."""
+    from mammo_node.config import Settings
+    from mammo_node.writers.sc import DEFAULT_MAX_PIXELS
+
+    assert Settings().sc_max_pixels == DEFAULT_MAX_PIXELS
+    exam = synth_exams[0]  # 256 x 208 per view
+    node = node_factory(score=False, model_bundle=tiny_bundle, sc_max_pixels=128 * 104)
+    assert storescu(node.scp.port, exam.files).returncode == 0
+    wait_for(lambda: state_of(node, exam.study_uid) == "ready", timeout=30)
+    worker = Worker(node.settings, node.db, node.ingestor, lambda: load_scorer(node.settings))
+    assert worker.run_once()
+    with node.db.read() as session:
+        captures = session.scalars(
+            select(Instance).where(Instance.output_kind == "sc", Instance.result_fk.is_not(None))
+        ).all()
+        assert len(captures) == 4
+        for capture in captures:
+            ds = dcmread(node.store.path(capture.rel_path), stop_before_pixels=True)
+            assert (ds.Rows, ds.Columns) == (128, 104), "reduced 2x to fit the site's budget"
+            assert "reduced 2x" in ds.DerivationDescription
