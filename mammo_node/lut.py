@@ -99,12 +99,34 @@ def block_offsets(image: np.ndarray, factor: int) -> Iterator[np.ndarray]:
 def lookup_reduced(table: np.ndarray, raw: np.ndarray, factor: int) -> np.ndarray:
     """A pattern-ordered table applied to ``raw`` (H, W) and reduced ``factor`` x by block mean
     (edges replicated to whole blocks): the same float32 values as block-averaging the full
-    ``lookup``, without making that full-size float array (one table lookup per block offset,
-    each over 1 / factor**2 of the pixels; a ragged edge pads the 2-byte codes)."""
+    ``lookup`` (the block offsets summed in the same order), without making that full-size
+    float array. The lookup runs over bands of rows whose float values fit in about 1 MiB, so
+    each band is summed from cache: one pass over the codes, not one per block offset (a
+    4096x3328 view at factor 2: 28 -> 17 ms here); a ragged edge pads the 2-byte codes."""
     if factor == 1:
         return lookup(table, raw)
-    offsets = block_offsets(patterns(raw), factor)
-    total = np.take(table, next(offsets))  # the order of block_mean's sums: bit-identical
-    for codes in offsets:
-        total += np.take(table, codes)
-    return total / np.float32(factor * factor)
+    if factor < 1:
+        raise ValueError(f'Argument "factor" should be >= 1, got {factor!r}.')
+    codes = patterns(raw)
+    rows, cols = codes.shape
+    out_r, out_c = math.ceil(rows / factor), math.ceil(cols / factor)
+    if rows % factor or cols % factor:
+        codes = np.pad(codes, ((0, out_r * factor - rows), (0, out_c * factor - cols)), "edge")
+    reduced = np.empty((out_r, out_c), np.float32)
+    band = max(1, _BAND_BYTES // (codes.shape[1] * 4 * factor)) * factor
+    values = np.empty((band, codes.shape[1]), np.float32)
+    for top in range(0, codes.shape[0], band):
+        part = codes[top : top + band]
+        looked_up = values[: part.shape[0]]
+        np.take(table, part, out=looked_up)
+        total = reduced[top // factor : (top + part.shape[0]) // factor]
+        offsets = block_offsets(looked_up, factor)  # block_mean's order: bit-identical
+        np.copyto(total, next(offsets))
+        for part_offset in offsets:
+            total += part_offset
+    reduced /= np.float32(factor * factor)
+    return reduced
+
+
+#: the float values of one band of ``lookup_reduced`` (half this machine's 2 MiB L2)
+_BAND_BYTES = 1 << 20

@@ -30,6 +30,7 @@ size the model time per exam and exams/s (``--no-node`` skips the end-to-end run
     python scripts/bench_pipeline.py [--device cpu|cuda] [--precision bf16 fp32] [--repeats 1]
         [--arch resnet101] [--size 976] [--batch 1,4,8] [--no-node]
         [--scoring-processes 1,2 --backlog 8] [--worker-batch 1,4,8]
+        [--node-env MAMMO_SC_MAX_PIXELS=2000000 ...]
 """
 
 from __future__ import annotations
@@ -285,9 +286,9 @@ def exam_reports(results_dir: Path, seen: set[Path]) -> int:
 
 
 def run_once(
-    work: Path, files: list[Path], bundle: Path, device: str, precision: str
+    work: Path, files: list[Path], bundle: Path, device: str, precision: str, **settings: str
 ) -> dict[str, Any]:
-    running = start_node(work, bundle, device, precision)
+    running = start_node(work, bundle, device, precision, **settings)
     env, port, results_dir = running.env, running.port, running.results_dir
     try:
         subprocess.run(
@@ -434,17 +435,16 @@ def worker_passes(
     and grouped to READY on a fresh SQLite node, then the node's Worker claims, reads,
     scores, writes, stores and records them, ``batch`` exams per pass. Prints seconds per
     pass and per exam, and exams/s."""
+    from sqlalchemy import select
+
     from mammo_node.config import Settings
+    from mammo_node.db.models import Result
     from mammo_node.db.session import Database, upgrade
     from mammo_node.filing.ingest import Ingestor
     from mammo_node.filing.storage import InstanceStore
     from mammo_node.grouping.service import Grouper
     from mammo_node.ml.loading import load_scorer
     from mammo_node.worker import Worker, warm_up
-
-    from sqlalchemy import select
-
-    from mammo_node.db.models import Result
 
     copies = exam_copies(work / "backlog", files, exams)
     splits: list[tuple[int, list[dict[str, float]]]] = []
@@ -700,6 +700,13 @@ def main() -> None:
         "(no DICOM peer needed: the GPU machine's run), --backlog exams",
     )
     parser.add_argument(
+        "--node-env",
+        nargs="*",
+        default=[],
+        metavar="MAMMO_VAR=VALUE",
+        help="settings of the end-to-end node, e.g. MAMMO_SC_MAX_PIXELS=2000000",
+    )
+    parser.add_argument(
         "--fresh-pages",
         action="store_true",
         help="--stages without the scoring process's heap reuse (mammo_node.heap), to compare",
@@ -712,6 +719,7 @@ def main() -> None:
         "or the CPUs shared by the scoring processes)",
     )
     args = parser.parse_args()
+    node_env = dict(item.split("=", 1) for item in args.node_env)
     if not args.writer_threads:
         from mammo_node.config import Settings
         from mammo_node.worker_process import ScoringPriority
@@ -734,7 +742,7 @@ def main() -> None:
     for precision in args.precision:
         if not args.no_node:
             runs = [
-                run_once(args.out / "run", files, bundle, args.device, precision)
+                run_once(args.out / "run", files, bundle, args.device, precision, **node_env)
                 for _ in range(args.repeats)
             ]
             best = min(runs, key=lambda r: r["total"])

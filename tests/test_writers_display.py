@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from pydicom import Dataset
 
+from mammo_node import lut
 from mammo_node.writers.display import _grey, block_mean, display_grey
 from tests.helpers.mg import breast_phantom, mg_dataset
 
@@ -64,19 +65,24 @@ def test_table_lookup_equals_the_full_size_pipeline(case: str) -> None:
 
 @pytest.mark.parametrize("case", ["window", "signed, no VOI", "MONOCHROME1"])
 @pytest.mark.parametrize("factor", [2, 3])
-def test_reduced_display_equals_the_block_mean_of_the_full_size_one(case: str, factor: int) -> None:
-    """The SC's reduced image comes from one lookup per block offset, never a full-size
+def test_reduced_display_equals_the_block_mean_of_the_full_size_one(
+    case: str, factor: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SC's reduced image comes from a lookup over bands of rows, never a full-size
     float array; its values are exactly the block means of the full-size display (ragged
-    edges replicated), for even and odd image sizes."""
+    edges replicated), for even and odd image sizes, in one band or many (a last band
+    shorter than the others)."""
     tags, change = CASES[case]
-    for rows, columns in ((84, 60), (83, 61)):
-        ds = mg_dataset(display=breast_phantom(rows, columns), **tags)
-        if change is not None:
-            change(ds)
-        reduced = display_grey(ds, factor)
-        assert reduced.shape == (-(-rows // factor), -(-columns // factor))
-        assert np.array_equal(reduced, block_mean(display_grey(ds), factor))
-        assert reduced.max() > reduced.min()
+    for band_bytes in (lut._BAND_BYTES, 61 * 4 * factor * 5):  # whole image; 4-5 block rows
+        monkeypatch.setattr(lut, "_BAND_BYTES", band_bytes)
+        for rows, columns in ((84, 60), (83, 61)):
+            ds = mg_dataset(display=breast_phantom(rows, columns), **tags)
+            if change is not None:
+                change(ds)
+            reduced = display_grey(ds, factor)
+            assert reduced.shape == (-(-rows // factor), -(-columns // factor))
+            assert np.array_equal(reduced, block_mean(display_grey(ds), factor))
+            assert reduced.max() > reduced.min()
     # block_mean itself: a ragged edge is the mean of the edge pixel repeated
     image = np.arange(15, dtype=np.float32).reshape(3, 5)
     assert np.array_equal(
