@@ -49,6 +49,7 @@ from mammo_node.scrub import describe, format_exception
 from mammo_node.worker_process import ScoringPriority
 from mammo_node.writers import OutputObject, build_outputs
 from mammo_node.writers.identity import OutputKind, ReferencedDocument, output_kinds_for
+from mammo_node.writers.part10 import write_part10
 
 logger = logging.getLogger(__name__)
 
@@ -509,7 +510,7 @@ class Worker:
         try:
             for obj in outputs:
                 temps.append(self.store.temp_path())
-                obj.dataset.save_as(temps[-1], enforce_file_format=True)
+                write_part10(obj.dataset, temps[-1])
         except BaseException:
             for temp in temps:
                 self.store.discard_temp(temp)

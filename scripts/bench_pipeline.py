@@ -602,6 +602,7 @@ def stage_costs(
     from mammo_node.ml.bundle import load_bundle
     from mammo_node.ml.inference import EnsembleScorer
     from mammo_node.writers import build_outputs
+    from mammo_node.writers.part10 import write_part10
 
     scorer = EnsembleScorer(load_bundle(bundle, device="cpu"), device="cpu", precision=precision)
     if not fresh_pages:  # as the scoring process does (MAMMO_WORKER_REUSE_FREED_MEMORY)
@@ -644,7 +645,7 @@ def stage_costs(
         temps = []
         for obj in outputs:
             temps.append(ingestor.store.temp_path())
-            obj.dataset.save_as(temps[-1], enforce_file_format=True)
+            write_part10(obj.dataset, temps[-1])
         ingestor.ingest_outputs(temps, calling_ae="BENCH")
 
     with tempfile.TemporaryDirectory() as tmp:
