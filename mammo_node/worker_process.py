@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import resource
 import signal
@@ -239,6 +240,41 @@ class SharedFlag:
         return self.is_set()
 
 
+class RingingFlag(SharedFlag):
+    """A SharedFlag whose ``set`` also wakes the parent: one byte down a pipe, written without
+    blocking (a pipe full of unread bytes has already rung). The supervisor waits on the pipe
+    and the child's exit together instead of sleeping out a poll interval, so a result's
+    deliveries start as soon as it is committed (the exporter used to wait up to 50 ms more).
+    The byte in shared memory stays the record that a result came; a child killed mid-write
+    leaves at most a byte in the pipe."""
+
+    def __init__(self, context: Any) -> None:
+        super().__init__(context)
+        self._reader, self._writer = context.Pipe(duplex=False)
+
+    def set(self) -> None:
+        super().set()
+        try:
+            os.set_blocking(self._writer.fileno(), False)
+            os.write(self._writer.fileno(), b"\0")
+        except OSError:  # full (it has rung) or closed: the flag above is what counts
+            pass
+
+    def wait_or_exit(self, process_sentinel: int, timeout: float) -> bool:
+        """Until the flag rings or the process ends, at most ``timeout`` seconds; True when
+        it rang. The bytes that rang are read, so the next wait waits again."""
+        ready = multiprocessing.connection.wait([self._reader, process_sentinel], timeout)
+        if self._reader not in ready:
+            return False
+        os.set_blocking(self._reader.fileno(), False)
+        try:
+            while os.read(self._reader.fileno(), 4096):
+                pass
+        except BlockingIOError:
+            pass
+        return True
+
+
 class ScoringProcessDied(MammoNodeError):
     """The scoring child process ended without being asked to (killed, crashed, OOM)."""
 
@@ -270,7 +306,7 @@ class WorkerSupervisor(threading.Thread):
         self.limit = worker_memory_limit(settings)
         self._mp = multiprocessing.get_context("spawn")
         self.ready = SharedFlag(self._mp)
-        self._result = SharedFlag(self._mp)
+        self._result = RingingFlag(self._mp)
         self._stop_child = SharedFlag(self._mp)
         self._error = self._mp.Array("c", 1024)
         self._receiving = self._mp.RawValue("i", 0)
@@ -382,7 +418,7 @@ class WorkerSupervisor(threading.Thread):
             if rss > self.limit:
                 killed_for_memory = rss
                 process.kill()
-            process.join(_POLL)
+            self._result.wait_or_exit(process.sentinel, _POLL)  # a result wakes it at once
         if self._result.is_set() and self.on_result is not None:
             self._result.clear()
             self.on_result()

@@ -124,3 +124,38 @@ def test_a_claim_of_a_scoring_process_that_ended_after_start_is_taken_back(
             .where(Exam.study_uid == exam.study_uid)
         ).all()
     assert any("claim released: the scoring process ended" in r for r in reasons), reasons
+
+
+def test_a_result_in_the_scoring_process_wakes_its_supervisor() -> None:
+    """The result flag rings a pipe the supervisor waits on beside the process's exit: a
+    result is seen when it is set, not after a poll interval; a set with nobody reading
+    never blocks the scoring process."""
+    import multiprocessing
+    import time
+
+    from mammo_node.worker_process import RingingFlag
+
+    context = multiprocessing.get_context("spawn")
+    flag = RingingFlag(context)
+    idle = context.Process(target=time.sleep, args=(120,))  # a process that is still running
+    idle.start()
+    try:
+        assert not flag.wait_or_exit(idle.sentinel, 0.05), "nothing rang"
+        setter = context.Process(target=flag.set)
+        setter.start()
+        setter.join(60)
+        assert setter.exitcode == 0
+        assert flag.wait_or_exit(idle.sentinel, 60.0), "the child's set rang"
+        assert flag.is_set()
+        assert not flag.wait_or_exit(idle.sentinel, 0.05), "the ring was read"
+        for _ in range(100_000):  # far more than a pipe holds: set never blocks
+            flag.set()
+        assert flag.wait_or_exit(idle.sentinel, 0.05)
+        flag.clear()
+        idle.kill()
+        started = time.monotonic()
+        assert not flag.wait_or_exit(idle.sentinel, 60.0)
+        assert time.monotonic() - started < 30, "the process's exit ended the wait"
+    finally:
+        idle.kill()
+        idle.join(30)
