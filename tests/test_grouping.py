@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from pydicom import Dataset
@@ -383,3 +384,52 @@ def test_other_vendor_habits_tomo_under_a_2d_class_s_view_and_equal_acquisition_
         mg_dataset("L", "MLO", PatientName="Yamada^Hanako"),
     ]
     assert resolve([_image(ds) for ds in same]).identity_conflict == ""
+
+
+def test_files_are_hashed_in_the_background_only_while_no_exam_is_scored(
+    tmp_path: Path, synth_exams: list[object]
+) -> None:
+    """The grouping service's SHA-256 pass runs at the node's priority: it waits while an
+    exam is being scored (the lower-priority scoring process would lose the CPU to it), and
+    hashes once none is."""
+    import shutil
+
+    from sqlalchemy import select
+
+    from mammo_node.config import Settings
+    from mammo_node.db.models import Exam, Instance
+    from mammo_node.db.session import Database, upgrade
+    from mammo_node.filing.ingest import Ingestor
+    from mammo_node.filing.storage import InstanceStore
+    from mammo_node.grouping.service import Grouper
+
+    settings = Settings(data_dir=tmp_path / "node", min_free_disk_mb=0, quiet_seconds=0)
+    upgrade(settings.database_url)
+    db = Database(settings.database_url)
+    store = InstanceStore(settings.storage_dir)
+    ingestor = Ingestor(settings, db, store)
+    for exam in synth_exams[:2]:
+        for f in exam.files:  # type: ignore[attr-defined]
+            temp = store.temp_path()
+            shutil.copyfile(f, temp)
+            ingestor.ingest_file(temp, source="dimse", calling_ae="MODALITY", peer_host="-")
+    grouper = Grouper(settings, db, store)
+    while grouper.check_pending_pixels() or grouper.decide_exams():
+        pass
+
+    def unhashed() -> int:
+        with db.read() as session:
+            return len(session.scalars(select(Instance).where(Instance.sha256.is_(None))).all())
+
+    assert unhashed() == 8
+    with db.session() as session:
+        session.scalars(select(Exam)).first().state = "scoring"  # type: ignore[union-attr]
+    assert grouper.hash_new_files(idle_seconds=0) == 0
+    assert unhashed() == 8, "nothing hashed while an exam is scored"
+    with db.session() as session:
+        for exam_row in session.scalars(select(Exam)):
+            exam_row.state = "scored"
+    while grouper.hash_new_files(idle_seconds=0):
+        pass
+    assert unhashed() == 0
+    db.dispose()

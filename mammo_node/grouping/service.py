@@ -134,8 +134,12 @@ class Grouper:
         return changed
 
     def hash_new_files(self, limit: int = 8, idle_seconds: float = 2.0) -> int:
-        """SHA-256 of stored files that have none yet: off the receive path, and only while
-        no image is arriving (hashing competes with receiving for the CPU)."""
+        """SHA-256 of stored files that have none yet: background work, off the receive path
+        and off the scoring path. It waits while an image is arriving (it would compete with
+        receiving for the CPU) and while an exam is being scored: it runs at the node's
+        priority, above the lower-priority scoring process, and one exam's 109 MB of images
+        and 48 MB of outputs take about 0.2 CPU s to hash. Nothing waits for a hash: where a
+        comparison needs one (a re-sent UID) it is computed then."""
         with self.db.read() as session:
             latest = session.scalar(
                 select(func.max(Exam.last_received_at)).where(
@@ -143,6 +147,11 @@ class Grouper:
                 )
             )
             if latest is not None and (utcnow() - latest).total_seconds() < idle_seconds:
+                return 0
+            scoring = session.scalar(
+                select(Exam.id).where(Exam.state == ExamState.SCORING.value).limit(1)
+            )
+            if scoring is not None:
                 return 0
             pending = session.execute(
                 select(Instance.id, Instance.rel_path)
