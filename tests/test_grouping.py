@@ -386,12 +386,12 @@ def test_other_vendor_habits_tomo_under_a_2d_class_s_view_and_equal_acquisition_
     assert resolve([_image(ds) for ds in same]).identity_conflict == ""
 
 
-def test_files_are_hashed_in_the_background_only_while_no_exam_is_scored(
+def test_files_are_hashed_in_the_background_while_no_exam_is_scored(
     tmp_path: Path, synth_exams: list[object]
 ) -> None:
     """The grouping service's SHA-256 pass runs at the node's priority: it waits while an
-    exam is being scored (the lower-priority scoring process would lose the CPU to it), and
-    hashes once none is."""
+    exam is being scored or has just become READY (the lower-priority scoring process would
+    lose the CPU to it), not for a READY exam no worker takes, and hashes once none is."""
     import shutil
 
     from sqlalchemy import select
@@ -401,9 +401,11 @@ def test_files_are_hashed_in_the_background_only_while_no_exam_is_scored(
     from mammo_node.db.session import Database, upgrade
     from mammo_node.filing.ingest import Ingestor
     from mammo_node.filing.storage import InstanceStore
-    from mammo_node.grouping.service import Grouper
+    from mammo_node.grouping.service import HASH_WAITS_FOR_READY_SECONDS, Grouper
 
-    settings = Settings(data_dir=tmp_path / "node", min_free_disk_mb=0, quiet_seconds=0)
+    settings = Settings(
+        data_dir=tmp_path / "node", min_free_disk_mb=0, quiet_seconds=0, prior_after_days=0
+    )
     upgrade(settings.database_url)
     db = Database(settings.database_url)
     store = InstanceStore(settings.storage_dir)
@@ -422,10 +424,19 @@ def test_files_are_hashed_in_the_background_only_while_no_exam_is_scored(
             return len(session.scalars(select(Instance).where(Instance.sha256.is_(None))).all())
 
     assert unhashed() == 8
+    with db.read() as session:
+        assert {e.state for e in session.scalars(select(Exam))} == {"ready"}
+    assert grouper.hash_new_files(idle_seconds=0) == 0, "a worker is about to claim them"
     with db.session() as session:
+        for exam_row in session.scalars(select(Exam)):
+            exam_row.state_changed_at -= dt.timedelta(seconds=HASH_WAITS_FOR_READY_SECONDS + 1)
         session.scalars(select(Exam)).first().state = "scoring"  # type: ignore[union-attr]
     assert grouper.hash_new_files(idle_seconds=0) == 0
     assert unhashed() == 8, "nothing hashed while an exam is scored"
+    with db.session() as session:  # READY for long, unclaimed (no model): hashing goes on
+        for exam_row in session.scalars(select(Exam).where(Exam.state == "scoring")):
+            exam_row.state = "ready"
+    assert grouper.hash_new_files(idle_seconds=0, limit=1) == 1
     with db.session() as session:
         for exam_row in session.scalars(select(Exam)):
             exam_row.state = "scored"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.pixels import pixel_array
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from mammo_node.config import Settings
@@ -32,6 +32,10 @@ from mammo_node.sandbox import Sandbox, SandboxCrash
 from mammo_node.scrub import describe
 
 logger = logging.getLogger(__name__)
+
+#: a READY exam holds the background hashing this long after it became ready (a worker claims
+#: it within its poll interval); one no worker takes, say with no model loaded, stops holding it
+HASH_WAITS_FOR_READY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -136,10 +140,12 @@ class Grouper:
     def hash_new_files(self, limit: int = 8, idle_seconds: float = 2.0) -> int:
         """SHA-256 of stored files that have none yet: background work, off the receive path
         and off the scoring path. It waits while an image is arriving (it would compete with
-        receiving for the CPU) and while an exam is being scored: it runs at the node's
-        priority, above the lower-priority scoring process, and one exam's 109 MB of images
-        and 48 MB of outputs take about 0.2 CPU s to hash. Nothing waits for a hash: where a
-        comparison needs one (a re-sent UID) it is computed then."""
+        receiving for the CPU) and while an exam is being scored or has just become READY (a
+        worker claims it within its poll interval; one left unclaimed for
+        ``HASH_WAITS_FOR_READY_SECONDS``, say with no model loaded, does not hold it up): it
+        runs at the node's priority, above the lower-priority scoring process, and one exam's
+        109 MB of images and 48 MB of outputs take about 0.2 CPU s to hash. Nothing waits for
+        a hash: where a comparison needs one (a re-sent UID) it is computed then."""
         with self.db.read() as session:
             latest = session.scalar(
                 select(func.max(Exam.last_received_at)).where(
@@ -148,8 +154,16 @@ class Grouper:
             )
             if latest is not None and (utcnow() - latest).total_seconds() < idle_seconds:
                 return 0
+            fresh = utcnow() - dt.timedelta(seconds=HASH_WAITS_FOR_READY_SECONDS)
             scoring = session.scalar(
-                select(Exam.id).where(Exam.state == ExamState.SCORING.value).limit(1)
+                select(Exam.id)
+                .where(
+                    or_(
+                        Exam.state == ExamState.SCORING.value,
+                        and_(Exam.state == ExamState.READY.value, Exam.state_changed_at > fresh),
+                    )
+                )
+                .limit(1)
             )
             if scoring is not None:
                 return 0
