@@ -158,3 +158,16 @@ def test_retired_group_lengths_are_left_out_as_pydicom_leaves_them(tmp_path: Pat
     write_part10(ds, tmp_path / "out.dcm")
     assert (tmp_path / "out.dcm").read_bytes() == expected
     assert 0x00080000 not in pydicom.dcmread(tmp_path / "out.dcm")
+
+
+def test_binary_values_are_written_verbatim_and_padded_as_pydicom_pads_them(
+    tmp_path: Path,
+) -> None:
+    ds = _sr()
+    ds.add(DataElement(0x00091011, "OB", b"\x01\x02\x03"))  # odd: a pad byte follows
+    ds.add(DataElement(0x00091013, "OW", b"\x06\x07\x08\x09"))
+    expected = pydicom_bytes(deepcopy(ds))
+    _part10_parts(ds)
+    write_part10(ds, tmp_path / "out.dcm")
+    assert (tmp_path / "out.dcm").read_bytes() == expected
+    assert pydicom.dcmread(tmp_path / "out.dcm")[0x00091011].value == b"\x01\x02\x03\x00"

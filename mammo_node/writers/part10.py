@@ -39,15 +39,18 @@ from pydicom.filewriter import (
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
+from mammo_node.errors import MammoNodeError
+
 _SHORT = struct.Struct("<HH2sH").pack  # tag, VR, 2-byte length
 _LONG = struct.Struct("<HH2sHL").pack  # tag, VR, reserved, 4-byte length
 _ITEM = struct.Struct("<HHL").pack  # (FFFE,E000) and the item's length
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 _CHARSET_VRS = frozenset(str(vr) for vr in CUSTOMIZABLE_CHARSET_VR)
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})  # written verbatim, padded to even
 
 
-class _NotFramedHere(Exception):
-    """The data set has something only pydicom's full writer handles."""
+class _NotFramedHere(MammoNodeError):
+    """The data set has something only pydicom's full writer handles (never leaves here)."""
 
 
 def write_part10(ds: Dataset, path: Path) -> None:
@@ -158,6 +161,9 @@ def _value_bytes(element: DataElement, vr: str, encodings: list[str]) -> bytes:
         raise _NotFramedHere
     if element.is_empty:
         return b""
+    value = element.value
+    if vr in _BINARY_VRS and type(value) is bytes and not len(value) % 2:
+        return value  # what write_OBvalue / write_OWvalue write, without two copies of it
     write, parameter = writers[vr]  # type: ignore[index]
     buffer = DicomBytesIO()
     buffer.is_implicit_VR, buffer.is_little_endian = False, True
