@@ -42,11 +42,14 @@ class Node:
         self.scp = StorageSCP(settings, self.db, self.ingestor)
         # what the node receives now: open associations and STOW-RS uploads in flight
         self.receiving = ReceivingNow(self.scp.open_associations)
-        self.grouper = GrouperThread(Grouper(settings, self.db, self.store))
+        scores_here = score and settings.serve_worker
+        self.grouper = GrouperThread(
+            Grouper(settings, self.db, self.store, scores_here=scores_here)
+        )
         self.exporter = ExporterThread(Exporter(settings, self.db, self.store))
         self.workers: list[WorkerSupervisor] = []
         self.shadow: ShadowSupervisor | None = None
-        if score and settings.serve_worker:
+        if scores_here:
             # scoring decodes images from outside: in child processes, so that a crash or an
             # out-of-memory there costs that exam an attempt, never the listeners; each child
             # scores with the registry's active bundle (activation needs no restart), at a

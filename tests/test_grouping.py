@@ -389,9 +389,10 @@ def test_other_vendor_habits_tomo_under_a_2d_class_s_view_and_equal_acquisition_
 def test_files_are_hashed_in_the_background_while_no_exam_is_scored(
     tmp_path: Path, synth_exams: list[object]
 ) -> None:
-    """The grouping service's SHA-256 pass runs at the node's priority: it waits while an
-    exam is being scored or has just become READY (the lower-priority scoring process would
-    lose the CPU to it), not for a READY exam no worker takes, and hashes once none is."""
+    """The grouping service's SHA-256 pass runs at the node's priority: on a node that scores
+    it waits while an exam is being scored or has just become READY (the lower-priority
+    scoring process would lose the CPU to it), not for a READY exam no worker takes, and
+    hashes once none is; a node that only receives hashes whenever it is idle."""
     import shutil
 
     from sqlalchemy import select
@@ -415,7 +416,7 @@ def test_files_are_hashed_in_the_background_while_no_exam_is_scored(
             temp = store.temp_path()
             shutil.copyfile(f, temp)
             ingestor.ingest_file(temp, source="dimse", calling_ae="MODALITY", peer_host="-")
-    grouper = Grouper(settings, db, store)
+    grouper = Grouper(settings, db, store, scores_here=True)
     while grouper.check_pending_pixels() or grouper.decide_exams():
         pass
 
@@ -433,6 +434,8 @@ def test_files_are_hashed_in_the_background_while_no_exam_is_scored(
         session.scalars(select(Exam)).first().state = "scoring"  # type: ignore[union-attr]
     assert grouper.hash_new_files(idle_seconds=0) == 0
     assert unhashed() == 8, "nothing hashed while an exam is scored"
+    elsewhere = Grouper(settings, db, store)  # a node that only receives: its exams are
+    assert elsewhere.hash_new_files(idle_seconds=0, limit=1) == 1  # scored on other machines
     with db.session() as session:  # READY for long, unclaimed (no model): hashing goes on
         for exam_row in session.scalars(select(Exam).where(Exam.state == "scoring")):
             exam_row.state = "ready"

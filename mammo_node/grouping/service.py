@@ -124,10 +124,16 @@ def decoder_memory_limit(settings: Settings) -> int:
 
 
 class Grouper:
-    def __init__(self, settings: Settings, db: Database, store: InstanceStore) -> None:
+    """``scores_here``: this node runs a scoring process, which background work yields to
+    (a node that only receives, its exams scored by workers elsewhere, hashes whenever idle)."""
+
+    def __init__(
+        self, settings: Settings, db: Database, store: InstanceStore, *, scores_here: bool = False
+    ) -> None:
         self.settings = settings
         self.db = db
         self.store = store
+        self.scores_here = scores_here
         self._sandbox: Sandbox | None = None
 
     def run_once(self, now: dt.datetime | None = None) -> int:
@@ -140,12 +146,13 @@ class Grouper:
     def hash_new_files(self, limit: int = 8, idle_seconds: float = 2.0) -> int:
         """SHA-256 of stored files that have none yet: background work, off the receive path
         and off the scoring path. It waits while an image is arriving (it would compete with
-        receiving for the CPU) and while an exam is being scored or has just become READY (a
-        worker claims it within its poll interval; one left unclaimed for
-        ``HASH_WAITS_FOR_READY_SECONDS``, say with no model loaded, does not hold it up): it
-        runs at the node's priority, above the lower-priority scoring process, and one exam's
-        109 MB of images and 48 MB of outputs take about 0.2 CPU s to hash. Nothing waits for
-        a hash: where a comparison needs one (a re-sent UID) it is computed then."""
+        receiving for the CPU) and, on a node that scores (``scores_here``), while an exam is
+        being scored or has just become READY (a worker claims it within its poll interval;
+        one left unclaimed for ``HASH_WAITS_FOR_READY_SECONDS``, say with no model loaded,
+        does not hold it up): it runs at the node's priority, above the lower-priority scoring
+        process, and one exam's 109 MB of images and 48 MB of outputs take about 0.2 CPU s to
+        hash. Nothing waits for a hash: where a comparison needs one (a re-sent UID) it is
+        computed then."""
         with self.db.read() as session:
             latest = session.scalar(
                 select(func.max(Exam.last_received_at)).where(
@@ -154,18 +161,7 @@ class Grouper:
             )
             if latest is not None and (utcnow() - latest).total_seconds() < idle_seconds:
                 return 0
-            fresh = utcnow() - dt.timedelta(seconds=HASH_WAITS_FOR_READY_SECONDS)
-            scoring = session.scalar(
-                select(Exam.id)
-                .where(
-                    or_(
-                        Exam.state == ExamState.SCORING.value,
-                        and_(Exam.state == ExamState.READY.value, Exam.state_changed_at > fresh),
-                    )
-                )
-                .limit(1)
-            )
-            if scoring is not None:
+            if self.scores_here and self._scoring_soon(session):
                 return 0
             pending = session.execute(
                 select(Instance.id, Instance.rel_path)
@@ -184,6 +180,24 @@ class Grouper:
                 if instance is not None and instance.rel_path == rel_path:
                     instance.sha256 = digest
         return len(pending)
+
+    @staticmethod
+    def _scoring_soon(session: Session) -> bool:
+        """An exam is being scored, or became READY moments ago (a worker is about to)."""
+        fresh = utcnow() - dt.timedelta(seconds=HASH_WAITS_FOR_READY_SECONDS)
+        return (
+            session.scalar(
+                select(Exam.id)
+                .where(
+                    or_(
+                        Exam.state == ExamState.SCORING.value,
+                        and_(Exam.state == ExamState.READY.value, Exam.state_changed_at > fresh),
+                    )
+                )
+                .limit(1)
+            )
+            is not None
+        )
 
     def check_pending_pixels(self, limit: int = 16) -> int:
         """Check new images. Compressed ones are decoded in the decoder sandbox; each check
