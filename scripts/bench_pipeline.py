@@ -437,6 +437,7 @@ def worker_passes(
     pass and per exam, and exams/s."""
     from sqlalchemy import select
 
+    from mammo_node import heap
     from mammo_node.config import Settings
     from mammo_node.db.models import Result
     from mammo_node.db.session import Database, upgrade
@@ -448,6 +449,8 @@ def worker_passes(
 
     copies = exam_copies(work / "backlog", files, exams)
     splits: list[tuple[int, list[dict[str, float]]]] = []
+    if Settings().worker_reuse_freed_memory:  # as the scoring process does
+        heap.reuse_freed_memory()
     print(f"\nworker passes, {precision} on {device} ({exams} exams, READY -> stored outputs):")
     print("  batch  s/pass  s/exam  exams/s")
     for b in batches:
@@ -498,7 +501,11 @@ def worker_passes(
         splits.append((b, recorded))
     # where each exam's time went, from the node's own records (median over the exams)
     stages = [s for s in WORKER_STAGES if any(s in t for _, r in splits for t in r)]
-    print("  batch  " + "  ".join(f"{s:>10s}" for s in stages) + "   (s per exam, median)")
+    print(
+        "  batch  "
+        + "  ".join(f"{s:>10s}" for s in stages)
+        + "   (s, median over the exams; worker_total: from the pass's start)"
+    )
     for b, recorded in splits:
         cells = [statistics.median(t.get(s, 0.0) for t in recorded) for s in stages]
         print(f"  {b:5d}  " + "  ".join(f"{c:10.4f}" for c in cells))
