@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -504,19 +504,7 @@ class Worker:
             ]
 
     def _store_outputs(self, outputs: list[OutputObject]) -> list[str]:
-        """Write the exam's outputs as Part-10 and file them together as GENERATED instances
-        of the study (``Ingestor.ingest_outputs``: durable before one index transaction)."""
-        temps: list[Path] = []
-        try:
-            for obj in outputs:
-                temps.append(self.store.temp_path())
-                write_part10(obj.dataset, temps[-1])
-        except BaseException:
-            for temp in temps:
-                self.store.discard_temp(temp)
-            raise
-        results = self.ingestor.ingest_outputs(temps, calling_ae=self.settings.ae_title)
-        return [r.sop_instance_uid for r in results]
+        return file_outputs(self.ingestor, outputs, calling_ae=self.settings.ae_title)
 
     def _record_result(
         self,
@@ -771,3 +759,21 @@ def rescore(db: Database, study_uid: str, reason: str = "rescore requested") -> 
         exam.claimed_by = ""
         repo.set_exam_state(session, exam, ExamState.READY, reason)
         return exam.revision
+
+
+def file_outputs(
+    ingestor: Ingestor, outputs: Sequence[OutputObject], *, calling_ae: str
+) -> list[str]:
+    """Write an exam's outputs as Part-10 temp files and file them together as GENERATED
+    instances of the study (``Ingestor.ingest_outputs``: durable before one index
+    transaction); their SOP Instance UIDs. A failed write leaves no temp file behind."""
+    temps: list[Path] = []
+    try:
+        for obj in outputs:
+            temps.append(ingestor.store.temp_path())
+            write_part10(obj.dataset, temps[-1])
+    except BaseException:
+        for temp in temps:
+            ingestor.store.discard_temp(temp)
+        raise
+    return [r.sop_instance_uid for r in ingestor.ingest_outputs(temps, calling_ae=calling_ae)]

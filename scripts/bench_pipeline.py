@@ -608,8 +608,8 @@ def stage_costs(
     from mammo_node.domain import Slot
     from mammo_node.ml.bundle import load_bundle
     from mammo_node.ml.inference import EnsembleScorer
+    from mammo_node.worker import file_outputs
     from mammo_node.writers import build_outputs
-    from mammo_node.writers.part10 import write_part10
 
     scorer = EnsembleScorer(load_bundle(bundle, device="cpu"), device="cpu", precision=precision)
     if not fresh_pages:  # as the scoring process does (MAMMO_WORKER_REUSE_FREED_MEMORY)
@@ -643,17 +643,12 @@ def stage_costs(
             geometry.saliency_on_scaled_grid(smap)
 
     def store(outputs: list[Any], folder: Path) -> None:
-        """As the worker files them: Part-10 temp files, then ``Ingestor.ingest_outputs`` (each
-        file fsynced in place, each folder once, one index transaction) on a SQLite node that
-        holds the source exam."""
+        """As the worker files them (``worker.file_outputs``: Part-10 temp files, then
+        ``Ingestor.ingest_outputs``: each file fsynced in place, each folder once, one index
+        transaction) on a SQLite node that holds the source exam."""
         if not hasattr(store, "ingestor"):
             store.ingestor = source_node(folder, files)  # type: ignore[attr-defined]
-        ingestor = store.ingestor  # type: ignore[attr-defined]
-        temps = []
-        for obj in outputs:
-            temps.append(ingestor.store.temp_path())
-            write_part10(obj.dataset, temps[-1])
-        ingestor.ingest_outputs(temps, calling_ae="BENCH")
+        file_outputs(store.ingestor, outputs, calling_ae="BENCH")  # type: ignore[attr-defined]
 
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(1, max(1, repeats) + 1):  # each a new revision: new output UIDs

@@ -37,6 +37,7 @@ from mammo_node.grouping.service import Grouper
 from mammo_node.responses import ScoredExam
 from mammo_node.synth import SynthExam, SynthOptions, generate_exam
 from mammo_node.web.server import WebServer
+from mammo_node.worker import file_outputs
 from mammo_node.writers.outputs import build_outputs
 from tests.helpers.writers import make_inference
 
@@ -134,12 +135,9 @@ def _store_result(
         result_id = result.id
     objects = build_outputs(exam.datasets, inference, revision=0)
     outputs: dict[str, list[str]] = {}
-    temps = []
-    for obj in objects:  # filed together, as the worker files them
-        temps.append(ingestor.store.temp_path())
-        obj.dataset.save_as(temps[-1], enforce_file_format=True)
+    for obj in objects:
         outputs.setdefault(obj.kind.value, []).append(obj.sop_instance_uid)
-    ingestor.ingest_outputs(temps, calling_ae="")
+    file_outputs(ingestor, objects, calling_ae="")  # filed together, as the worker files them
     with site_db.session() as session:
         ids = {}
         for kind, uids in outputs.items():
