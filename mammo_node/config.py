@@ -18,6 +18,8 @@ from mammo_node.domain import OverwritePolicy
 from mammo_node.errors import ConfigError
 
 ENV_PREFIX = "MAMMO_"
+#: largest Secondary Capture in pixels (18 MB of RGB), the writers' default too
+DEFAULT_SC_MAX_PIXELS = 6_000_000
 
 
 def _split_csv(value: Any) -> Any:
@@ -152,7 +154,7 @@ class Settings(BaseSettings):
 
     # --- outputs ---------------------------------------------------------------------
     sc_max_pixels: int = Field(
-        6_000_000,
+        DEFAULT_SC_MAX_PIXELS,
         ge=1,
         description="largest Secondary Capture in pixels: a larger stored grid is reduced by the "
         "smallest integer factor that fits (a 4096x3328 image becomes 2048x1664, 10 MB of RGB); "

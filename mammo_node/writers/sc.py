@@ -37,6 +37,7 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 import mammo_node
+from mammo_node.config import DEFAULT_SC_MAX_PIXELS
 from mammo_node.domain import ExamInference, Laterality
 from mammo_node.writers import codes
 from mammo_node.writers.display import scale_factor
@@ -49,7 +50,7 @@ from mammo_node.writers.sources import (
     pixel_spacing,
 )
 
-DEFAULT_MAX_PIXELS = 6_000_000
+DEFAULT_MAX_PIXELS = DEFAULT_SC_MAX_PIXELS  # MAMMO_SC_MAX_PIXELS's default
 BOX_RGB = (0, 255, 0)
 COA_RGB = (255, 0, 255)
 TEXT_RGB = (255, 255, 255)
