@@ -251,6 +251,7 @@ class RingingFlag(SharedFlag):
     def __init__(self, context: Any) -> None:
         super().__init__(context)
         self._reader, self._writer = context.Pipe(duplex=False)
+        os.set_blocking(self._reader.fileno(), False)  # drained without blocking
 
     def set(self) -> None:
         super().set()
@@ -266,7 +267,6 @@ class RingingFlag(SharedFlag):
         ready = multiprocessing.connection.wait([self._reader, process_sentinel], timeout)
         if self._reader not in ready:
             return False
-        os.set_blocking(self._reader.fileno(), False)
         try:
             while os.read(self._reader.fileno(), 4096):
                 pass
