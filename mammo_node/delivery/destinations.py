@@ -98,7 +98,8 @@ def list_destinations(db: Database) -> list[DestinationInfo]:
 
         def rows_per_destination(*where: Any) -> dict[int, int]:
             query = select(OutboxItem.destination_fk, func.count()).where(*where)
-            return dict(session.execute(query.group_by(OutboxItem.destination_fk)).tuples().all())
+            counts = session.execute(query.group_by(OutboxItem.destination_fk)).all()
+            return {int(destination): int(count) for destination, count in counts}
 
         pending = rows_per_destination(OutboxItem.state == OutboxState.PENDING)
         dead = rows_per_destination(OutboxItem.state == OutboxState.DEAD)
