@@ -98,8 +98,7 @@ def list_destinations(db: Database) -> list[DestinationInfo]:
 
         def rows_per_destination(*where: Any) -> dict[int, int]:
             query = select(OutboxItem.destination_fk, func.count()).where(*where)
-            counts = session.execute(query.group_by(OutboxItem.destination_fk)).all()
-            return {int(destination): int(count) for destination, count in counts}
+            return dict(session.execute(query.group_by(OutboxItem.destination_fk)).all())
 
         pending = rows_per_destination(OutboxItem.state == OutboxState.PENDING)
         dead = rows_per_destination(OutboxItem.state == OutboxState.DEAD)
