@@ -77,8 +77,32 @@ def present_range(raw: np.ndarray, table: np.ndarray) -> tuple[float, float]:
 
 
 def lookup(table: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """A pattern-ordered table applied to ``raw``: one pass, float32."""
-    return np.take(table, patterns(raw))
+    """A pattern-ordered table applied to ``raw``: one pass, float32 (the values of
+    ``np.take(table, patterns(raw))``). A 2-D image is looked up in bands of rows whose float
+    values fit in about 1 MiB, written straight into the result (a 4096 x 3328 view: 45 ->
+    17 ms here, see :func:`take_into`)."""
+    codes = patterns(raw)
+    out = np.empty(codes.shape, np.float32)
+    if codes.ndim != 2 or codes.shape[1] == 0:
+        take_into(table, codes, out)
+        return out
+    band = max(1, _BAND_BYTES // (codes.shape[1] * 4))
+    for top in range(0, codes.shape[0], band):
+        take_into(table, codes[top : top + band], out[top : top + band])
+    return out
+
+
+def take_into(table: np.ndarray, codes: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = table[codes]`` for bit patterns (always inside a pattern-ordered table).
+    ``np.take`` buffers its ``out`` in its default mode ("raise", which checks every index)
+    and writes it unbuffered in "clip" mode, which changes nothing here: no pattern of the
+    table's dtype lies outside it (checked, once per call, from the table's length)."""
+    if table.shape[0] < (1 << (codes.dtype.itemsize * 8)):
+        raise ValueError(
+            f"A table of {table.shape[0]} values cannot cover every "
+            f"{codes.dtype.itemsize * 8}-bit pattern."
+        )
+    np.take(table, codes, out=out, mode="clip")
 
 
 def whole_blocks(image: np.ndarray, factor: int) -> np.ndarray:
@@ -108,8 +132,9 @@ def lookup_reduced(table: np.ndarray, raw: np.ndarray, factor: int) -> np.ndarra
     (edges replicated to whole blocks): the same float32 values as block-averaging the full
     ``lookup`` (the block offsets summed in the same order), without making that full-size
     float array. The lookup runs over bands of rows whose float values fit in about 1 MiB, so
-    each band is summed from cache: one pass over the codes, not one per block offset (a
-    4096x3328 view at factor 2: 28 -> 17-23 ms here); a ragged edge pads the 2-byte codes."""
+    each band is summed from cache: one pass over the codes, not one per block offset, and
+    the lookup writes unbuffered (:func:`take_into`; a 4096x3328 view at factor 2: 38 -> 26 ms
+    on the stop-25 machine); a ragged edge pads the 2-byte codes."""
     if factor == 1:
         return lookup(table, raw)
     codes = whole_blocks(patterns(raw), factor)
@@ -119,7 +144,7 @@ def lookup_reduced(table: np.ndarray, raw: np.ndarray, factor: int) -> np.ndarra
     for top in range(0, codes.shape[0], band):
         part = codes[top : top + band]
         looked_up = values[: part.shape[0]]
-        np.take(table, part, out=looked_up)
+        take_into(table, part, looked_up)
         total = reduced[top // factor : (top + part.shape[0]) // factor]
         offsets = block_offsets(looked_up, factor)  # block_mean's order: bit-identical
         np.copyto(total, next(offsets))

@@ -88,3 +88,25 @@ def test_reduced_display_equals_the_block_mean_of_the_full_size_one(
     assert np.array_equal(
         block_mean(image, 2), np.array([[3, 5, 6.5], [10.5, 12.5, 14]], np.float32)
     )
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8, np.int8])
+def test_banded_lookup_gives_the_values_of_one_take(
+    dtype: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lut.lookup`` writes bands of rows straight into its result: the values of one
+    ``np.take`` over the whole image, for one band or many (a last band shorter), a mirrored
+    (negative-stride) view, a row and an empty image; a table too short for the pixel type
+    is refused before any lookup."""
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype)
+    raw = rng.integers(info.min, info.max, (37, 23), endpoint=True).astype(dtype)
+    table = rng.random(1 << (8 * raw.itemsize), dtype=np.float32)
+    for band_bytes in (lut._BAND_BYTES, 23 * 4 * 5):  # whole image; 5 rows a band
+        monkeypatch.setattr(lut, "_BAND_BYTES", band_bytes)
+        for image in (raw, raw[:, ::-1], raw[3], raw[:0]):
+            looked_up = lut.lookup(table, image)
+            assert looked_up.dtype == np.float32 and looked_up.shape == image.shape
+            assert np.array_equal(looked_up, np.take(table, lut.patterns(image)))
+    with pytest.raises(ValueError, match="cannot cover"):
+        lut.lookup(table[:-1], raw)
