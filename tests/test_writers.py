@@ -36,7 +36,7 @@ from mammo_node.writers import (
 )
 from mammo_node.writers.display import block_mean, scale_factor
 from mammo_node.writers.identity import plan_identities
-from mammo_node.writers.saliency_grid import on_blocks, salient_mask, top_mask
+from mammo_node.writers.saliency_grid import BlockSampler, on_blocks, salient_mask, top_mask
 from mammo_node.writers.sc import BOX_RGB, COA_RGB, DEFAULT_MAX_PIXELS, DEMO_RGB, box_in_sc
 from mammo_node.writers.sources import contributing_equipment, copy_identity, scored_views
 from mammo_node.writers.sr import ReportContext, index_view
@@ -940,6 +940,32 @@ def test_the_heat_map_is_the_map_sampled_at_each_sc_pixels_centre() -> None:
     assert np.allclose(on_blocks(stored_grid, 2), block_mean(full, 2), atol=1e-6)
     broken = SaliencyMap(np.array([[np.nan, np.inf], [-np.inf, 0.5]], np.float32), (4, 4))
     assert np.isfinite(on_blocks(broken, 1)).all()
+
+
+def test_the_sc_is_blended_in_bands_with_the_values_of_one_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The heat map is sampled and blended in bands of SC rows (``BlockSampler.rows``): the
+    same pixels as sampling the whole map (``on_blocks``) and looking every pixel up at once in
+    the blend table, for one band or many (a last band shorter), at factors 1 and 3 (ragged)."""
+    from mammo_node.writers import sc
+
+    rows, cols = 91, 70
+    smap = gaussian_saliency(rows, cols, 30.0, 50.0, sigma=12.0, per_map_pixel=3.5)
+    rng = np.random.default_rng(3)
+    for factor in (1, 3):
+        sampler = BlockSampler(smap, factor)
+        whole = on_blocks(smap, factor)
+        grey = rng.random(whole.shape, dtype=np.float32)
+        level = np.rint(whole * np.float32(255)).astype(np.uint16) << 8
+        expected = sc.blend_table()[level | np.rint(grey * np.float32(255)).astype(np.uint16)]
+        for band_pixels in (sc._BAND_PIXELS, whole.shape[1] * 4):  # whole image; 4 rows a band
+            monkeypatch.setattr(sc, "_BAND_PIXELS", band_pixels)
+            assert np.array_equal(sampler.rows(5, 9), whole[5:9])
+            blended = sc._blend_heat(grey, sampler)
+            assert blended.dtype == np.uint8 and np.array_equal(blended, expected)
+        with pytest.raises(OutputError, match="does not match"):
+            sc._blend_heat(grey[1:], sampler)
 
 
 def test_sc_size_rule_for_detector_formats() -> None:

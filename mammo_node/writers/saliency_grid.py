@@ -4,10 +4,10 @@ The scorer hands the writers its map as the model made it (:class:`~mammo_node.d
 SaliencyMap`: the model's rescaled grid, about 3.4 stored pixels per map pixel on a
 4096 x 3328 detector image). Each output resamples it once, to the grid it draws on:
 
-- the Secondary Capture's heat map (:func:`on_blocks`): the map's bilinear interpolation at the
-  centre of each SC pixel, i.e. of each block of ``factor`` x ``factor`` stored pixels. For a
-  map that is linear over a block that is the block mean of the bilinear full-size map; the
-  map's own detail is coarser than the block anyway;
+- the Secondary Capture's heat map (:func:`on_blocks`; by bands of rows :class:`BlockSampler`):
+  the map's bilinear interpolation at the centre of each SC pixel, i.e. of each block of
+  ``factor`` x ``factor`` stored pixels. For a map that is linear over a block that is the block
+  mean of the bilinear full-size map; the map's own detail is coarser than the block anyway;
 - the SEG's mask (:func:`top_mask`): the top fraction of the map's own pixels, the pixels from
   which the centre of attention is taken, each stored pixel taking the map pixel its centre lies
   in (nearest neighbour, so the mask keeps its share of the image).
@@ -47,25 +47,40 @@ def _bilinear_axis(
     return low, high, (position - low).astype(np.float32)
 
 
+class BlockSampler:
+    """The map bilinear at the centre of each block of ``factor`` x ``factor`` stored pixels,
+    row by row: :meth:`rows` gives any band of the result, so an output drawn in bands never
+    holds the whole float map (the axes' indices and weights are computed once)."""
+
+    def __init__(self, saliency: SaliencyMap, factor: int = 1) -> None:
+        if factor < 1:
+            raise ValueError(f'Argument "factor" should be >= 1, got {factor!r}.')
+        rows, columns = saliency.stored_shape
+        self.shape = (math.ceil(rows / factor), math.ceil(columns / factor))
+        self._values = _finite(saliency.values)
+        h, w = self._values.shape
+        self._y = _bilinear_axis(self.shape[0], factor, rows, h)
+        self._x = _bilinear_axis(self.shape[1], factor, columns, w)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """float32 (rows start..stop of the result, its columns) in 0..1."""
+        y0, y1, wy = (axis[start:stop] for axis in self._y)
+        x0, x1, wx = self._x
+        along_y = np.take(self._values, y0, axis=0)
+        along_y *= (1.0 - wy)[:, None]
+        along_y += np.take(self._values, y1, axis=0) * wy[:, None]
+        out = np.take(along_y, x0, axis=1)
+        out *= 1.0 - wx
+        out += np.take(along_y, x1, axis=1) * wx
+        return np.clip(out, 0.0, 1.0, out=out)
+
+
 def on_blocks(saliency: SaliencyMap, factor: int = 1) -> np.ndarray:
     """float32 (ceil(Rows / factor), ceil(Columns / factor)) in 0..1: the map bilinear at the
     centre of each block of ``factor`` x ``factor`` stored pixels (``factor`` 1: the stored
     grid); a ragged last block takes the value at its centre, the edge clamped."""
-    if factor < 1:
-        raise ValueError(f'Argument "factor" should be >= 1, got {factor!r}.')
-    rows, columns = saliency.stored_shape
-    out_shape = (math.ceil(rows / factor), math.ceil(columns / factor))
-    values = _finite(saliency.values)
-    h, w = values.shape
-    y0, y1, wy = _bilinear_axis(out_shape[0], factor, rows, h)
-    x0, x1, wx = _bilinear_axis(out_shape[1], factor, columns, w)
-    along_y = np.take(values, y0, axis=0)
-    along_y *= (1.0 - wy)[:, None]
-    along_y += np.take(values, y1, axis=0) * wy[:, None]
-    out = np.take(along_y, x0, axis=1)
-    out *= 1.0 - wx
-    out += np.take(along_y, x1, axis=1) * wx
-    return np.clip(out, 0.0, 1.0, out=out)
+    sampler = BlockSampler(saliency, factor)
+    return sampler.rows(0, sampler.shape[0])
 
 
 def salient_mask(values: np.ndarray, top_fraction: float) -> np.ndarray:
